@@ -1,0 +1,93 @@
+"""The `Backbone` handle: a frozen Flax module, its weights and its preprocessing."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dlsr_jax.typedefs import Params
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def preprocess_images(images: jax.Array, resolution: int,
+                      mean: Sequence[float] = IMAGENET_MEAN,
+                      std: Sequence[float] = IMAGENET_STD,
+                      dtype=jnp.float32) -> jax.Array:
+  """uint8 NHWC -> float NHWC at `resolution`, ImageNet-normalised.
+
+  Straight (aspect-changing) bilinear resize, no crop, as in the DLSR paper.
+
+  Args:
+    images: [B, H, W, 3] uint8 (or float in [0, 255]).
+    resolution: output height and width.
+    mean, std: per-channel normalisation on the [0, 1] scale.
+    dtype: output dtype.
+
+  Returns:
+    [B, resolution, resolution, 3] float array.
+  """
+  if images.ndim != 4 or images.shape[-1] != 3:
+    raise ValueError(f"expected images of shape [B, H, W, 3], got {images.shape}")
+  x = images.astype(jnp.float32) / 255.0
+  b, h, w, c = x.shape
+  if (h, w) != (resolution, resolution):
+    x = jax.image.resize(x, (b, resolution, resolution, c), method="bilinear",
+                         antialias=True)
+  x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+  return x.astype(dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+  """A frozen, pretrained (or randomly initialised) CNN.
+
+  Attributes:
+    name: registry name, e.g. "efficientnet_lite0".
+    module: the Flax module. `module.apply(params, x)` returns
+      `(logits_or_None, {level_name: [B, h, w, c] map})`.
+    params: Flax variables `{"params": ..., "batch_stats": ...}`.
+    resolution: input height/width the backbone expects (224 for the paper).
+    level_names: names of the resolution levels, shallow to deep.
+    level_channels: channel count of each level map.
+    default_layers: indices into `level_names` used for DLSR features by default.
+    weights_id: short string identifying the weights (e.g. a file hash);
+      used to key the feature cache.
+    mean, std: normalisation used by `preprocess`.
+  """
+  name: str
+  module: nn.Module
+  params: Params
+  resolution: int
+  level_names: tuple[str, ...]
+  level_channels: tuple[int, ...]
+  default_layers: tuple[int, ...]
+  weights_id: str
+  has_head: bool = True
+  mean: tuple[float, ...] = IMAGENET_MEAN
+  std: tuple[float, ...] = IMAGENET_STD
+
+  def preprocess(self, images: jax.Array, resolution: Optional[int] = None) -> jax.Array:
+    """uint8 [B, H, W, 3] -> normalised float [B, R, R, 3]."""
+    return preprocess_images(images, resolution or self.resolution, self.mean, self.std)
+
+  def apply(self, params: Params, x: jax.Array) -> list[jax.Array]:
+    """Preprocessed [B, R, R, 3] -> list of level maps [B, h, w, c], shallow to deep."""
+    _, levels = self.module.apply(params, x, with_head=False)
+    return [levels[n] for n in self.level_names]
+
+  def logits(self, params: Params, x: jax.Array) -> jax.Array:
+    """Preprocessed [B, R, R, 3] -> ImageNet logits [B, num_classes]."""
+    if not self.has_head:
+      raise ValueError(f"backbone {self.name!r} has no classification head")
+    logits, _ = self.module.apply(params, x, with_head=True)
+    return logits
+
+  @property
+  def apply_fn(self) -> Callable[[Params, jax.Array], list[jax.Array]]:
+    return self.apply

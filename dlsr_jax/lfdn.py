@@ -1,0 +1,118 @@
+"""LFDN: the Latent Feature Diffusion Network of DLSR (an MLP with residual blocks).
+
+  x -> SiLU -> Dense(C -> W)
+  emb = Dense(E)(SiLU(Dense(E)(sinusoidal(t, W))))         (skipped: AutoEncoder)
+  N x [h = Dense_W(SiLU(GN(x))) + Dense_W(SiLU(emb));
+       h = Dense_W(SiLU(GN(h)))  (zero-init, optional dropout before it); x = x + h]
+  GN -> SiLU -> Dense(W -> C) (zero-init)  =  prediction of z0.
+
+GroupNorm has a single group, epsilon 1e-5. Paper size for EfficientNet-B4
+features: C = 720, W = 1440, E = 720, N = 16 (about 86.7 M parameters).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class LFDNConfig:
+  """Frozen, hashable LFDN hyper-parameters."""
+  features: int                 # C: input/output feature size
+  width: int = 1440             # W
+  embed_dim: int = 720          # E
+  num_blocks: int = 16          # N
+  dropout: float = 0.0
+  use_time_embedding: bool = True   # False: the "AutoEncoder" ablation
+  gn_epsilon: float = 1e-5
+  dtype: str = "float32"        # compute dtype; params stay float32
+
+  def __post_init__(self):
+    for name in ("features", "width", "embed_dim", "num_blocks"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"LFDNConfig.{name} must be positive, got {getattr(self, name)}")
+    if self.width % 2:
+      raise ValueError(f"LFDNConfig.width must be even (sinusoidal embedding), got {self.width}")
+
+
+def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
+  """Sinusoidal embedding [cos | sin] of (possibly fractional) timesteps.
+
+  Args:
+    t: [B] timesteps.
+    dim: even embedding size.
+
+  Returns:
+    [B, dim] float32.
+  """
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None, :]
+  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+class ResBlock(nn.Module):
+  width: int
+  dropout: float
+  gn_epsilon: float
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x, emb, train: bool):
+    gn = lambda name: nn.GroupNorm(num_groups=1, epsilon=self.gn_epsilon,
+                                   dtype=self.dtype, name=name)
+    h = nn.Dense(self.width, dtype=self.dtype, name="in_dense")(nn.silu(gn("in_norm")(x)))
+    if emb is not None:
+      h = h + nn.Dense(self.width, dtype=self.dtype, name="emb_dense")(nn.silu(emb))
+    h = nn.silu(gn("out_norm")(h))
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = nn.Dense(self.width, dtype=self.dtype, kernel_init=nn.initializers.zeros,
+                 name="out_dense")(h)
+    return x + h
+
+
+class LFDN(nn.Module):
+  """x0-predicting denoiser over pooled multi-layer features.
+
+  Call: `LFDN(cfg).apply({"params": p}, z_t [B, C], t [B], train=False,
+  rngs={"dropout": key} when training with dropout) -> z0_hat [B, C]` (float32).
+  """
+  config: LFDNConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, t: Optional[jax.Array] = None,
+               train: bool = False) -> jax.Array:
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    if x.ndim != 2 or x.shape[-1] != cfg.features:
+      raise ValueError(f"LFDN expects [B, {cfg.features}] features, got {x.shape}")
+    emb = None
+    if cfg.use_time_embedding:
+      if t is None:
+        raise ValueError("this LFDN uses a time embedding: pass timesteps t [B]")
+      t = jnp.broadcast_to(jnp.asarray(t), (x.shape[0],))
+      emb = timestep_embedding(t, cfg.width)
+      emb = nn.Dense(cfg.embed_dim, dtype=dtype, name="time_dense_0")(emb)
+      emb = nn.Dense(cfg.embed_dim, dtype=dtype, name="time_dense_1")(nn.silu(emb))
+    h = nn.Dense(cfg.width, dtype=dtype, name="in_proj")(nn.silu(x.astype(dtype)))
+    for i in range(cfg.num_blocks):
+      h = ResBlock(cfg.width, cfg.dropout, cfg.gn_epsilon, dtype, name=f"block_{i}")(
+          h, emb, train)
+    h = nn.silu(nn.GroupNorm(num_groups=1, epsilon=cfg.gn_epsilon, dtype=dtype,
+                             name="out_norm")(h))
+    out = nn.Dense(cfg.features, dtype=dtype, kernel_init=nn.initializers.zeros,
+                   name="out_proj")(h)
+    return out.astype(jnp.float32)
+
+
+def init_params(cfg: LFDNConfig, key: jax.Array) -> Any:
+  """Initial LFDN params (float32) for a config."""
+  x = jnp.zeros((1, cfg.features), jnp.float32)
+  t = jnp.zeros((1,), jnp.int32)
+  return LFDN(cfg).init({"params": key}, x, t)["params"]

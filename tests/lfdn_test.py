@@ -1,0 +1,67 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dlsr_jax import lfdn
+
+
+def test_paper_size_parameter_count():
+  cfg = lfdn.LFDNConfig(features=720, width=1440, embed_dim=720, num_blocks=16)
+  shapes = jax.eval_shape(lambda: lfdn.init_params(cfg, jax.random.key(0)))
+  n = sum(x.size for x in jax.tree.leaves(shapes))
+  assert abs(n / 1e6 - 86.7) < 0.1, n
+
+
+def test_zero_init_head_predicts_zero_and_shapes():
+  cfg = lfdn.LFDNConfig(features=12, width=16, embed_dim=8, num_blocks=2)
+  p = lfdn.init_params(cfg, jax.random.key(0))
+  x = jax.random.normal(jax.random.key(1), (5, 12))
+  out = lfdn.LFDN(cfg).apply({"params": p}, x, jnp.arange(5))
+  assert out.shape == (5, 12) and out.dtype == jnp.float32
+  np.testing.assert_array_equal(out, 0.0)   # head and block outputs are zero-initialised
+  assert np.all(np.asarray(p["block_0"]["out_dense"]["kernel"]) == 0)
+
+
+def test_time_embedding_matters_and_autoencoder_has_none():
+  cfg = lfdn.LFDNConfig(features=6, width=8, embed_dim=4, num_blocks=1)
+  p = lfdn.init_params(cfg, jax.random.key(0))
+  leaves, tree = jax.tree.flatten(p)
+  keys = jax.random.split(jax.random.key(2), len(leaves))
+  p = jax.tree.unflatten(tree, [a + 0.3 * jax.random.normal(k, a.shape)
+                                for a, k in zip(leaves, keys)])
+  x = jnp.ones((2, 6))
+  m = lfdn.LFDN(cfg)
+  a = m.apply({"params": p}, x, jnp.array([1, 1]))
+  b = m.apply({"params": p}, x, jnp.array([50, 50]))
+  assert not np.allclose(a, b)
+  ae = lfdn.LFDNConfig(features=6, width=8, embed_dim=4, num_blocks=1, use_time_embedding=False)
+  pa = lfdn.init_params(ae, jax.random.key(0))
+  assert "time_dense_0" not in pa and "emb_dense" not in pa["block_0"]
+  assert lfdn.LFDN(ae).apply({"params": pa}, x).shape == (2, 6)
+
+
+def test_timestep_embedding_layout():
+  e = lfdn.timestep_embedding(jnp.array([0.0, 3.0]), 8)
+  np.testing.assert_allclose(e[0], [1, 1, 1, 1, 0, 0, 0, 0], atol=1e-7)
+  freqs = np.exp(-np.log(10000.0) * np.arange(4) / 4)
+  np.testing.assert_allclose(e[1], np.r_[np.cos(3 * freqs), np.sin(3 * freqs)], rtol=1e-5)
+
+
+def test_bad_inputs():
+  cfg = lfdn.LFDNConfig(features=6, width=8, embed_dim=4, num_blocks=1)
+  p = lfdn.init_params(cfg, jax.random.key(0))
+  with pytest.raises(ValueError, match=r"expects \[B, 6\]"):
+    lfdn.LFDN(cfg).apply({"params": p}, jnp.ones((2, 5)), jnp.zeros(2))
+  with pytest.raises(ValueError, match="pass timesteps"):
+    lfdn.LFDN(cfg).apply({"params": p}, jnp.ones((2, 6)))
+  with pytest.raises(ValueError, match="width must be even"):
+    lfdn.LFDNConfig(features=6, width=7)
+
+
+def test_bf16_compute_keeps_fp32_params():
+  cfg = lfdn.LFDNConfig(features=6, width=8, embed_dim=4, num_blocks=1, dtype="bfloat16")
+  p = lfdn.init_params(cfg, jax.random.key(0))
+  assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(p))
+  out = lfdn.LFDN(cfg).apply({"params": p}, jnp.ones((2, 6)), jnp.zeros(2, jnp.int32))
+  assert out.dtype == jnp.float32
