@@ -408,3 +408,21 @@ def test_imagenet_class_names_offline():
   assert len(names) == 1000
   assert [names[i].split(",")[0] for i in (281, 282, 285, 504, 967, 968)] == [
       "tabby", "tiger cat", "Egyptian cat", "coffee mug", "espresso", "cup"]
+
+
+@pytest.mark.parametrize("k,stride,size", [(3, 1, 9), (3, 2, 10), (5, 2, 11), (5, 1, 7)])
+def test_depthwise_shift_sum_equals_grouped_conv(k, stride, size):
+  from dlsr_jax.backbones import efficientnet
+  rng = np.random.default_rng(k * 10 + stride)
+  x = jnp.asarray(rng.normal(size=(2, size, size, 6)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(k, k, 1, 6)), jnp.float32)
+  pads = efficientnet.same_pads((size, size), k, stride)
+  ref = jax.lax.conv_general_dilated(x, w, (stride, stride), pads,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     feature_group_count=6)
+  got = efficientnet.depthwise_shift_sum(x, w, stride, pads)
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+  for impl in ("shift", "conv"):
+    m = efficientnet.DepthwiseConv(k, stride, pads, impl=impl)
+    out = m.apply({"params": {"kernel": w}}, x)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)

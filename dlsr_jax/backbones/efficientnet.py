@@ -187,9 +187,70 @@ def same_conv(x: jax.Array, name: str, features: int, kernel_size: int, stride: 
   """
   size = image_size if image_size is not None else x.shape[1:3]
   pads = same_pads(size, kernel_size, stride)
+  if groups > 1 and groups == features == x.shape[-1] and not use_bias:
+    return DepthwiseConv(kernel_size, stride, pads, dtype=dtype, name=name)(x)
   return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride), padding=pads,
                  feature_group_count=groups, use_bias=use_bias, dtype=dtype,
                  param_dtype=jnp.float32, name=name)(x)
+
+
+def depthwise_shift_sum(x: jax.Array, kernel: jax.Array, stride: int,
+                        pads: Sequence[tuple[int, int]]) -> jax.Array:
+  """Depthwise conv as a sum of k*k strided, shifted slices times per-channel weights.
+
+  XLA fuses this into one loop; on CPU it runs 5-15x faster than XLA's grouped
+  convolution (measured on this project's 2-core machine, batch 32, Lite0/B4
+  block shapes). Same result as `lax.conv_general_dilated(..., feature_group_count=C)`.
+
+  Args:
+    x: [B, H, W, C].
+    kernel: [k, k, 1, C] (the Flax/HWIO layout of a depthwise kernel).
+    stride: square stride.
+    pads: ((top, bottom), (left, right)).
+  """
+  k = kernel.shape[0]
+  xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+  out_h = (xp.shape[1] - k) // stride + 1
+  out_w = (xp.shape[2] - k) // stride + 1
+  out = None
+  for i in range(k):
+    for j in range(k):
+      sl = jax.lax.slice(xp, (0, i, j, 0),
+                         (xp.shape[0], i + (out_h - 1) * stride + 1,
+                          j + (out_w - 1) * stride + 1, xp.shape[3]),
+                         (1, stride, stride, 1))
+      term = sl * kernel[i, j, 0]
+      out = term if out is None else out + term
+  return out
+
+
+class DepthwiseConv(nn.Module):
+  """Depthwise conv with explicit pads; param `kernel` [k, k, 1, C] as `nn.Conv`'s.
+
+  `impl`: "auto" (shift-sum on CPU, XLA's grouped conv elsewhere), "shift" or "conv".
+  """
+  kernel_size: int
+  stride: int
+  pads: tuple[tuple[int, int], ...]
+  dtype: Any = jnp.float32
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (self.kernel_size, self.kernel_size, 1, c), jnp.float32)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    impl = self.impl
+    if impl == "auto":
+      impl = "shift" if jax.default_backend() == "cpu" else "conv"
+    if impl == "shift":
+      return depthwise_shift_sum(x, kernel, self.stride, self.pads)
+    if impl != "conv":
+      raise ValueError(f"unknown depthwise impl {impl!r}; expected auto, shift or conv")
+    return jax.lax.conv_general_dilated(
+        x, kernel, (self.stride, self.stride), self.pads,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
 
 
 def _bn(name: str, eps: float, dtype: Any) -> nn.BatchNorm:
