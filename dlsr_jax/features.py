@@ -1,0 +1,221 @@
+"""Multi-layer DLSR features: pooled, per-layer z-scored, concatenated; cached.
+
+For each selected backbone level m: global average pool -> f_m [c_m];
+z-score within the sample, (f_m - mean(f_m)) / (std(f_m, ddof=1) + 1e-5);
+concatenate -> z [C]. `boundaries` gives the layer slices of z.
+
+`pooling="gap"` (default) pools each map exactly. `pooling="dlsr"` first
+resizes every map bilinearly (align_corners) to the stride-16 grid, as the
+official release does; that resize followed by a mean is a separable weighted
+average, computed here without materialising the resized map.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dlsr_jax.backbones.base import Backbone, preprocess_images
+from dlsr_jax.typedefs import Params
+
+POOLINGS = ("gap", "dlsr")
+ZSCORE_EPS = 1e-5
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+  """Which levels, how pooled, at what input resolution."""
+  layers: Optional[tuple[int, ...]] = None   # None: the backbone's default layers
+  pooling: str = "gap"
+  resolution: Optional[int] = None           # None: the backbone's resolution
+
+  def __post_init__(self):
+    if self.pooling not in POOLINGS:
+      raise ValueError(f"unknown pooling {self.pooling!r}; expected one of {POOLINGS}")
+
+
+def resolve_layers(backbone: Backbone, layers: Optional[Sequence[int]]) -> tuple[int, ...]:
+  layers = tuple(backbone.default_layers if layers is None else layers)
+  n = len(backbone.level_names)
+  if not layers or any(not 0 <= i < n for i in layers) or len(set(layers)) != len(layers):
+    raise ValueError(f"layers {layers} invalid for {backbone.name} with {n} levels "
+                     f"{backbone.level_names}: give distinct indices in 0..{n - 1}")
+  return layers
+
+
+def boundaries_for(channels: Sequence[int]) -> tuple[int, ...]:
+  """Layer channel counts -> cumulative boundaries (0, c_0, c_0 + c_1, ...)."""
+  return tuple(int(x) for x in np.concatenate([[0], np.cumsum(channels)]))
+
+
+def _align_corners_weights(n_in: int, n_out: int) -> np.ndarray:
+  """[n_in] weights w with mean_i(resize_ac(x)[i]) = sum_a w[a] x[a]."""
+  w = np.zeros((n_out, n_in), np.float64)
+  if n_out == 1 or n_in == 1:
+    pos = np.zeros(n_out)
+  else:
+    pos = np.arange(n_out) * (n_in - 1) / (n_out - 1)
+  lo = np.floor(pos).astype(int)
+  hi = np.minimum(lo + 1, n_in - 1)
+  frac = pos - lo
+  np.add.at(w, (np.arange(n_out), lo), 1.0 - frac)
+  np.add.at(w, (np.arange(n_out), hi), frac)
+  return w.mean(axis=0).astype(np.float32)
+
+
+def pool_map(fmap: jax.Array, pooling: str, target_hw: Optional[tuple[int, int]] = None) -> jax.Array:
+  """[B, h, w, c] -> [B, c] (float32)."""
+  fmap = fmap.astype(jnp.float32)
+  if pooling == "gap":
+    return jnp.mean(fmap, axis=(1, 2))
+  _, h, w, _ = fmap.shape
+  wh = jnp.asarray(_align_corners_weights(h, target_hw[0]))
+  ww = jnp.asarray(_align_corners_weights(w, target_hw[1]))
+  return jnp.einsum("bhwc,h,w->bc", fmap, wh, ww)
+
+
+def zscore(f: jax.Array) -> jax.Array:
+  """Per-sample z-score of a [B, c] layer vector (unbiased std, +1e-5)."""
+  mean = jnp.mean(f, axis=-1, keepdims=True)
+  std = jnp.std(f, axis=-1, keepdims=True, ddof=1)
+  return (f - mean) / (std + ZSCORE_EPS)
+
+
+def make_feature_fn(backbone: Backbone, spec: FeatureSpec = FeatureSpec()
+                    ) -> tuple[Callable[[Params, jax.Array], jax.Array], tuple[int, ...]]:
+  """Returns `(fn(params, images_uint8 [B, H, W, 3]) -> z [B, C], boundaries)`.
+
+  `fn` is pure (params are an argument, never closed over); jit it.
+  """
+  layers = resolve_layers(backbone, spec.layers)
+  res = spec.resolution or backbone.resolution
+  target = (math.ceil(res / 16), math.ceil(res / 16))
+  bounds = boundaries_for([backbone.level_channels[i] for i in layers])
+
+  def fn(params: Params, images: jax.Array) -> jax.Array:
+    x = preprocess_images(images, res, backbone.mean, backbone.std)
+    maps = backbone.apply(params, x)
+    parts = [zscore(pool_map(maps[i], spec.pooling, target)) for i in layers]
+    return jnp.concatenate(parts, axis=-1)
+
+  return fn, bounds
+
+
+def extract(backbone: Backbone, images: np.ndarray, batch_size: int = 64,
+            spec: FeatureSpec = FeatureSpec(), progress: bool = True,
+            desc: str = "features") -> tuple[np.ndarray, tuple[int, ...]]:
+  """Features of a whole image array, batched; the last batch is padded.
+
+  Args:
+    backbone: a loaded `Backbone`.
+    images: [N, H, W, 3] uint8.
+    batch_size: images per jitted call (the compile is reused for every batch).
+    spec: layers / pooling / resolution.
+    progress: show a tqdm bar.
+
+  Returns:
+    (z [N, C] float32 numpy, boundaries).
+  """
+  images = np.asarray(images)
+  if images.ndim != 4 or images.shape[-1] != 3:
+    raise ValueError(f"images must be [N, H, W, 3], got shape {images.shape}")
+  if images.shape[0] == 0:
+    raise ValueError("cannot extract features of an empty image set")
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  fn, bounds = make_feature_fn(backbone, spec)
+  jfn = jax.jit(fn)
+  n = images.shape[0]
+  out = np.empty((n, bounds[-1]), np.float32)
+  starts = range(0, n, batch_size)
+  if progress:
+    from tqdm.auto import tqdm
+    starts = tqdm(starts, desc=desc, unit="batch", total=math.ceil(n / batch_size))
+  for s in starts:
+    chunk = images[s:s + batch_size]
+    m = chunk.shape[0]
+    if m < batch_size:   # pad with copies of the last image; never drop one
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - m, axis=0)])
+    out[s:s + m] = np.asarray(jfn(backbone.params, chunk))[:m]
+  if not np.all(np.isfinite(out)):
+    raise FloatingPointError(f"non-finite features for {desc}: check the backbone weights")
+  return out, bounds
+
+
+def images_digest(images: np.ndarray) -> str:
+  """Short content hash of an image array (part of the cache key)."""
+  h = hashlib.sha256()
+  h.update(str(images.shape).encode())
+  h.update(np.ascontiguousarray(images).tobytes())
+  return h.hexdigest()[:16]
+
+
+def cache_key(backbone: Backbone, spec: FeatureSpec, dataset: str, digest: str) -> dict:
+  """Everything the cached features depend on."""
+  return {
+      "backbone": backbone.name,
+      "weights": backbone.weights_id,
+      "resolution": spec.resolution or backbone.resolution,
+      "layers": list(resolve_layers(backbone, spec.layers)),
+      "pooling": spec.pooling,
+      "normalisation": [list(backbone.mean), list(backbone.std)],
+      "dataset": dataset,
+      "images": digest,
+  }
+
+
+class FeatureCache:
+  """On-disk cache of extracted features: `<dir>/<dataset-slug>-<hash>.npz`."""
+
+  def __init__(self, directory: str):
+    self.directory = directory
+
+  def path(self, key: dict) -> str:
+    blob = json.dumps(key, sort_keys=True).encode()
+    digest = hashlib.sha256(blob).hexdigest()[:20]
+    slug = "".join(c if c.isalnum() else "_" for c in str(key.get("dataset", "data")))[:60]
+    return os.path.join(self.directory, f"{slug}-{digest}.npz")
+
+  def load(self, key: dict) -> Optional[tuple[np.ndarray, tuple[int, ...]]]:
+    p = self.path(key)
+    if not os.path.exists(p):
+      return None
+    with np.load(p) as f:
+      stored = json.loads(str(f["key"]))
+      if stored != key:
+        raise ValueError(f"feature cache file {p} holds a different key: {stored}")
+      return f["z"], tuple(int(b) for b in f["boundaries"])
+
+  def save(self, key: dict, z: np.ndarray, boundaries: Sequence[int]) -> str:
+    os.makedirs(self.directory, exist_ok=True)
+    p = self.path(key)
+    fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".npz.tmp")
+    with os.fdopen(fd, "wb") as fh:
+      np.savez(fh, z=z, boundaries=np.asarray(boundaries), key=json.dumps(key, sort_keys=True))
+    os.replace(tmp, p)
+    return p
+
+
+def extract_cached(backbone: Backbone, images: np.ndarray, dataset: str,
+                   cache: Optional[FeatureCache], batch_size: int = 64,
+                   spec: FeatureSpec = FeatureSpec(), progress: bool = True
+                   ) -> tuple[np.ndarray, tuple[int, ...], bool]:
+  """`extract` through the cache. Returns (z, boundaries, was_cached)."""
+  if cache is None:
+    return (*extract(backbone, images, batch_size, spec, progress, desc=dataset), False)
+  key = cache_key(backbone, spec, dataset, images_digest(np.asarray(images)))
+  hit = cache.load(key)
+  if hit is not None:
+    return hit[0], hit[1], True
+  z, bounds = extract(backbone, images, batch_size, spec, progress, desc=dataset)
+  cache.save(key, z, bounds)
+  return z, bounds, False

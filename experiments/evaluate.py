@@ -1,0 +1,33 @@
+r"""Scores the ID test set and every OOD set with a trained LFDN.
+
+  python -m experiments.evaluate --config=experiments/configs/cifar10_lite0.py:runlocal \
+      --workdir=/tmp/dlsr [--outdir=/tmp/dlsr/eval] [--config.eval.ks="(3,5,10)"]
+
+Writes results.json, results.md (every metric per OOD set and the averages, per
+score type and k), scores.npz (raw per-sample scores) and ROC/histogram PNGs.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from experiments import launch, pipeline
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "The training workdir (checkpoints, caches).")
+_OUTDIR = flags.DEFINE_string("outdir", None, "Where to write results (default: --workdir).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  launch.setup()
+  results = pipeline.run_evaluate(_CONFIG.value, _WORKDIR.value, _OUTDIR.value)
+  from dlsr_jax import report
+  print(report.summary_table(results))
+  logging.info("results in %s", _OUTDIR.value or _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,75 @@
+"""End-to-end runs of the entry points on tiny settings (random backbone, few images)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = "experiments/configs/quickstart.py:tiny"
+
+
+def _run(*args, timeout=600):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=timeout)
+  if proc.returncode != 0:
+    raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                         f"{proc.stderr[-5000:]}")
+  return proc
+
+
+@pytest.fixture(scope="module")
+def quickstart_dir(tmp_path_factory):
+  wd = tmp_path_factory.mktemp("qs")
+  proc = _run("experiments.quickstart", f"--config={TINY}", f"--workdir={wd}")
+  return wd, proc
+
+
+def test_quickstart_writes_every_output(quickstart_dir):
+  wd, proc = quickstart_dir
+  for name in ("results.json", "results.md", "scores.npz", "config.json",
+               "roc_hist_mse.png", "roc_hist_mfsim.png", "roc_hist_lr_mse.png"):
+    assert (wd / name).exists(), name
+  res = json.loads((wd / "results.json").read_text())
+  assert res["ks"] == [2, 3]
+  assert set(res["metrics"]) == {"mse", "mfsim", "lr_mse", "lr_mfsim"}
+  for score in res["metrics"].values():
+    for rows in score.values():
+      assert set(rows) == {"letters", "photos", "noise", "average"}
+      for m in rows.values():
+        assert all(0.0 <= v <= 1.0 for v in m.values())
+  scores = np.load(wd / "scores.npz")
+  assert scores["id/mfsim"].shape == (2, 48) and scores["noise/mse"].shape == (2, 48)
+  assert "DLSR-MFsim" in proc.stdout and "total" in proc.stdout
+
+
+def test_evaluate_reuses_cache_and_takes_overrides(quickstart_dir, tmp_path):
+  wd, _ = quickstart_dir
+  rng = np.random.default_rng(0)
+  npz = tmp_path / "extra.npz"
+  np.savez(npz, images=rng.integers(0, 256, (9, 20, 20, 3), dtype=np.uint8), labels=np.zeros(9))
+  out = tmp_path / "eval"
+  _run("experiments.evaluate", f"--config={TINY}", f"--workdir={wd}", f"--outdir={out}",
+       f"--config.data.ood.extra=npz:{npz}", "--config.eval.ks=(3,)", "--config.eval.lr=False")
+  res = json.loads((out / "results.json").read_text())
+  assert res["ks"] == [3] and set(res["metrics"]) == {"mse", "mfsim"}
+  assert res["ood_sets"]["extra"] == f"npz:{npz}"
+  assert res["timing"]["id"]["cached"] and res["timing"]["noise"]["cached"]
+  assert not res["timing"]["extra"]["cached"]
+  assert np.load(out / "scores.npz")["extra/mse"].shape == (1, 9)
+
+
+def test_missing_data_file_fails_fast_with_its_name(quickstart_dir, tmp_path):
+  wd, _ = quickstart_dir
+  with pytest.raises(AssertionError, match="nope.npz"):
+    _run("experiments.evaluate", f"--config={TINY}", f"--workdir={wd}",
+         f"--outdir={tmp_path}", "--config.data.ood.bad=npz:/nope/nope.npz", timeout=120)
+
+
+def test_evaluate_without_checkpoint_says_so(tmp_path):
+  with pytest.raises(AssertionError, match="no checkpoint"):
+    _run("experiments.evaluate", f"--config={TINY}", f"--workdir={tmp_path}", timeout=300)
