@@ -160,12 +160,17 @@ def images_digest(images: np.ndarray) -> str:
 
 
 def cache_key(backbone: Backbone, spec: FeatureSpec, dataset: str, digest: str) -> dict:
-  """Everything the cached features depend on."""
+  """Everything the cached features depend on.
+
+  The cache holds every level of the backbone (each z-scored on its own), so any
+  layer selection is an exact slice of one cached entry: `spec.layers` is not part
+  of the key.
+  """
   return {
       "backbone": backbone.name,
       "weights": backbone.weights_id,
       "resolution": spec.resolution or backbone.resolution,
-      "layers": list(resolve_layers(backbone, spec.layers)),
+      "levels": list(backbone.level_names),
       "pooling": spec.pooling,
       "normalisation": [list(backbone.mean), list(backbone.std)],
       "dataset": dataset,
@@ -205,17 +210,35 @@ class FeatureCache:
     return p
 
 
+def select_layers(z_all: np.ndarray, backbone: Backbone, layers: Sequence[int]
+                  ) -> tuple[np.ndarray, tuple[int, ...]]:
+  """Slices the given levels out of all-level features (exact: z-scores are per layer)."""
+  all_bounds = boundaries_for(backbone.level_channels)
+  parts = [z_all[:, all_bounds[i]:all_bounds[i + 1]] for i in layers]
+  return (np.concatenate(parts, axis=1),
+          boundaries_for([backbone.level_channels[i] for i in layers]))
+
+
 def extract_cached(backbone: Backbone, images: np.ndarray, dataset: str,
                    cache: Optional[FeatureCache], batch_size: int = 64,
                    spec: FeatureSpec = FeatureSpec(), progress: bool = True
                    ) -> tuple[np.ndarray, tuple[int, ...], bool]:
-  """`extract` through the cache. Returns (z, boundaries, was_cached)."""
+  """`extract` through the cache. Returns (z, boundaries, was_cached).
+
+  With a cache, all levels are extracted and stored once; the requested layers
+  are sliced from them.
+  """
+  layers = resolve_layers(backbone, spec.layers)
   if cache is None:
     return (*extract(backbone, images, batch_size, spec, progress, desc=dataset), False)
   key = cache_key(backbone, spec, dataset, images_digest(np.asarray(images)))
   hit = cache.load(key)
-  if hit is not None:
-    return hit[0], hit[1], True
-  z, bounds = extract(backbone, images, batch_size, spec, progress, desc=dataset)
-  cache.save(key, z, bounds)
-  return z, bounds, False
+  cached = hit is not None
+  if cached:
+    z_all = hit[0]
+  else:
+    all_spec = dataclasses.replace(spec, layers=tuple(range(len(backbone.level_names))))
+    z_all, bounds = extract(backbone, images, batch_size, all_spec, progress, desc=dataset)
+    cache.save(key, z_all, bounds)
+  z, bounds = select_layers(z_all, backbone, layers)
+  return z, bounds, cached

@@ -9,6 +9,7 @@ Metric values are fractions; tables print percentages.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from typing import Mapping, Optional, Sequence
@@ -25,39 +26,71 @@ METRIC_COLUMNS = (
     ("fpr95_ood_positive", "FPR95 (OOD+)"),
 )
 SCORE_TITLES = {"mse": "DLSR-MSE", "mfsim": "DLSR-MFsim", "lr_mse": "DLSR-LR (MSE)",
-                "lr_mfsim": "DLSR-LR (MFsim)"}
+                "lr_mfsim": "DLSR-LR (MFsim)", "mahalanobis": "Mahalanobis",
+                "knn": "KNN (cosine)", "ae_mse": "AutoEncoder-MSE",
+                "ae_mfsim": "AutoEncoder-MFsim", "last_mse": "Last layer only-MSE",
+                "last_mfsim": "Last layer only-MFsim"}
 
 
-def metrics_table(id_scores: np.ndarray, ood_scores: Mapping[str, np.ndarray]
+NO_K = "-"   # the "k" key of scores that do not depend on a noise level (baselines)
+
+
+def _mean_rows(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
+  return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+def metrics_table(id_scores: np.ndarray, ood_scores: Mapping[str, np.ndarray],
+                  groups: Optional[Mapping[str, Sequence[str]]] = None
                   ) -> dict[str, dict[str, float]]:
-  """{ood set: metrics} for one score array per set, plus the "average" row."""
+  """{ood set: metrics} for one score array per set, then "group:<name>" averages
+  over each group's sets, then the "average" row over all sets."""
   if not ood_scores:
     raise ValueError("no OOD sets to evaluate")
   rows = {name: metrics_lib.compute_all(id_scores, s) for name, s in ood_scores.items()}
-  keys = next(iter(rows.values())).keys()
-  rows["average"] = {k: float(np.mean([r[k] for r in rows.values()])) for k in keys}
+  per_set = list(rows.values())
+  for g, members in (groups or {}).items():
+    missing = [m for m in members if m not in ood_scores]
+    if missing or not members:
+      raise ValueError(f"OOD group {g!r} names unknown sets {missing} "
+                       f"(known: {sorted(ood_scores)})")
+    rows[f"group:{g}"] = _mean_rows([rows[m] for m in members])
+  rows["average"] = _mean_rows(per_set)
   return rows
 
 
 def all_metrics(id_scores: Mapping[str, np.ndarray], ood_scores: Mapping[str, Mapping[str, np.ndarray]],
-                ks: Sequence[int]) -> dict:
+                ks: Sequence[int], groups: Optional[Mapping[str, Sequence[str]]] = None) -> dict:
   """Metrics for every score type and k.
 
   Args:
-    id_scores: {score type: [K, N_id]}.
-    ood_scores: {ood set: {score type: [K, N_ood]}}.
+    id_scores: {score type: [K, N_id]}; a k-free score (baseline) is [1, N_id].
+    ood_scores: {ood set: {score type: [K or 1, N_ood]}}.
     ks: the K noise levels.
+    groups: optional {group: [ood set, ...]} averaged as "group:<name>" rows.
 
   Returns:
-    {score type: {str(k): {ood set | "average": metrics}}}.
+    {score type: {str(k) or "-": {ood set | "group:g" | "average": metrics}}}.
   """
   out = {}
   for score, id_arr in id_scores.items():
     out[score] = {}
-    for j, k in enumerate(ks):
+    labels = [str(int(k)) for k in ks] if id_arr.shape[0] == len(ks) else [NO_K]
+    if id_arr.shape[0] != len(labels):
+      raise ValueError(f"score {score!r} has {id_arr.shape[0]} rows; expected {len(ks)} or 1")
+    for j, label in enumerate(labels):
       per_set = {name: s[score][j] for name, s in ood_scores.items()}
-      out[score][str(int(k))] = metrics_table(id_arr[j], per_set)
+      out[score][label] = metrics_table(id_arr[j], per_set, groups)
   return out
+
+
+def csv_rows(results: Mapping) -> list[dict]:
+  """Flat rows (score, k, ood_set, metrics...) of a results dict."""
+  rows = []
+  for score, by_k in results["metrics"].items():
+    for k, sets in by_k.items():
+      for name, m in sets.items():
+        rows.append({"score": score, "k": k, "ood_set": name, **m})
+  return rows
 
 
 def markdown(results: Mapping) -> str:
@@ -72,9 +105,15 @@ def markdown(results: Mapping) -> str:
   rule = "|---|" + "---:|" * len(METRIC_COLUMNS)
   for score, by_k in results["metrics"].items():
     for k, rows in by_k.items():
-      lines += [f"## {SCORE_TITLES.get(score, score)}, k = {k}", "", header, rule]
+      title = SCORE_TITLES.get(score, score) + ("" if k == NO_K else f", k = {k}")
+      lines += [f"## {title}", "", header, rule]
       for name, m in rows.items():
-        label = "**Average**" if name == "average" else f"`{name}`"
+        if name == "average":
+          label = "**Average**"
+        elif name.startswith("group:"):
+          label = f"*Average {name[6:]}*"
+        else:
+          label = f"`{name}`"
         lines.append(f"| {label} | " + " | ".join(f"{100 * m[c]:.2f}" for c, _ in METRIC_COLUMNS)
                      + " |")
       lines.append("")
@@ -89,8 +128,8 @@ def summary_table(results: Mapping) -> str:
   by_score = results["metrics"]
   if not by_score:
     return ""
-  ks = list(next(iter(by_score.values())).keys())
-  lines = ["| score | " + " | ".join(f"k={k}" for k in ks) + " |",
+  ks = list(dict.fromkeys(k for by_k in by_score.values() for k in by_k))
+  lines = ["| score | " + " | ".join("k-free" if k == NO_K else f"k={k}" for k in ks) + " |",
            "|---|" + "---:|" * len(ks)]
   for score, by_k in by_score.items():
     cells = [f"{100 * by_k[k]['average']['auroc']:.2f}" if k in by_k else "" for k in ks]
@@ -101,20 +140,56 @@ def summary_table(results: Mapping) -> str:
 def write_results(results: Mapping, outdir: str, stem: str = "results") -> dict[str, str]:
   """Writes `<stem>.json` and `<stem>.md`; returns their paths."""
   os.makedirs(outdir, exist_ok=True)
-  paths = {"json": os.path.join(outdir, f"{stem}.json"), "md": os.path.join(outdir, f"{stem}.md")}
+  paths = {ext: os.path.join(outdir, f"{stem}.{ext}") for ext in ("json", "md", "csv")}
   with open(paths["json"], "w") as f:
     json.dump(results, f, indent=2, sort_keys=False)
   with open(paths["md"], "w") as f:
     f.write(markdown(results))
+  rows = csv_rows(results)
+  with open(paths["csv"], "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
   return paths
+
+
+def _pyplot():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def plot_auroc_vs_k(results: Mapping, path: str) -> str:
+  """AUROC against k for every k-dependent score (the paper's Fig. 4): one panel
+  per score type, one line per OOD set, the average in black."""
+  plt = _pyplot()
+  scores = [s for s, by_k in results["metrics"].items() if NO_K not in by_k]
+  if not scores:
+    raise ValueError("no k-dependent scores to plot")
+  fig, axes = plt.subplots(1, len(scores), figsize=(4.2 * len(scores), 3.6), squeeze=False)
+  for ax, score in zip(axes[0], scores):
+    by_k = results["metrics"][score]
+    ks = sorted(by_k, key=int)
+    for name in by_k[ks[0]]:
+      if name.startswith("group:"):
+        continue
+      vals = [100 * by_k[k][name]["auroc"] for k in ks]
+      style = dict(color="k", lw=2.2) if name == "average" else dict(lw=1.0, alpha=0.8)
+      ax.plot([int(k) for k in ks], vals, marker="o", ms=3, label=name, **style)
+    ax.set(title=SCORE_TITLES.get(score, score), xlabel="k (noise level)", ylabel="AUROC (%)")
+    ax.grid(alpha=0.3)
+  axes[0][-1].legend(fontsize=7, loc="best")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
 
 
 def plot_roc_and_histograms(id_scores: np.ndarray, ood_scores: Mapping[str, np.ndarray],
                             path: str, title: Optional[str] = None) -> str:
   """One PNG: ROC curves (left) and score histograms ID vs each OOD set (right)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = _pyplot()
   from sklearn.metrics import roc_curve
 
   fig, (ax_roc, ax_hist) = plt.subplots(1, 2, figsize=(12, 4.8))

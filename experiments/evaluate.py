@@ -10,7 +10,7 @@ score type and k), scores.npz (raw per-sample scores) and ROC/histogram PNGs.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import launch, pipeline
+from experiments import evaluation, launch
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
                                           lock_config=True)
@@ -23,7 +23,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   launch.setup()
-  results = pipeline.run_evaluate(_CONFIG.value, _WORKDIR.value, _OUTDIR.value)
+  results = evaluation.run_evaluate(_CONFIG.value, _WORKDIR.value, _OUTDIR.value)
   from dlsr_jax import report
   print(report.summary_table(results))
   logging.info("results in %s", _OUTDIR.value or _WORKDIR.value)

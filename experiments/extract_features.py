@@ -10,7 +10,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from dlsr_jax import features
-from experiments import launch, pipeline
+from experiments import evaluation, launch, pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
                                           lock_config=True)
@@ -25,7 +25,7 @@ def main(argv):
   c = _CONFIG.value
   backbone = pipeline.load_backbone(c)
   cache = features.FeatureCache(pipeline.cache_dir(c, _WORKDIR.value))
-  for src in [c.data.train, c.data.test] + [s for _, s in sorted(c.data.ood.items())]:
+  for src in [c.data.train, c.data.test] + [s for _, s in sorted(evaluation.ood_sources(c).items())]:
     z, _, info = pipeline.source_features(c, backbone, src, cache)
     print(f"{src}: {z.shape[0]} x {z.shape[1]} features {info}")
   logging.info("cache: %s", cache.directory)

@@ -14,7 +14,7 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import launch, pipeline
+from experiments import evaluation, launch, pipeline
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "experiments/configs/quickstart.py", "Config file (path[:variant]).",
@@ -31,7 +31,7 @@ def main(argv):
   t0 = time.time()
   pipeline.run_train(c, wd)
   t1 = time.time()
-  results = pipeline.run_evaluate(c, wd)
+  results = evaluation.run_evaluate(c, wd)
   t2 = time.time()
   from dlsr_jax import report
   print(report.markdown(results))

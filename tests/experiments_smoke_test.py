@@ -31,12 +31,15 @@ def quickstart_dir(tmp_path_factory):
 
 def test_quickstart_writes_every_output(quickstart_dir):
   wd, proc = quickstart_dir
-  for name in ("results.json", "results.md", "scores.npz", "config.json",
-               "roc_hist_mse.png", "roc_hist_mfsim.png", "roc_hist_lr_mse.png"):
+  for name in ("results.json", "results.md", "results.csv", "scores.npz", "config.json",
+               "roc_hist_mse.png", "roc_hist_mfsim.png", "roc_hist_lr_mse.png",
+               "roc_hist_knn.png", "auroc_vs_k.png"):
     assert (wd / name).exists(), name
   res = json.loads((wd / "results.json").read_text())
   assert res["ks"] == [2, 3]
-  assert set(res["metrics"]) == {"mse", "mfsim", "lr_mse", "lr_mfsim"}
+  assert set(res["metrics"]) == {"mse", "mfsim", "lr_mse", "lr_mfsim", "mahalanobis", "knn"}
+  assert set(res["metrics"]["knn"]) == {"-"} and set(res["metrics"]["mse"]) == {"2", "3"}
+  assert res["timing"]["scoring"]["images_per_s"] > 0
   for score in res["metrics"].values():
     for rows in score.values():
       assert set(rows) == {"letters", "photos", "noise", "average"}
@@ -51,13 +54,20 @@ def test_evaluate_reuses_cache_and_takes_overrides(quickstart_dir, tmp_path):
   wd, _ = quickstart_dir
   rng = np.random.default_rng(0)
   npz = tmp_path / "extra.npz"
-  np.savez(npz, images=rng.integers(0, 256, (9, 20, 20, 3), dtype=np.uint8), labels=np.zeros(9))
+  np.savez(npz, images=rng.integers(0, 256, (9, 20, 20, 3), dtype=np.uint8),
+           labels=np.zeros(9, np.int64))
   out = tmp_path / "eval"
   _run("experiments.evaluate", f"--config={TINY}", f"--workdir={wd}", f"--outdir={out}",
-       f"--config.data.ood.extra=npz:{npz}", "--config.eval.ks=(3,)", "--config.eval.lr=False")
+       f"--config.data.extra_ood=extra=npz:{npz},itself=offline:digits:test",
+       "--config.data.ood.photos=offline:noise", "--config.eval.ks=(3,)",
+       "--config.eval.lr=False", "--config.eval.baselines=")
   res = json.loads((out / "results.json").read_text())
   assert res["ks"] == [3] and set(res["metrics"]) == {"mse", "mfsim"}
+  # Sanity: the ID test set evaluated against itself (its own noise draws) is at chance.
+  for t in ("mse", "mfsim"):
+    assert 0.3 < res["metrics"][t]["3"]["itself"]["auroc"] < 0.7
   assert res["ood_sets"]["extra"] == f"npz:{npz}"
+  assert res["ood_sets"]["photos"] == "offline:noise"   # a configured set swapped by a flag
   assert res["timing"]["id"]["cached"] and res["timing"]["noise"]["cached"]
   assert not res["timing"]["extra"]["cached"]
   assert np.load(out / "scores.npz")["extra/mse"].shape == (1, 9)
@@ -67,7 +77,7 @@ def test_missing_data_file_fails_fast_with_its_name(quickstart_dir, tmp_path):
   wd, _ = quickstart_dir
   with pytest.raises(AssertionError, match="nope.npz"):
     _run("experiments.evaluate", f"--config={TINY}", f"--workdir={wd}",
-         f"--outdir={tmp_path}", "--config.data.ood.bad=npz:/nope/nope.npz", timeout=120)
+         f"--outdir={tmp_path}", "--config.data.ood.noise=npz:/nope/nope.npz", timeout=120)
 
 
 def test_evaluate_without_checkpoint_says_so(tmp_path):

@@ -88,6 +88,14 @@ def test_cache_hit_miss_and_key(tmp_path):
   assert cached2 and b2 == b
   np.testing.assert_array_equal(z, z2)
   # Different pixels, pooling or dataset name -> a different entry.
+  # Another layer selection is an exact slice of the same entry (no backbone run).
+  z_last, b_last, c_last = features.extract_cached(bb, imgs, "npz:x.npz", cache, 4,
+                                                   features.FeatureSpec(layers=(1,)),
+                                                   progress=False)
+  assert c_last and b_last == (0, 6)
+  np.testing.assert_array_equal(z_last, z[:, 4:])
+  direct, _ = features.extract(bb, imgs, 4, features.FeatureSpec(layers=(1,)), progress=False)
+  np.testing.assert_allclose(z_last, direct, rtol=1e-6, atol=1e-6)
   _, _, c3 = features.extract_cached(bb, _images(6, seed=1), "npz:x.npz", cache, 4, progress=False)
   _, _, c4 = features.extract_cached(bb, imgs, "npz:x.npz", cache, 4,
                                      features.FeatureSpec(pooling="dlsr"), progress=False)

@@ -1,16 +1,13 @@
-"""The paper's setting: ID CIFAR-10, EfficientNet-B4 at 224x224, C = 720.
+"""The paper's setting: ID CIFAR-10, EfficientNet-B4 at 224x224, C = 720 (W = 1440, E = 720).
 
+The DLSR CIFAR-10 protocol (dlsr_cifar10.py) with backbone=efficientnet_b4.
 Bring the weights: --config.weights=/path/to/efficientnet-b4-6ed6700e.pth
 (or the native file written by experiments.convert_weights).
+Variants: `runlocal`, `root=PATH` (see dlsr_cifar10.py).
 """
 
-from experiments.configs import cifar10_lite0
+from experiments.configs import dlsr_cifar10
 
 
 def get_config(arg: str = ""):
-  c = cifar10_lite0.get_config(arg)
-  c.backbone = "efficientnet_b4"
-  c.weights = "efficientnet-b4-6ed6700e.pth"
-  if "runlocal" not in arg.split(","):
-    c.model.width, c.model.embed_dim, c.model.num_blocks = 1440, 720, 16
-  return c
+  return dlsr_cifar10.get_config(",".join(a for a in ("backbone=efficientnet_b4", arg) if a))

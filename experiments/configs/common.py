@@ -26,9 +26,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.train = "tfds:cifar10:train"
   c.data.test = "tfds:cifar10:test"
   c.data.ood = ml_collections.ConfigDict()
+  # More OOD sets from the command line (a locked config cannot gain keys):
+  # --config.data.extra_ood="name=SOURCE,other=SOURCE".
+  c.data.extra_ood = ""
   c.data.image_size = 32        # folder sources are resized to this
   c.data.tfds_data_dir = ""     # "" = TFDS default
   c.data.limit = 0              # > 0: use only the first N images of every set
+  # Named groups of OOD sets averaged together (e.g. OpenOOD near/far):
+  # {group: "set1,set2"}; empty = no groups.
+  c.data.groups = ml_collections.ConfigDict()
 
   # LFDN (SPEC 1.3); C comes from the features.
   c.model = ml_collections.ConfigDict()
@@ -72,4 +78,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.lr = True              # also the LR score (needs the first-epoch checkpoint)
   c.eval.lr_orientation = "first_minus_final"
   c.eval.plots = True
+  # Feature-level baselines on the same cached features (ID train set fitted):
+  # comma-separated subset of "mahalanobis,knn"; "" = none.
+  c.eval.baselines = "mahalanobis,knn"
+  # Per-layer z-scoring makes every layer's slice sum to zero, so the feature
+  # covariance is singular by construction (rank <= C - number of layers): a
+  # small shrinkage is needed (test features lie in the same subspace).
+  c.eval.mahalanobis_shrinkage = 0.01
+  c.eval.knn_k = 50
   return c

@@ -36,4 +36,6 @@ def get_config(arg: str = ""):
     c.train.log_every_steps = 2
     c.eval.ks = (2, 3)
     c.eval.batch_size = 16
+    c.eval.knn_k = 5
+    c.eval.mahalanobis_shrinkage = 0.1   # N = 48 < C
   return c

@@ -1,0 +1,200 @@
+"""Evaluation: DLSR scores (MSE, MFsim, LR at every k), feature baselines, metrics, outputs.
+
+`run_evaluate` is a short composition of `load_feature_sets`, `dlsr_scores`,
+`baseline_scores`, `assemble_results` and `write_outputs`; benchmark scripts
+reuse the pieces (e.g. to add ablation models to the same table).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import zlib
+from typing import Mapping, Optional
+
+import jax
+import numpy as np
+from absl import logging
+
+from dlsr_jax import baselines, features, report, schedule, scoring
+from dlsr_jax import train as train_lib
+from experiments import pipeline
+
+BASELINES = ("mahalanobis", "knn")
+
+
+def require_checkpoint(workdir: str) -> None:
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(ckpt_dir) or not os.listdir(ckpt_dir):
+    raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: run experiments.train with "
+                            "this --workdir first")
+
+
+def ood_sources(c) -> dict[str, str]:
+  """`c.data.ood` plus the sets given as `c.data.extra_ood` ("name=SOURCE,...")."""
+  sources = dict(c.data.ood)
+  for item in [i.strip() for i in str(c.data.get("extra_ood", "")).split(",") if i.strip()]:
+    name, sep, src = item.partition("=")
+    if not sep or not name.strip() or not src.strip():
+      raise ValueError(f"data.extra_ood entry {item!r} is not NAME=SOURCE")
+    if name.strip() in sources:
+      raise ValueError(f"data.extra_ood names {name.strip()!r} twice or shadows data.ood."
+                       f"{name.strip()}; override that with --config.data.ood.{name.strip()}=...")
+    sources[name.strip()] = src.strip()
+  return sources
+
+
+def parse_groups(c) -> dict[str, list[str]]:
+  """`c.data.groups` ({group: "a,b"}) -> {group: ["a", "b"]}, checked against the OOD sets."""
+  groups = {}
+  for g, members in (c.data.get("groups") or {}).items():
+    names = [m.strip() for m in str(members).split(",") if m.strip()]
+    unknown = [m for m in names if m not in ood_sources(c)]
+    if unknown or not names:
+      raise ValueError(f"data.groups.{g} = {members!r} names unknown OOD sets {unknown}; "
+                       f"configured sets: {sorted(ood_sources(c))}")
+    groups[g] = names
+  return groups
+
+
+def parse_baselines(c) -> list[str]:
+  names = [b.strip() for b in str(c.eval.get("baselines", "")).split(",") if b.strip()]
+  unknown = [b for b in names if b not in BASELINES]
+  if unknown:
+    raise ValueError(f"unknown baselines {unknown}; available: {BASELINES}")
+  return names
+
+
+def load_feature_sets(c, workdir: str, backbone=None, with_train: bool = False):
+  """Features of the ID test set ("id") and every OOD set (and "train" if asked)."""
+  backbone = backbone or pipeline.load_backbone(c)
+  cache = features.FeatureCache(pipeline.cache_dir(c, workdir))
+  sources = [("id", c.data.test)] + sorted(ood_sources(c).items())
+  if with_train:
+    sources.append(("train", c.data.train))
+  sets, timing = {}, {}
+  for name, src in sources:
+    sets[name], _, timing[name] = pipeline.source_features(c, backbone, src, cache)
+  return backbone, sets, timing
+
+
+def dlsr_scores(c, workdir: str, sets: Mapping[str, np.ndarray], boundaries,
+                with_lr: bool) -> tuple[dict, dict]:
+  """{set: {"mse", "mfsim"[, "lr_mse", "lr_mfsim"]: [K, N]}} and scoring throughput."""
+  sched = schedule.make_schedule(pipeline.schedule_config(c))
+  ks = scoring.validate_ks(list(c.eval.ks), sched.num_steps)
+  apply_fn = train_lib.lfdn_apply_fn(pipeline.model_config(c, boundaries[-1]))
+  score_fn = jax.jit(scoring.make_score_fn(apply_fn, sched.alphas_cumprod,
+                                           pipeline.score_config(c, boundaries)))
+  key = jax.random.key(c.eval.seed)
+  bs = c.eval.batch_size
+  params = pipeline.restore_ema(c, workdir, boundaries[-1])
+  t0 = time.time()   # compile once, outside the timed region
+  warm = np.zeros((bs, boundaries[-1]), np.float32)
+  jax.block_until_ready(score_fn(params, warm, np.arange(bs), np.asarray(ks), key))
+  compile_s = time.time() - t0
+  # Each set draws its own noise (keyed on the set name and the example id), so a set
+  # scored against a copy of itself under another name gives AUROC ~0.5, not exactly 0.5.
+  set_key = lambda n: jax.random.fold_in(key, zlib.crc32(n.encode()) & 0x7FFFFFFF)
+  t0 = time.time()
+  final = {n: scoring.score_dataset(score_fn, params, z, ks, set_key(n), bs, progress=True,
+                                    desc=f"score {n}") for n, z in sets.items()}
+  dt = time.time() - t0
+  n_total = sum(z.shape[0] for z in sets.values())
+  timing = {"compile_s": round(compile_s, 3), "seconds": round(dt, 3),
+            "images_per_s": round(n_total / max(dt, 1e-9), 1), "num_k": len(ks),
+            "num_images": n_total}
+  out = {n: dict(s) for n, s in final.items()}
+  if with_lr:
+    first_params = pipeline.restore_ema(c, workdir, boundaries[-1], first_epoch=True)
+    for n, z in sets.items():
+      first = scoring.score_dataset(score_fn, first_params, z, ks, set_key(n), bs)
+      for t in scoring.SCORE_TYPES:
+        out[n][f"lr_{t}"] = scoring.likelihood_ratio(first[t], final[n][t],
+                                                     c.eval.lr_orientation)
+  return out, timing
+
+
+def baseline_scores(c, z_train: np.ndarray, sets: Mapping[str, np.ndarray]) -> tuple[dict, dict]:
+  """{set: {baseline: [1, N]}} fitted on the ID train features, and their timing."""
+  out = {n: {} for n in sets}
+  timing = {}
+  for name in parse_baselines(c):
+    t0 = time.time()
+    if name == "mahalanobis":
+      model = baselines.fit_mahalanobis(z_train, shrinkage=c.eval.mahalanobis_shrinkage)
+      fn = lambda z, m=model: baselines.mahalanobis_score(m, z)
+    else:
+      model = baselines.fit_knn(z_train, k=c.eval.knn_k)
+      fn = lambda z, m=model: baselines.knn_score(m, z)
+    for n, z in sets.items():
+      out[n][name] = np.asarray(fn(z))[None, :]
+    timing[name] = {"seconds": round(time.time() - t0, 3)}
+  return out, timing
+
+
+def merge_scores(*parts: Mapping[str, Mapping[str, np.ndarray]]) -> dict:
+  merged: dict = {}
+  for part in parts:
+    for n, s in part.items():
+      merged.setdefault(n, {}).update(s)
+  return merged
+
+
+def assemble_results(c, scores: Mapping, settings: dict, timing: dict) -> dict:
+  ood_names = [n for n in scores if n not in ("id", "train")]
+  ks = [int(k) for k in c.eval.ks]
+  return {
+      "id_set": c.data.test,
+      "ood_sets": {n: ood_sources(c)[n] for n in ood_names},
+      "groups": parse_groups(c),
+      "ks": ks,
+      "metrics": report.all_metrics(scores["id"], {n: scores[n] for n in ood_names}, ks,
+                                    parse_groups(c)),
+      "settings": settings,
+      "timing": timing,
+  }
+
+
+def write_outputs(results: dict, scores: Mapping, outdir: str, plots: bool = True) -> None:
+  """results.{json,md,csv}, scores.npz (raw per-sample scores) and PNG figures."""
+  if jax.process_index() != 0:
+    return
+  paths = report.write_results(results, outdir)
+  flat = {f"{n}/{t}": v for n, s in scores.items() if n != "train" for t, v in s.items()}
+  np.savez(os.path.join(outdir, "scores.npz"), ks=np.asarray(results["ks"]), **flat)
+  if plots:
+    ood = list(results["ood_sets"])
+    for t in scores["id"]:
+      by_k = results["metrics"][t]
+      best = max(by_k, key=lambda k: by_k[k]["average"]["auroc"])
+      j = 0 if best == report.NO_K else results["ks"].index(int(best))
+      title = report.SCORE_TITLES.get(t, t) + ("" if best == report.NO_K else f", k = {best}")
+      report.plot_roc_and_histograms(scores["id"][t][j], {n: scores[n][t][j] for n in ood},
+                                     os.path.join(outdir, f"roc_hist_{t}.png"),
+                                     title=f"{title}, ID = {results['id_set']}")
+    if any(report.NO_K not in by_k for by_k in results["metrics"].values()):
+      report.plot_auroc_vs_k(results, os.path.join(outdir, "auroc_vs_k.png"))
+  logging.info("wrote %s", paths)
+
+
+def run_evaluate(c, workdir: str, outdir: Optional[str] = None) -> dict:
+  """Scores the ID test set and every OOD set; writes results, tables, scores, plots."""
+  outdir = outdir or workdir
+  if not ood_sources(c):
+    raise ValueError("no OOD sets configured: set --config.data.extra_ood=NAME=SOURCE")
+  require_checkpoint(workdir)
+  parse_groups(c)
+  use_baselines = bool(parse_baselines(c))
+  backbone, sets, timing = load_feature_sets(c, workdir, with_train=use_baselines)
+  bounds = pipeline.feature_boundaries(c, backbone)
+  z_train = sets.pop("train", None)
+  dlsr, timing["scoring"] = dlsr_scores(c, workdir, sets, bounds, with_lr=c.eval.lr)
+  parts = [dlsr]
+  if use_baselines:
+    base, timing["baselines"] = baseline_scores(c, z_train, sets)
+    parts.append(base)
+  scores = merge_scores(*parts)
+  results = assemble_results(c, scores, pipeline.settings_summary(c, backbone, bounds), timing)
+  write_outputs(results, scores, outdir, plots=c.eval.plots)
+  return results
