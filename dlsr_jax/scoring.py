@@ -136,8 +136,15 @@ def likelihood_ratio(first_epoch: np.ndarray, final: np.ndarray,
 def score_dataset(score_fn: Callable[..., dict[str, jax.Array]], params, z: np.ndarray,
                   ks: Sequence[int], key: jax.Array, batch_size: int = 256,
                   sample_ids: Optional[np.ndarray] = None,
-                  progress: bool = False, desc: str = "scoring") -> dict[str, np.ndarray]:
+                  progress: bool = False, desc: str = "scoring",
+                  k_strategy: str = "vmap") -> dict[str, np.ndarray]:
   """Scores every row of `z` with a jitted `score_fn`, padding the last batch.
+
+  `k_strategy="vmap"` scores all k in one call: the vmapped `while_loop` runs
+  K * max(k) network evaluations per sample. `"per_k"` calls the same compiled
+  function once per k (a [1] array of k: one compile for any k), Sigma k
+  evaluations: faster when the ks differ a lot (1.85x for ks = 3, 5, 10 on a
+  2-core CPU). Scores are the same either way (the noise is shared across k).
 
   Args:
     score_fn: jitted output of `make_score_fn`.
@@ -160,7 +167,10 @@ def score_dataset(score_fn: Callable[..., dict[str, jax.Array]], params, z: np.n
   ids = np.arange(n, dtype=np.int32) if sample_ids is None else np.asarray(sample_ids, np.int32)
   if ids.shape != (n,):
     raise ValueError(f"sample_ids must have shape ({n},), got {ids.shape}")
-  ks = jnp.asarray(ks, jnp.int32)
+  if k_strategy not in ("vmap", "per_k"):
+    raise ValueError(f"k_strategy must be 'vmap' or 'per_k', got {k_strategy!r}")
+  ks = np.asarray(ks, np.int32)
+  k_groups = [ks] if k_strategy == "vmap" else [ks[j:j + 1] for j in range(len(ks))]
   chunks: dict[str, list[np.ndarray]] = {}
   starts = range(0, n, batch_size)
   if progress:
@@ -172,7 +182,8 @@ def score_dataset(score_fn: Callable[..., dict[str, jax.Array]], params, z: np.n
     if m < batch_size:
       zb = np.concatenate([zb, np.repeat(zb[-1:], batch_size - m, axis=0)])
       ib = np.concatenate([ib, np.repeat(ib[-1:], batch_size - m)])
-    out = score_fn(params, zb, ib, ks, key)
-    for name, val in out.items():
-      chunks.setdefault(name, []).append(np.asarray(val)[:, :m])
+    outs = [score_fn(params, zb, ib, kg, key) for kg in k_groups]
+    for name in outs[0]:
+      val = np.concatenate([np.asarray(o[name]) for o in outs], axis=0)
+      chunks.setdefault(name, []).append(val[:, :m])
   return {name: np.concatenate(v, axis=1) for name, v in chunks.items()}

@@ -91,14 +91,17 @@ def dlsr_scores(c, workdir: str, sets: Mapping[str, np.ndarray], boundaries,
   params = pipeline.restore_ema(c, workdir, boundaries[-1])
   t0 = time.time()   # compile once, outside the timed region
   warm = np.zeros((bs, boundaries[-1]), np.float32)
-  jax.block_until_ready(score_fn(params, warm, np.arange(bs), np.asarray(ks), key))
+  warm_ks = ks if c.eval.get("k_strategy", "vmap") == "vmap" else ks[:1]
+  jax.block_until_ready(score_fn(params, warm, np.arange(bs), warm_ks, key))
   compile_s = time.time() - t0
   # Each set draws its own noise (keyed on the set name and the example id), so a set
   # scored against a copy of itself under another name gives AUROC ~0.5, not exactly 0.5.
   set_key = lambda n: jax.random.fold_in(key, zlib.crc32(n.encode()) & 0x7FFFFFFF)
   t0 = time.time()
+  strategy = c.eval.get("k_strategy", "vmap")
   final = {n: scoring.score_dataset(score_fn, params, z, ks, set_key(n), bs, progress=True,
-                                    desc=f"score {n}") for n, z in sets.items()}
+                                    desc=f"score {n}", k_strategy=strategy)
+           for n, z in sets.items()}
   dt = time.time() - t0
   n_total = sum(z.shape[0] for z in sets.values())
   timing = {"compile_s": round(compile_s, 3), "seconds": round(dt, 3),
@@ -108,7 +111,8 @@ def dlsr_scores(c, workdir: str, sets: Mapping[str, np.ndarray], boundaries,
   if with_lr:
     first_params = pipeline.restore_ema(c, workdir, boundaries[-1], first_epoch=True)
     for n, z in sets.items():
-      first = scoring.score_dataset(score_fn, first_params, z, ks, set_key(n), bs)
+      first = scoring.score_dataset(score_fn, first_params, z, ks, set_key(n), bs,
+                                    k_strategy=strategy)
       for t in scoring.SCORE_TYPES:
         out[n][f"lr_{t}"] = scoring.likelihood_ratio(first[t], final[n][t],
                                                      c.eval.lr_orientation)

@@ -155,3 +155,16 @@ def test_likelihood_ratio_and_validation():
     scoring.score_dataset(fn, p, bad, [3], jax.random.key(0))
   with pytest.raises(ValueError, match="non-empty"):
     scoring.score_dataset(fn, p, np.zeros((0, 16), np.float32), [3], jax.random.key(0))
+
+
+def test_per_k_strategy_gives_the_same_scores():
+  apply_fn, p = _random_lfdn()
+  z = _features(20)
+  fn = jax.jit(scoring.make_score_fn(apply_fn, ABAR, scoring.ScoreConfig(boundaries=BOUNDS)))
+  key = jax.random.key(9)
+  a = scoring.score_dataset(fn, p, z, [2, 5, 9], key, batch_size=8)
+  b = scoring.score_dataset(fn, p, z, [2, 5, 9], key, batch_size=8, k_strategy="per_k")
+  for t in ("mse", "mfsim"):
+    np.testing.assert_allclose(a[t], b[t], rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="k_strategy"):
+    scoring.score_dataset(fn, p, z, [2], key, k_strategy="loop")

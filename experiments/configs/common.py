@@ -74,6 +74,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.release_compat = False
   c.eval.num_draws = 1
   c.eval.batch_size = 256
+  # "vmap": all k in one call (K * max(k) network evaluations); "per_k": one call
+  # per k with the same compile (sum of k evaluations). Same scores.
+  c.eval.k_strategy = "vmap"
   c.eval.seed = 0
   c.eval.lr = True              # also the LR score (needs the first-epoch checkpoint)
   c.eval.lr_orientation = "first_minus_final"
