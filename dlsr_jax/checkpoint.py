@@ -5,6 +5,12 @@ states, `checkpoints_first_epoch/` keeps the state after the first epoch
 (needed by the LR score) and is never pruned. Saves are asynchronous; call
 `wait()` before reading them back or exiting. Only arrays are saved; restore
 needs an abstract target (`jax.eval_shape` of the init + shardings).
+
+A step becomes visible (`latest_step`) only once it is completely written
+(orbax writes into a temporary directory and renames it), so a process killed
+mid-save resumes from the previous step. In a multi-process job every process
+constructs the `Checkpointer` and calls `save`/`restore_*` with the same
+arguments (collectively) on a directory all of them can see.
 """
 
 from __future__ import annotations
@@ -44,6 +50,10 @@ class Checkpointer:
     self.latest.save(step, args=ocp.args.StandardSave(state), force=force)
     if first_epoch:
       self.first.save(step, args=ocp.args.StandardSave(state), force=force)
+
+  def save_first_epoch(self, step: int, state: Any) -> None:
+    """Saves `state` as the first-epoch checkpoint only (collective; async)."""
+    self.first.save(step, args=ocp.args.StandardSave(state), force=True)
 
   def latest_step(self) -> Optional[int]:
     return self.latest.latest_step()

@@ -1,15 +1,30 @@
 """The LFDN training loop over cached features: sharded, resumable, logged.
 
 `fit` is a short composition of tested pieces: the pure step from
-`dlsr_jax.train`, deterministic per-(seed, epoch) batches from
+`dlsr_jax.train`, deterministic per-(seed, epoch) global batches from
 `dlsr_jax.data`, shardings from `dlsr_jax.parallel` and orbax checkpoints
-from `dlsr_jax.checkpoint`. Resuming from the latest checkpoint replays the
-exact same batches and keys as an uninterrupted run.
+from `dlsr_jax.checkpoint`.
+
+Exact resume: the step's randomness is `fold_in(key(seed), state.step)` and
+global batch s of epoch e is a fixed function of (seed, e, s), so resuming
+from any checkpoint (epoch end, every `checkpoint_every_steps`, or a
+preemption) replays exactly what an uninterrupted run computes.
+
+Preemption: while `fit` runs with a checkpointer, SIGTERM makes it finish the
+current step, save a checkpoint and raise `Preempted`; re-running the same
+training resumes from there. With one process a Python SIGTERM handler is
+installed for the duration of `fit` (the previous handler is restored after).
+In a multi-process job JAX's preemption service (on by default with
+`jax.distributed`) catches SIGTERM on any host and
+`reached_preemption_sync_point` makes every process save at the same step.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import signal
+import threading
 import time
 from typing import Any, Callable, Optional
 
@@ -23,11 +38,96 @@ from dlsr_jax.checkpoint import Checkpointer
 
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
+  """Loop settings.
+
+  Attributes:
+    batch_size: GLOBAL batch size (divisible by the number of devices).
+    num_epochs: epochs over the training features.
+    seed: init, shuffle and noise seed.
+    log_every_steps: metrics interval (process 0 writes them).
+    checkpoint_every_epochs: checkpoint at the end of every this many epochs
+      (the first and the last epoch are always saved).
+    checkpoint_every_steps: also checkpoint every this many steps, mid-epoch
+      included (0 = only at epoch ends), so a killed run loses little.
+  """
   batch_size: int = 128
   num_epochs: int = 150
   seed: int = 0
   log_every_steps: int = 100
   checkpoint_every_epochs: int = 1
+  checkpoint_every_steps: int = 0
+
+  def __post_init__(self):
+    for name in ("batch_size", "num_epochs", "log_every_steps", "checkpoint_every_epochs"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"FitConfig.{name} must be >= 1, got {getattr(self, name)}")
+    if self.checkpoint_every_steps < 0:
+      raise ValueError("FitConfig.checkpoint_every_steps must be >= 0 (0 = epoch ends "
+                       f"only), got {self.checkpoint_every_steps}")
+
+
+class Preempted(Exception):
+  """Training stopped on SIGTERM after saving a checkpoint at `step`."""
+
+  def __init__(self, step: int):
+    self.step = step
+    super().__init__(f"preempted: checkpoint saved at step {step}; re-run the same "
+                     "training to resume from it")
+
+
+class _PreemptionWatch:
+  """Context manager: did SIGTERM (or JAX's preemption service) ask us to stop?"""
+
+  def __init__(self, enabled: bool, start_step: int):
+    self.enabled = enabled
+    self.start_step = start_step
+    self.use_sync_point = False
+    self._signalled = False
+    self._old_handler: Any = None
+    self._installed = False
+
+  def _handler(self, signum, frame):  # pylint: disable=unused-argument
+    if not self._signalled:
+      logging.warning("SIGTERM received: checkpointing after this step, then stopping")
+    self._signalled = True
+
+  def _sync_point_available(self) -> bool:
+    """Whether JAX's preemption service runs (it has its own SIGTERM handler)."""
+    if not jax.distributed.is_initialized():
+      return False
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    try:
+      multihost_utils.reached_preemption_sync_point(self.start_step)
+    except RuntimeError:   # jax_enable_preemption_service is off
+      return False
+    return True
+
+  def __enter__(self) -> "_PreemptionWatch":
+    if not self.enabled:
+      return self
+    if self._sync_point_available():
+      self.use_sync_point = True
+    elif jax.process_count() > 1:
+      logging.warning("JAX's preemption service is off: SIGTERM will not checkpoint")
+    elif threading.current_thread() is not threading.main_thread():
+      logging.warning("fit runs outside the main thread: SIGTERM will not checkpoint")
+    else:
+      self._old_handler = signal.signal(signal.SIGTERM, self._handler)
+      self._installed = True
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._installed:   # None: the old handler was not set from Python
+      old = signal.SIG_DFL if self._old_handler is None else self._old_handler
+      signal.signal(signal.SIGTERM, old)
+      self._installed = False
+
+  def requested(self, step: int) -> bool:
+    """Call once per step, with the step count, on every process."""
+    if self.use_sync_point:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._signalled
 
 
 def _check_features(z: np.ndarray, batch_size: int) -> None:
@@ -44,6 +144,11 @@ def _check_features(z: np.ndarray, batch_size: int) -> None:
 def make_jitted_step(model_cfg, tx, sched, ema_decay, mesh, state):
   """The train step jitted with replicated state and a data-sharded batch."""
   step = train.make_train_step(model_cfg, tx, sched.alphas_cumprod, ema_decay)
+  return _jit_step(step, mesh, state)
+
+
+def _jit_step(step: Callable, mesh, state) -> Callable:
+  """`state` (arrays or shapes) only gives the state's tree structure."""
   rep, dat = parallel.replicated(mesh), parallel.data_sharded(mesh)
   state_sh = jax.tree.map(lambda _: rep, state)
   return jax.jit(step, in_shardings=(state_sh, dat, rep),
@@ -55,65 +160,121 @@ def init_state(model_cfg: lfdn.LFDNConfig, tx, key: jax.Array, mesh) -> train.Tr
   return jax.jit(lambda k: train.create_train_state(model_cfg, tx, k), out_shardings=rep)(key)
 
 
+@functools.lru_cache(maxsize=8)
+def _compiled(model_cfg: lfdn.LFDNConfig, optim_cfg: train.OptimConfig, abar: bytes,
+              mesh) -> tuple[Callable, Callable]:
+  """(jitted init, jitted step), reused (not re-compiled) by every `fit` with these settings."""
+  tx = train.make_optimizer(optim_cfg)
+  step = train.make_train_step(model_cfg, tx, np.frombuffer(abar, np.float32),
+                               optim_cfg.ema_decay)
+  shapes = jax.eval_shape(lambda: train.create_train_state(model_cfg, tx, jax.random.key(0)))
+  init = jax.jit(lambda k: train.create_train_state(model_cfg, tx, k),
+                 out_shardings=parallel.replicated(mesh))
+  return init, _jit_step(step, mesh, shapes)
+
+
+def _is_checkpoint_step(step: int, steps_per_epoch: int, cfg: FitConfig) -> bool:
+  """Epoch ends per `checkpoint_every_epochs` (first and last always), every N steps."""
+  if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
+    return True
+  if step % steps_per_epoch:
+    return False
+  epoch = step // steps_per_epoch      # epochs completed
+  return epoch == 1 or epoch == cfg.num_epochs or epoch % cfg.checkpoint_every_epochs == 0
+
+
+def _restore(checkpointer: Optional[Checkpointer], state: train.TrainState,
+             steps_per_epoch: int) -> train.TrainState:
+  """The latest checkpoint (if any); re-saves a lost first-epoch checkpoint if it can."""
+  if checkpointer is None:
+    return state
+  restored = checkpointer.restore_latest(state)
+  if restored is None:
+    return state
+  step = int(jax.device_get(restored.step))
+  if checkpointer.first_epoch_step() is None:
+    if step == steps_per_epoch:
+      checkpointer.save_first_epoch(step, restored)
+    elif step > steps_per_epoch:
+      logging.warning("no first-epoch checkpoint next to the latest one (step %d): the "
+                      "LR score will not be available for this run", step)
+  return restored
+
+
 def fit(features: np.ndarray, model_cfg: lfdn.LFDNConfig, optim_cfg: train.OptimConfig,
         sched: schedule.NoiseSchedule, cfg: FitConfig, checkpointer: Optional[Checkpointer],
         mesh=None, write_metrics: Optional[Callable[[int, dict], Any]] = None,
         progress: bool = True) -> train.TrainState:
-  """Trains the LFDN on `features` [N, C] (this process's full copy).
+  """Trains the LFDN on `features` [N, C] (every process passes the full array).
 
-  Each process takes its own slice of every global batch. Checkpoints are
-  written at epoch ends (the first epoch's is kept for the LR score);
-  training resumes from the latest checkpoint in `checkpointer`.
+  Each process feeds the rows of every global batch that its devices hold.
+  Checkpoints (collective over processes) are written per `cfg`; the first
+  epoch's is also kept apart for the LR score. Training resumes from the
+  latest checkpoint in `checkpointer`. Only process 0 calls `write_metrics`.
 
   Returns:
     The final `TrainState` (use `ema_params` for scoring).
+
+  Raises:
+    Preempted: on SIGTERM (with a checkpointer), after saving the current step.
+    FloatingPointError: if a logged loss is not finite.
   """
   features = np.asarray(features, np.float32)
   _check_features(features, cfg.batch_size)
   mesh = mesh or parallel.make_mesh()
-  parallel.check_divisible(cfg.batch_size, mesh)
+  rows = parallel.local_rows(mesh, cfg.batch_size)
   init_key, loop_key = jax.random.split(jax.random.key(cfg.seed))
-  loop_key = jax.device_put(loop_key, parallel.replicated(mesh))
-  tx = train.make_optimizer(optim_cfg)
-  state = init_state(model_cfg, tx, init_key, mesh)
-  if checkpointer is not None:
-    restored = checkpointer.restore_latest(state)
-    if restored is not None:
-      state = restored
+  loop_key = parallel.global_to_sharded(loop_key, parallel.replicated(mesh))
+  abar = np.asarray(sched.alphas_cumprod, np.float32).tobytes()
+  init_fn, step_fn = _compiled(model_cfg, optim_cfg, abar, mesh)
   n = features.shape[0]
   steps_per_epoch = n // cfg.batch_size
+  state = _restore(checkpointer, init_fn(init_key), steps_per_epoch)
   start = int(jax.device_get(state.step))       # one sync, before the loop
   total = steps_per_epoch * cfg.num_epochs
   if start:
     logging.info("resuming from step %d of %d", start, total)
-  step_fn = make_jitted_step(model_cfg, tx, sched, optim_cfg.ema_decay, mesh, state)
+  main = jax.process_index() == 0
   bar = None
-  if progress and jax.process_index() == 0:
+  if progress and main:
     from tqdm.auto import tqdm
     bar = tqdm(total=total, initial=start, desc="train LFDN", unit="step")
-  step, t0 = start, time.time()
-  for epoch in range(start // steps_per_epoch, cfg.num_epochs):
-    idx = data.train_batch_indices(n, cfg.batch_size, epoch, cfg.seed,
-                                   jax.process_index(), jax.process_count())
-    for i in range(step - epoch * steps_per_epoch, steps_per_epoch):
-      batch = parallel.host_to_global(features[idx[i]], mesh)
-      state, metrics = step_fn(state, batch, loop_key)
-      step += 1
-      if bar is not None:
-        bar.update(1)
-      if step % cfg.log_every_steps == 0 or step == total:
-        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not np.isfinite(m["loss"]):
-          raise FloatingPointError(f"loss is {m['loss']} at step {step}")
-        m["steps_per_sec"] = (step - start) / max(time.time() - t0, 1e-9)
-        if write_metrics is not None:
-          write_metrics(step, m)
-    last = epoch + 1 == cfg.num_epochs
-    if checkpointer is not None and (epoch == 0 or last
-                                     or (epoch + 1) % cfg.checkpoint_every_epochs == 0):
-      checkpointer.save(step, state, first_epoch=(epoch == 0))
-  if bar is not None:
-    bar.close()
+  step, t0, saved = start, time.time(), start
+  try:
+    with _PreemptionWatch(checkpointer is not None, start) as watch:
+      for epoch in range(start // steps_per_epoch, cfg.num_epochs):
+        idx = data.train_batch_indices(n, cfg.batch_size, epoch, cfg.seed)  # global batches
+        for i in range(step - epoch * steps_per_epoch, steps_per_epoch):
+          batch = parallel.host_to_global(features[idx[i][rows]], mesh)
+          state, metrics = step_fn(state, batch, loop_key)
+          step += 1
+          if bar is not None:
+            bar.update(1)
+          if step % cfg.log_every_steps == 0 or step == total:
+            _log_metrics(step, start, t0, metrics, write_metrics if main else None)
+          preempted = watch.requested(step)
+          if checkpointer is not None and step != saved and (  # preempted => checkpointer
+              preempted or _is_checkpoint_step(step, steps_per_epoch, cfg)):
+            checkpointer.save(step, state, first_epoch=(step == steps_per_epoch))
+            saved = step
+          if preempted and step < total:
+            checkpointer.wait()
+            logging.warning("preempted: stopped at step %d of %d", step, total)
+            raise Preempted(step)
+  finally:
+    if bar is not None:
+      bar.close()
   if checkpointer is not None:
     checkpointer.wait()
   return state
+
+
+def _log_metrics(step: int, start: int, t0: float, metrics: dict,
+                 write_metrics: Optional[Callable[[int, dict], Any]]) -> None:
+  """Fetches the (replicated) metrics on every process; NaN stops all of them."""
+  m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  if not np.isfinite(m["loss"]):
+    raise FloatingPointError(f"loss is {m['loss']} at step {step}")
+  m["steps_per_sec"] = (step - start) / max(time.time() - t0, 1e-9)
+  if write_metrics is not None:
+    write_metrics(step, m)

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from dlsr_jax import baselines, features, report, schedule, scoring
+from dlsr_jax import baselines, features, parallel, report, schedule, scoring
 from dlsr_jax import train as train_lib
 from experiments import pipeline
 
@@ -84,8 +84,12 @@ def dlsr_scores(c, workdir: str, sets: Mapping[str, np.ndarray], boundaries,
   sched = schedule.make_schedule(pipeline.schedule_config(c))
   ks = scoring.validate_ks(list(c.eval.ks), sched.num_steps)
   apply_fn = train_lib.lfdn_apply_fn(pipeline.model_config(c, boundaries[-1]))
-  score_fn = jax.jit(scoring.make_score_fn(apply_fn, sched.alphas_cumprod,
-                                           pipeline.score_config(c, boundaries)))
+  # Data-parallel over every device: params replicated, batch sharded.
+  mesh = parallel.make_mesh()
+  score_fn = parallel.shard_score_fn(
+      scoring.make_score_fn(apply_fn, sched.alphas_cumprod, pipeline.score_config(c, boundaries)),
+      mesh)
+  parallel.check_divisible(c.eval.batch_size, mesh)
   key = jax.random.key(c.eval.seed)
   bs = c.eval.batch_size
   params = pipeline.restore_ema(c, workdir, boundaries[-1])

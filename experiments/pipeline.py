@@ -6,17 +6,16 @@ the entry points; `dlsr_jax` itself takes frozen dataclasses and arrays.
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from dlsr_jax import backbones, data, features, lfdn, parallel, report, schedule, scoring
+from dlsr_jax import (backbones, data, diffusion, features, lfdn, multihost, parallel,
+                      schedule, scoring)
 from dlsr_jax import train as train_lib
 from dlsr_jax import trainer
 from dlsr_jax.checkpoint import Checkpointer
@@ -52,15 +51,15 @@ def fit_config(c) -> trainer.FitConfig:
   t = c.train
   return trainer.FitConfig(batch_size=t.batch_size, num_epochs=t.num_epochs, seed=c.seed,
                            log_every_steps=t.log_every_steps,
-                           checkpoint_every_epochs=t.checkpoint_every_epochs)
+                           checkpoint_every_epochs=t.checkpoint_every_epochs,
+                           checkpoint_every_steps=t.checkpoint_every_steps)
 
 
 def score_config(c, boundaries) -> scoring.ScoreConfig:
   e = c.eval
-  from dlsr_jax.diffusion import DDIMConfig
   return scoring.ScoreConfig(
       boundaries=tuple(boundaries),
-      ddim=DDIMConfig(stride=e.stride, eta=e.eta, release_compat=e.release_compat),
+      ddim=diffusion.DDIMConfig(stride=e.stride, eta=e.eta, release_compat=e.release_compat),
       num_draws=e.num_draws, mfsim_skip_first=e.release_compat)
 
 
@@ -80,15 +79,27 @@ def load_source(c, source: str) -> data.ImageSet:
                           limit=c.data.limit or None)
 
 
-def source_features(c, backbone, source: str, cache) -> tuple[np.ndarray, tuple, dict]:
-  """(z [N, C], boundaries, timing info) for one data source, through the cache."""
+def source_features(c, backbone, source: str, cache,
+                    shard: bool = False) -> tuple[np.ndarray, tuple, dict]:
+  """(z [N, C], boundaries, timing info) for one data source, through the cache.
+
+  `shard`: in a multi-process job each process extracts (and caches) only its
+  `multihost.shard_range` of the images; the features are then all-gathered,
+  so every process returns the same full [N, C] array.
+  """
   t0 = time.time()
   images = load_source(c, source).images
+  n, name = int(images.shape[0]), source
+  if shard and jax.process_count() > 1:
+    lo, hi = multihost.shard_range(n)
+    images, name = images[lo:hi], f"{source}[{lo}:{hi}]"
   t1 = time.time()
-  z, bounds, cached = features.extract_cached(backbone, images, source, cache,
+  z, bounds, cached = features.extract_cached(backbone, images, name, cache,
                                               c.feature_batch_size, feature_spec(c))
+  if shard and jax.process_count() > 1:
+    z = multihost.allgather_rows(z, n)
   dt = time.time() - t1
-  info = {"num_images": int(images.shape[0]), "load_s": round(t1 - t0, 3),
+  info = {"num_images": n, "load_s": round(t1 - t0, 3),
           "features_s": round(dt, 3), "cached": cached}
   if not cached:
     info["features_images_per_s"] = round(images.shape[0] / max(dt, 1e-9), 2)
@@ -115,17 +126,20 @@ def run_train(c, workdir: str) -> train_lib.TrainState:
   write_config(c, workdir)
   backbone = load_backbone(c)
   cache = features.FeatureCache(cache_dir(c, workdir))
-  z, bounds, _ = source_features(c, backbone, c.data.train, cache)
+  z, bounds, _ = source_features(c, backbone, c.data.train, cache, shard=True)
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
   ckpt = Checkpointer(workdir)
+  fit_cfg = fit_config(c)
   t0 = time.time()
-  state = trainer.fit(z, model_config(c, bounds[-1]), optim_config(c),
-                      schedule.make_schedule(schedule_config(c)), fit_config(c), ckpt,
-                      mesh=parallel.make_mesh(),
-                      write_metrics=lambda s, m: writer.write_scalars(s, m))
-  writer.flush()
-  ckpt.close()
+  try:  # on trainer.Preempted too: flush the metrics, finish the checkpoint writes
+    state = trainer.fit(z, model_config(c, bounds[-1]), optim_config(c),
+                        schedule.make_schedule(schedule_config(c)), fit_cfg, ckpt,
+                        mesh=parallel.make_mesh(),
+                        write_metrics=lambda s, m: writer.write_scalars(s, m))
+  finally:
+    writer.flush()
+    ckpt.close()
   logging.info("training took %.1f s", time.time() - t0)
   return state
 
@@ -151,62 +165,7 @@ def restore_ema(c, workdir: str, num_features: int, first_epoch: bool = False):
   return state.ema_params
 
 
-# ---------------------------------------------------------------- evaluate --
-def _score_sets(score_fn, params, sets: dict, ks, key, batch_size) -> tuple[dict, float]:
-  t0 = time.time()
-  out = {name: scoring.score_dataset(score_fn, params, z, ks, key, batch_size,
-                                     progress=True, desc=f"score {name}")
-         for name, z in sets.items()}
-  return out, time.time() - t0
-
-
-def run_evaluate(c, workdir: str, outdir: Optional[str] = None) -> dict:
-  """Scores the ID test set and every OOD set; writes results, tables, scores, plots."""
-  outdir = outdir or workdir
-  if not c.data.ood:
-    raise ValueError("no OOD sets configured: add --config.data.ood.NAME=SOURCE")
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(ckpt_dir) or not os.listdir(ckpt_dir):
-    raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: run experiments.train with "
-                            "this --workdir first")
-  backbone = load_backbone(c)
-  cache = features.FeatureCache(cache_dir(c, workdir))
-  bounds = feature_boundaries(c, backbone)
-  sets, timing = {}, {}
-  for name, src in [("id", c.data.test)] + sorted(c.data.ood.items()):
-    sets[name], _, timing[name] = source_features(c, backbone, src, cache)
-  sched = schedule.make_schedule(schedule_config(c))
-  ks = scoring.validate_ks(list(c.eval.ks), sched.num_steps)
-  apply_fn = train_lib.lfdn_apply_fn(model_config(c, bounds[-1]))
-  score_fn = jax.jit(scoring.make_score_fn(apply_fn, sched.alphas_cumprod, score_config(c, bounds)))
-  key = jax.random.key(c.eval.seed)
-  final, dt = _score_sets(score_fn, restore_ema(c, workdir, bounds[-1]), sets, ks, key,
-                          c.eval.batch_size)
-  n_total = sum(z.shape[0] for z in sets.values())
-  timing["scoring"] = {"seconds": round(dt, 3), "images_per_s": round(n_total / dt, 2),
-                       "note": "includes one compile"}
-  scores = {name: dict(s) for name, s in final.items()}
-  if c.eval.lr:
-    first, _ = _score_sets(score_fn, restore_ema(c, workdir, bounds[-1], first_epoch=True),
-                           sets, ks, key, c.eval.batch_size)
-    for name in scores:
-      for t in scoring.SCORE_TYPES:
-        scores[name][f"lr_{t}"] = scoring.likelihood_ratio(first[name][t], final[name][t],
-                                                           c.eval.lr_orientation)
-  ood_names = [n for n in sets if n != "id"]
-  results = {
-      "id_set": c.data.test,
-      "ood_sets": {n: c.data.ood[n] for n in ood_names},
-      "ks": [int(k) for k in ks],
-      "metrics": report.all_metrics(scores["id"], {n: scores[n] for n in ood_names}, ks),
-      "settings": settings_summary(c, backbone, bounds),
-      "timing": timing,
-  }
-  if jax.process_index() == 0:
-    write_outputs(results, scores, outdir, plots=c.eval.plots)
-  return results
-
-
+# ---------------------------------------------------------------- settings --
 def settings_summary(c, backbone, bounds) -> dict:
   return {
       "backbone": backbone.name, "weights": backbone.weights_id,
@@ -219,20 +178,3 @@ def settings_summary(c, backbone, bounds) -> dict:
       "num_draws": c.eval.num_draws, "lr_orientation": c.eval.lr_orientation,
       "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
   }
-
-
-def write_outputs(results: dict, scores: dict, outdir: str, plots: bool = True) -> None:
-  paths = report.write_results(results, outdir)
-  flat = {f"{name}/{t}": v for name, s in scores.items() for t, v in s.items()}
-  np.savez(os.path.join(outdir, "scores.npz"), ks=np.asarray(results["ks"]), **flat)
-  if plots:
-    ood = list(results["ood_sets"])
-    for t in scores["id"]:
-      by_k = results["metrics"][t]
-      best = max(by_k, key=lambda k: by_k[k]["average"]["auroc"])
-      j = results["ks"].index(int(best))
-      report.plot_roc_and_histograms(
-          scores["id"][t][j], {n: scores[n][t][j] for n in ood},
-          os.path.join(outdir, f"roc_hist_{t}.png"),
-          title=f"{report.SCORE_TITLES.get(t, t)}, k = {best}, ID = {results['id_set']}")
-  logging.info("wrote %s", paths)

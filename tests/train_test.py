@@ -1,9 +1,12 @@
+import os
+import signal
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlsr_jax import lfdn, parallel, schedule, train, trainer
+from dlsr_jax import lfdn, parallel, schedule, scoring, train, trainer
 from dlsr_jax.checkpoint import Checkpointer
 
 SCHED = schedule.make_schedule()
@@ -89,3 +92,74 @@ def test_fit_rejects_bad_features(tmp_path):
   with pytest.raises(ValueError, match="not divisible"):
     trainer.fit(_data(32), CFG, optim, SCHED, trainer.FitConfig(batch_size=18), None,
                 progress=False)
+
+
+def test_sharded_scorer_matches_single_device():
+  assert jax.device_count() == 4, "conftest sets 4 fake CPU devices"
+  apply_fn = train.lfdn_apply_fn(CFG)
+  tx = train.make_optimizer(train.OptimConfig())
+  params = train.create_train_state(CFG, tx, jax.random.key(5)).params
+  score_fn = scoring.make_score_fn(apply_fn, SCHED.alphas_cumprod,
+                                   scoring.ScoreConfig(boundaries=(0, 3, 8)))
+  z, ks, key = _data(20, seed=1), [2, 3], jax.random.key(9)
+  single = scoring.score_dataset(jax.jit(score_fn), params, z, ks, key, batch_size=8)
+  mesh = parallel.make_mesh()
+  sharded_fn = parallel.shard_score_fn(score_fn, mesh)
+  sharded = scoring.score_dataset(sharded_fn, params, z, ks, key, batch_size=8)
+  for t in scoring.SCORE_TYPES:
+    assert sharded[t].shape == (2, 20)
+    np.testing.assert_allclose(sharded[t], single[t], rtol=1e-5, atol=1e-6)
+  out = sharded_fn(params, z[:8], np.arange(8), np.asarray(ks, np.int32), key)
+  assert out["mse"].sharding.is_fully_replicated and len(out["mse"].sharding.device_set) == 4
+  with pytest.raises(ValueError, match="not divisible"):
+    sharded_fn(params, z[:6], np.arange(6), np.asarray(ks, np.int32), key)
+
+
+def test_local_rows_follow_the_mesh_device_order():
+  mesh = parallel.make_mesh(jax.devices()[::-1])   # one process: every row, in order
+  np.testing.assert_array_equal(parallel.local_rows(mesh, 8), np.arange(8))
+  np.testing.assert_array_equal(parallel.local_rows(parallel.make_mesh(jax.devices()[:1]), 4),
+                                np.arange(4))
+  with pytest.raises(ValueError, match="not divisible"):
+    parallel.local_rows(mesh, 6)
+
+
+def test_checkpoint_schedule():
+  cfg = trainer.FitConfig(num_epochs=4, checkpoint_every_epochs=2, checkpoint_every_steps=5)
+  saved = [s for s in range(1, 13) if trainer._is_checkpoint_step(s, 3, cfg)]
+  assert saved == [3, 5, 6, 10, 12]   # epoch 1 (LR), every 5 steps, every 2 epochs, last
+  with pytest.raises(ValueError, match="checkpoint_every_steps"):
+    trainer.FitConfig(checkpoint_every_steps=-1)
+
+
+def test_sigterm_checkpoints_mid_epoch_and_resume_is_exact(tmp_path):
+  """SIGTERM at step 4 (mid-epoch 2): checkpoint at 4, `Preempted`, old handler back."""
+  z, optim = _data(48), train.OptimConfig(learning_rate=1e-3)
+  cfg = trainer.FitConfig(batch_size=16, num_epochs=3, seed=3, log_every_steps=1)
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  full = trainer.fit(z, CFG, optim, SCHED, cfg, None, mesh=mesh, progress=False)
+
+  def kill_at_4(step, _):
+    if step == 4:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  seen = []
+  old = signal.signal(signal.SIGTERM, lambda *_: seen.append("old handler"))
+  try:
+    ck = Checkpointer(str(tmp_path))
+    with pytest.raises(trainer.Preempted, match="step 4") as err:
+      trainer.fit(z, CFG, optim, SCHED, cfg, ck, mesh=mesh, write_metrics=kill_at_4,
+                  progress=False)
+    assert err.value.step == 4 and not seen
+    assert ck.latest_step() == 4 and ck.first_epoch_step() == 3
+    ck.close()
+    os.kill(os.getpid(), signal.SIGTERM)    # the previous handler is back
+    assert seen == ["old handler"]
+  finally:
+    signal.signal(signal.SIGTERM, old)
+  ck = Checkpointer(str(tmp_path))
+  resumed = trainer.fit(z, CFG, optim, SCHED, cfg, ck, mesh=mesh, progress=False)
+  assert ck.latest_step() == 9 and ck.first_epoch_step() == 3
+  ck.close()
+  for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

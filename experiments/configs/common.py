@@ -65,6 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.num_epochs = 150
   c.train.log_every_steps = 100
   c.train.checkpoint_every_epochs = 1
+  c.train.checkpoint_every_steps = 0   # > 0: also every N steps (less lost on a kill)
 
   # Scoring (SPEC 1.5).
   c.eval = ml_collections.ConfigDict()

@@ -1,0 +1,132 @@
+"""Multi-process (multi-host) helpers: start-up, data shards, gathers, preemption.
+
+A multi-process job runs the same program once per host (TPU pod workers,
+GPU nodes, or several processes on one machine). `initialize` joins the job
+through `jax.distributed.initialize`; afterwards `jax.devices()` lists every
+device of every process and one global mesh spans them.
+
+When to join (`initialize(enable=None)`, the default of the entry points):
+
+  * ``enable=True``: always. Arguments left as None are auto-detected by JAX
+    (Cloud TPU, Slurm, Open MPI, Kubernetes) or read from
+    ``JAX_COORDINATOR_ADDRESS``.
+  * ``enable=None`` (auto): only where a multi-process job is certain:
+    ``JAX_COORDINATOR_ADDRESS`` is set, a coordinator address is given, or the
+    process runs on a Cloud TPU VM (JAX detects pod slices itself, and a
+    single-host TPU VM simply becomes a 1-process job). Slurm and MPI jobs are
+    NOT auto-joined (an allocation's variables are also set for single
+    processes started inside it): pass ``--multihost`` there.
+  * ``enable=False``: never.
+
+All processes must see the same files (the workdir: orbax checkpoints are
+written collectively into it) and the same input data.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import jax
+import numpy as np
+from absl import logging
+
+TPU_POD_ENV_VARS = ("TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES")
+
+
+def _on_cloud_tpu_vm() -> bool:
+  """Whether JAX found a Cloud TPU VM when it was imported (no backend start)."""
+  try:
+    from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
+    if cloud_tpu_init.running_in_cloud_tpu_vm:
+      return True
+  except (ImportError, AttributeError):
+    pass
+  hosts = [h for var in TPU_POD_ENV_VARS for h in os.environ.get(var, "").split(",") if h]
+  return len(hosts) > 1 or bool(os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"))
+
+
+def detect_cluster() -> Optional[str]:
+  """Why this process should auto-join a multi-process job, or None."""
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    return "JAX_COORDINATOR_ADDRESS is set"
+  if _on_cloud_tpu_vm():
+    return "running on a Cloud TPU VM"
+  return None
+
+
+def initialize(enable: Optional[bool] = None, coordinator_address: Optional[str] = None,
+               num_processes: Optional[int] = None, process_id: Optional[int] = None,
+               timeout_s: int = 300) -> bool:
+  """Joins the multi-process job if asked to or if one is detected (see module doc).
+
+  Must run before anything starts a JAX backend (`jax.devices()`, any
+  computation). CPU processes use gloo collectives over TCP (JAX's default).
+
+  Args:
+    enable: True = join, False = never, None = auto-detect.
+    coordinator_address: "host:port" of process 0 (None: auto / env).
+    num_processes, process_id: None to auto-detect.
+    timeout_s: how long to wait for all processes to connect.
+
+  Returns:
+    Whether `jax.distributed.initialize` was called.
+  """
+  if jax.distributed.is_initialized():
+    return True
+  if enable is None:
+    reason = "a coordinator address was given" if coordinator_address else detect_cluster()
+    if reason is None:
+      return False
+    logging.info("joining a multi-process JAX job: %s (--nomultihost to opt out)", reason)
+  elif not enable:
+    return False
+  try:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id,
+                               initialization_timeout=timeout_s)
+  except Exception as e:  # pylint: disable=broad-except
+    raise RuntimeError(
+        "could not join the multi-process JAX job (coordinator "
+        f"{coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS') or 'auto'}, "
+        f"{num_processes or 'auto'} processes, process id {process_id}): {e}. Give "
+        "--coordinator_address, --num_processes and --process_id, or run "
+        "single-process with --nomultihost") from e
+  return True
+
+
+def shard_range(n: int, process_index: Optional[int] = None,
+                process_count: Optional[int] = None) -> tuple[int, int]:
+  """[lo, hi): this process's contiguous share of n examples (sizes differ by <= 1)."""
+  p = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  if not 0 <= p < count:
+    raise ValueError(f"process_index {p} must lie in [0, {count})")
+  if n < count:
+    raise ValueError(f"{n} examples cannot be split over {count} processes")
+  return p * n // count, (p + 1) * n // count
+
+
+def allgather_rows(local: np.ndarray, n: int) -> np.ndarray:
+  """Concatenates every process's `shard_range(n)` rows into the full [n, ...] array.
+
+  Collective: every process must call it, each with its own rows. With one
+  process it returns `local` unchanged.
+  """
+  local = np.asarray(local)
+  count = jax.process_count()
+  lo, hi = shard_range(n)
+  if local.shape[0] != hi - lo:
+    raise ValueError(f"process {jax.process_index()} holds {local.shape[0]} rows, "
+                     f"expected {hi - lo} (rows [{lo}, {hi}) of {n})")
+  if count == 1:
+    return local
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  width = -(-n // count)
+  padded = np.zeros((width,) + local.shape[1:], local.dtype)
+  padded[:local.shape[0]] = local
+  stacked = np.asarray(multihost_utils.process_allgather(padded, tiled=False))
+  parts = [stacked[p, :b - a] for p, (a, b) in
+           enumerate(shard_range(n, p, count) for p in range(count))]
+  return np.concatenate(parts, axis=0)
+
