@@ -1,0 +1,236 @@
+r"""Offline benchmark on real images: ID CIFAR-10 vs iSUN, MNIST, Fashion-MNIST, DTD, CIFAR-100.
+
+  python -m benchmarks.offline_cifar10 --data_dir=../shared/data --workdir=/tmp/bench_c10
+
+Pretrained EfficientNet-Lite0 (offline weights) at 224x224 -> cached multi-layer
+features -> DLSR (MSE, MFsim, LR) at several k, the feature baselines
+(Mahalanobis, KNN), the AutoEncoder ablation (LFDN without time embedding,
+trained the same way) and the single-last-layer ablation, all on the same
+features. Writes the full report (results.json/.md/.csv, scores.npz, PNGs) to
+<workdir>/report and a summary section into benchmarks/RESULTS.md.
+
+`--data_dir` holds `<name>.npz` files with `images` (uint8 NHWC) and `labels`;
+nothing in the library depends on it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import time
+
+import jax
+from absl import app, flags, logging
+
+from dlsr_jax import report
+from experiments import evaluation, launch, pipeline
+from experiments.configs import common
+
+_DATA = flags.DEFINE_string("data_dir", None, "Folder with the .npz data sets.")
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/dlsr_bench_cifar10", "Work directory.")
+_RESULTS = flags.DEFINE_string("results_md", os.path.join(os.path.dirname(__file__), "RESULTS.md"),
+                               "Markdown file whose offline_cifar10 section is rewritten.")
+_EPOCHS = flags.DEFINE_integer("epochs", 60, "LFDN training epochs.")
+_WIDTH = flags.DEFINE_integer("width", 1024, "LFDN width W (E = W / 2).")
+_BLOCKS = flags.DEFINE_integer("blocks", 8, "LFDN residual blocks N.")
+_BATCH = flags.DEFINE_integer("batch_size", 128, "LFDN training batch size (paper: 128).")
+_KS = flags.DEFINE_list("ks", ["1", "2", "3", "5", "10"], "Noise levels k.")
+_HEADLINE_K = flags.DEFINE_integer("headline_k", 3, "k of the DLSR rows in the main table.")
+_LIMIT = flags.DEFINE_integer("limit", 0, "Use only the first N images of every set (0 = all).")
+flags.mark_flags_as_required(["data_dir"])
+
+ID_TRAIN, ID_TEST = "cifar10_train_exact", "cifar10_test_exact"
+FAR = {"isun": "isun", "mnist": "mnist_test", "fashionmnist": "fashionmnist_test", "dtd": "dtd"}
+NEAR = {"cifar100": "cifar100_test_exact"}
+SECTION = "offline_cifar10"
+
+
+def make_config(data_dir: str):
+  c = common.get_config()
+  npz = lambda name: f"npz:{os.path.join(os.path.abspath(data_dir), name + '.npz')}"
+  for name in [ID_TRAIN, ID_TEST, *FAR.values(), *NEAR.values()]:
+    path = os.path.join(data_dir, name + ".npz")
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"benchmark data file {path} is missing")
+  c.backbone, c.weights, c.resolution = "efficientnet_lite0", "imagenet", 224
+  c.data.train, c.data.test = npz(ID_TRAIN), npz(ID_TEST)
+  for k, v in {**FAR, **NEAR}.items():
+    c.data.ood[k] = npz(v)
+  c.data.groups.far = ",".join(FAR)
+  c.data.groups.near = ",".join(NEAR)
+  c.data.limit = _LIMIT.value
+  c.model.width, c.model.embed_dim, c.model.num_blocks = _WIDTH.value, _WIDTH.value // 2, _BLOCKS.value
+  c.train.num_epochs = _EPOCHS.value
+  c.train.batch_size = _BATCH.value
+  c.train.log_every_steps = 200
+  c.train.checkpoint_every_epochs = 20
+  c.eval.ks = tuple(int(k) for k in _KS.value)
+  c.eval.batch_size = 512
+  c.eval.k_strategy = "per_k"   # sum(k) network evaluations instead of K * max(k)
+  return c
+
+
+def ablation_configs(c, workdir: str) -> dict:
+  """name -> (config, workdir) for the DLSR model and the two ablations."""
+  shared_cache = os.path.join(workdir, "feature_cache")
+  c.cache_dir = shared_cache
+  ae = copy.deepcopy(c)
+  ae.model.use_time_embedding = False
+  last = copy.deepcopy(c)
+  last.layers = (4,)   # the deepest level only (stride 32, 320 channels for Lite0)
+  return {"dlsr": (c, os.path.join(workdir, "dlsr")), "ae": (ae, os.path.join(workdir, "ae")),
+          "last": (last, os.path.join(workdir, "last"))}
+
+
+def run(data_dir: str, workdir: str) -> tuple[dict, dict]:
+  c = make_config(data_dir)
+  models = ablation_configs(c, workdir)
+  stages = {}
+  t0 = time.time()
+  backbone, sets, feat_timing = evaluation.load_feature_sets(c, models["dlsr"][1], with_train=True)
+  stages["features (backbone, all sets)"] = time.time() - t0
+  z_train = sets.pop("train")
+  for name, (cfg, wd) in models.items():
+    t0 = time.time()
+    pipeline.run_train(cfg, wd)
+    stages[f"train LFDN ({name})"] = time.time() - t0
+  scores, timing = {}, {"features": feat_timing}
+  for name, (cfg, wd) in models.items():
+    t0 = time.time()
+    if name == "last":
+      _, cfg_sets, _ = evaluation.load_feature_sets(cfg, wd, backbone=backbone)
+      bounds = pipeline.feature_boundaries(cfg, backbone)
+    else:
+      cfg_sets, bounds = sets, pipeline.feature_boundaries(cfg, backbone)
+    s, timing[f"scoring_{name}"] = evaluation.dlsr_scores(cfg, wd, cfg_sets, bounds,
+                                                          with_lr=(name == "dlsr"))
+    prefix = "" if name == "dlsr" else f"{name}_"
+    scores = evaluation.merge_scores(
+        scores, {n: {prefix + t: v for t, v in d.items()} for n, d in s.items()})
+    stages[f"score ({name}, {len(c.eval.ks)} k values)"] = time.time() - t0
+  t0 = time.time()
+  base, timing["baselines"] = evaluation.baseline_scores(c, z_train, sets)
+  scores = evaluation.merge_scores(scores, base)
+  stages["baselines (fit + score)"] = time.time() - t0
+  settings = pipeline.settings_summary(c, backbone, pipeline.feature_boundaries(c, backbone))
+  settings["data"] = (f"ID train {ID_TRAIN} ({z_train.shape[0]}), ID test {ID_TEST} "
+                      f"({sets['id'].shape[0]}); far {list(FAR.values())}; near {list(NEAR.values())}")
+  results = evaluation.assemble_results(c, scores, settings, timing)
+  results["stages_s"] = {k: round(v, 1) for k, v in stages.items()}
+  evaluation.write_outputs(results, scores, os.path.join(workdir, "report"))
+  return results, {n: s.shape[0] for n, s in sets.items()}
+
+
+def main_table(results: dict, headline_k: int) -> str:
+  """Rows: methods; columns: AUROC per OOD set, far/near averages, FPR95 (ID+) far average."""
+  m = results["metrics"]
+  k = str(headline_k)
+  rows = [("DLSR-MSE", "mse", k), ("DLSR-MFsim", "mfsim", k), ("DLSR-LR (MSE)", "lr_mse", k),
+          ("DLSR-LR (MFsim)", "lr_mfsim", k), ("AutoEncoder-MSE", "ae_mse", k),
+          ("AutoEncoder-MFsim", "ae_mfsim", k), ("Last layer only-MSE", "last_mse", k),
+          ("Last layer only-MFsim", "last_mfsim", k), ("Mahalanobis", "mahalanobis", "-"),
+          ("KNN (cosine, k=50)", "knn", "-")]
+  sets = list(FAR) + list(NEAR)
+  head = ("| method | " + " | ".join(sets) + " | **far avg** | near (CIFAR-100) | "
+          "FPR95 ID+ far avg |")
+  lines = [head, "|---|" + "---:|" * (len(sets) + 3)]
+  for title, score, kk in rows:
+    if score not in m:
+      continue
+    r = m[score][kk]
+    cells = [f"{100 * r[s]['auroc']:.2f}" for s in sets]
+    cells += [f"**{100 * r['group:far']['auroc']:.2f}**", f"{100 * r['group:near']['auroc']:.2f}",
+              f"{100 * r['group:far']['fpr95_id_positive']:.2f}"]
+    lines.append(f"| {title} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def k_table(results: dict) -> str:
+  m = results["metrics"]
+  ks = [str(k) for k in results["ks"]]
+  lines = ["| far-average AUROC | " + " | ".join(f"k={k}" for k in ks) + " |",
+           "|---|" + "---:|" * len(ks)]
+  for score in ("mse", "mfsim", "lr_mse", "lr_mfsim", "ae_mse", "ae_mfsim", "last_mse",
+                "last_mfsim"):
+    if score in m:
+      lines.append(f"| {report.SCORE_TITLES.get(score, score)} | "
+                   + " | ".join(f"{100 * m[score][k]['group:far']['auroc']:.2f}" for k in ks) + " |")
+  return "\n".join(lines)
+
+
+def machine() -> str:
+  cpu = "unknown CPU"
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  import flax, optax, numpy
+  return (f"{cpu}, {os.cpu_count()} cores, {jax.devices()[0].platform} "
+          f"({jax.device_count()} device); Python {platform.python_version()}, "
+          f"jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}, "
+          f"numpy {numpy.__version__}")
+
+
+def write_section(path: str, name: str, body: str) -> None:
+  """Replaces (or appends) the `name` section of a shared Markdown file."""
+  begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+  text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
+  block = f"{begin}\n{body.rstrip()}\n{end}"
+  if begin in text and end in text:
+    text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+  else:
+    text = text.rstrip() + "\n\n" + block + "\n"
+  with open(path, "w") as f:
+    f.write(text)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  launch.setup()
+  t0 = time.time()
+  results, sizes = run(_DATA.value, _WORKDIR.value)
+  total = time.time() - t0
+  s = results["settings"]
+  stage_lines = "\n".join(f"| {k} | {v:.1f} |" for k, v in results["stages_s"].items())
+  feat = results["timing"]["features"]
+  rates = ", ".join(f"{n} {v['features_images_per_s']:.1f}" for n, v in feat.items()
+                    if "features_images_per_s" in v) or "none (all sets were already cached)"
+  sc = results["timing"]["scoring_dlsr"]
+  body = f"""## Offline CIFAR-10 benchmark (`benchmarks/offline_cifar10.py`)
+
+Measured {time.strftime('%Y-%m-%d')} on {machine()}.
+Command: `python -m benchmarks.offline_cifar10 --data_dir=../shared/data --epochs={_EPOCHS.value} --width={_WIDTH.value} --blocks={_BLOCKS.value}`
+
+- Backbone: {s['backbone']} (ImageNet weights `{s['weights']}`), input {s['resolution']}x{s['resolution']}, all 5 levels, GAP + per-layer z-score, C = {s['feature_dim']}.
+- LFDN: {s['lfdn']}; training: {s['train']}; DDIM {s['ddim']}; LR orientation `{s['lr_orientation']}`.
+- Data ({', '.join(f'{n} {v}' for n, v in sizes.items())} images): {s['data']}. All images are 32x32 uint8 from `../shared/data` (see its SOURCES.md; DTD is 10 of 47 classes, Fashion-MNIST a prefix).
+- Baselines on the same cached features: Mahalanobis (single Gaussian, shrinkage 0.01), KNN (cosine, k = 50), fitted on the ID train features.
+
+### AUROC (%) at k = {_HEADLINE_K.value} (far = iSUN, MNIST, Fashion-MNIST, DTD; near = CIFAR-100)
+
+{main_table(results, _HEADLINE_K.value)}
+
+### Far-average AUROC (%) against k
+
+{k_table(results)}
+
+### Wall time of each stage (seconds; total {total:.0f} s)
+
+| stage | seconds |
+|---|---:|
+{stage_lines}
+
+Feature extraction images/s (uncached sets): {rates}. DLSR scoring: {sc['images_per_s']:.0f} images/s
+for {sc['num_k']} k values at once ({sc['num_images']} images, compile {sc['compile_s']:.1f} s excluded).
+Full per-set tables with AUPR-In/Out and both FPR95 conventions: `<workdir>/report/results.md`.
+"""
+  write_section(_RESULTS.value, SECTION, body)
+  print(body)
+  logging.info("benchmark done in %.0f s", total)
+
+
+if __name__ == "__main__":
+  app.run(main)
