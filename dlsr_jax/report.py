@@ -167,8 +167,12 @@ def plot_auroc_vs_k(results: Mapping, path: str) -> str:
   scores = [s for s, by_k in results["metrics"].items() if NO_K not in by_k]
   if not scores:
     raise ValueError("no k-dependent scores to plot")
-  fig, axes = plt.subplots(1, len(scores), figsize=(4.2 * len(scores), 3.6), squeeze=False)
-  for ax, score in zip(axes[0], scores):
+  ncols = min(4, len(scores))
+  nrows = -(-len(scores) // ncols)
+  fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
+  for ax in axes.flat[len(scores):]:
+    ax.set_visible(False)
+  for ax, score in zip(axes.flat, scores):
     by_k = results["metrics"][score]
     ks = sorted(by_k, key=int)
     for name in by_k[ks[0]]:
@@ -179,7 +183,7 @@ def plot_auroc_vs_k(results: Mapping, path: str) -> str:
       ax.plot([int(k) for k in ks], vals, marker="o", ms=3, label=name, **style)
     ax.set(title=SCORE_TITLES.get(score, score), xlabel="k (noise level)", ylabel="AUROC (%)")
     ax.grid(alpha=0.3)
-  axes[0][-1].legend(fontsize=7, loc="best")
+  axes.flat[len(scores) - 1].legend(fontsize=7, loc="best")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
