@@ -3,7 +3,6 @@
 import glob
 import importlib
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -242,16 +241,6 @@ def test_folder_sources_load_from_a_data_root(tmp_path):
   assert len(folders) == 9
   for source in sorted(folders):
     assert data.load_images(source, image_size=8).images.shape == (1, 8, 8, 3), source
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-  def refuse(*args, **kwargs):
-    raise AssertionError(f"test tried to use the network: {args}")
-
-  monkeypatch.setattr(socket.socket, "connect", refuse)
-  monkeypatch.setattr(socket, "create_connection", refuse)
-  monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
 def test_tfds_sources_load_with_mocked_data(tmp_path, no_network):

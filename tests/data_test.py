@@ -1,7 +1,6 @@
 """Tests for dlsr_jax.data (sources and batching helpers)."""
 
 import os
-import socket
 import sys
 import time
 
@@ -15,18 +14,6 @@ from dlsr_jax import data
 def _rand_images(n, h, w, c=3, seed=0):
   shape = (n, h, w) if c is None else (n, h, w, c)
   return np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8)
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-  """Makes any attempt to open a network connection fail loudly."""
-
-  def refuse(*args, **kwargs):
-    raise AssertionError(f"test tried to use the network: {args}")
-
-  monkeypatch.setattr(socket.socket, "connect", refuse)
-  monkeypatch.setattr(socket, "create_connection", refuse)
-  monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
 # ---------------------------------------------------------------------------
