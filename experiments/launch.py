@@ -59,11 +59,22 @@ def setup(multihost: Optional[bool] = None) -> None:
                              timeout_s=_INIT_TIMEOUT.value)
   else:
     multihost_lib.initialize(multihost)
-  if "tensorflow" in sys.modules:  # TF only feeds TFDS input: keep it off accelerators
-    sys.modules["tensorflow"].config.set_visible_devices([], "GPU")
+  hide_accelerators_from_tf()
   logging.info("JAX process %d / %d, %d local / %d global devices (%s)",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices()[0].platform)
+
+
+def hide_accelerators_from_tf() -> None:
+  """TF only feeds input (TFDS) and writes summaries (clu): keep it off GPUs so it
+  cannot take accelerator memory JAX needs. Imported here, before clu/TFDS do it."""
+  if jax.default_backend() == "cpu" and "tensorflow" not in sys.modules:
+    return   # nothing to protect; skip the TF import (seconds) on CPU-only runs
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return
+  tf.config.set_visible_devices([], "GPU")
 
 
 def preempted_message(step: int, workdir: str) -> str:
