@@ -33,6 +33,14 @@ EMA_DECAY = 0.99
 
 
 # ------------------------------------------------------- helpers for tests --
+def toy_features(n: int, seed: int):
+  """[n, 8] float32 features: four clusters with small noise (the tests' training data)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  base = rng.normal(size=(4, 8))
+  return (base[rng.integers(0, 4, n)] + 0.05 * rng.normal(size=(n, 8))).astype(np.float32)
+
+
 def command(workdir, features, **flags) -> list[str]:
   """The worker's command line; `flags` become --name=value (True: --name)."""
   cmd = [sys.executable, os.path.abspath(__file__), f"--workdir={workdir}",

@@ -39,9 +39,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
   root = tmp_path_factory.mktemp("multihost")
-  rng = np.random.default_rng(1)
-  base = rng.normal(size=(4, 8))
-  z = (base[rng.integers(0, 4, N)] + 0.05 * rng.normal(size=(N, 8))).astype(np.float32)
+  z = fit_worker.toy_features(N, seed=1)
   np.savez(root / "z.npz", z=z)
   return {"root": root, "z": z, "features": root / "z.npz", "cache": root / "jax_cache"}
 

@@ -32,9 +32,7 @@ TIMEOUT = 180                           # per worker run; a hang fails, never bl
 def env(tmp_path_factory):
   """Features, a shared compilation cache and the uninterrupted reference state."""
   root = tmp_path_factory.mktemp("resume")
-  rng = np.random.default_rng(0)
-  base = rng.normal(size=(4, 8))
-  z = (base[rng.integers(0, 4, N)] + 0.05 * rng.normal(size=(N, 8))).astype(np.float32)
+  z = fit_worker.toy_features(N, seed=0)
   np.savez(root / "z.npz", z=z)
   return {"root": root, "features": root / "z.npz", "cache": root / "jax_cache",
           "ref": _reference(z)}
