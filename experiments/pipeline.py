@@ -66,7 +66,8 @@ def score_config(c, boundaries) -> scoring.ScoreConfig:
 # ---------------------------------------------------------- data/features --
 def load_backbone(c) -> backbones.Backbone:
   weights = None if c.weights in ("none", "", None) else c.weights
-  return backbones.load(c.backbone, weights=weights, dtype=jnp.dtype(c.backbone_dtype))
+  return backbones.load(c.backbone, weights=weights, dtype=jnp.dtype(c.backbone_dtype),
+                        normalisation=c.normalisation)
 
 
 def cache_dir(c, workdir: str) -> str:
@@ -170,6 +171,8 @@ def settings_summary(c, backbone, bounds) -> dict:
   return {
       "backbone": backbone.name, "weights": backbone.weights_id,
       "resolution": c.resolution or backbone.resolution, "layers": list(c.layers) or "default",
+      "normalisation": f"{c.normalisation}: mean {[round(m, 4) for m in backbone.mean]}, "
+                       f"std {[round(v, 4) for v in backbone.std]}",
       "pooling": c.pooling, "feature_dim": int(bounds[-1]), "boundaries": list(bounds),
       "lfdn": f"W={c.model.width} E={c.model.embed_dim} N={c.model.num_blocks}",
       "train": f"{c.train.num_epochs} epochs, batch {c.train.batch_size}, "

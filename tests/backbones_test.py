@@ -98,7 +98,11 @@ class TestLite0:
     assert bb.level_names == ("level1", "level2", "level3", "level4", "level5")
     assert bb.level_channels == (16, 24, 40, 112, 320)
     assert bb.weights_id == backbones.weights_id_of(LITE0_PATH) and len(bb.weights_id) == 12
-    assert bb.has_head and bb.mean == backbones.IMAGENET_MEAN
+    assert bb.has_head
+    # TF-trained Lite weights expect (x - 127) / 128, not ImageNet mean/std.
+    assert bb.mean == backbones.INCEPTION_MEAN and bb.std == backbones.INCEPTION_STD
+    x = np.asarray(bb.preprocess(jnp.asarray([[[[0, 127, 255]]]], jnp.uint8)))
+    np.testing.assert_allclose(x[0, 0, 0], [-127 / 128, 0.0, 1.0], atol=1e-6)
 
   def test_parity_with_efficientnet_lite_pytorch(self, lite0):
     from efficientnet_lite_pytorch import EfficientNet  # pylint: disable=g-import-not-at-top
@@ -288,6 +292,10 @@ def lite0_state_dict():
   return backbones.read_torch_checkpoint(LITE0_PATH)
 
 
+def config_mean(name):
+  return backbones.config(name).mean
+
+
 class TestLoading:
 
   def test_names(self):
@@ -311,6 +319,18 @@ class TestLoading:
   def test_bad_padding_size(self):
     with pytest.raises(ValueError, match="padding_size"):
       backbones.load("efficientnet_b0", None, padding_size="same")
+
+  def test_normalisation(self):
+    assert config_mean("efficientnet_b4") == backbones.IMAGENET_MEAN
+    assert config_mean("resnet50") == backbones.IMAGENET_MEAN
+    for i in range(5):
+      assert config_mean(f"efficientnet_lite{i}") == backbones.INCEPTION_MEAN
+    forced = backbones.load("efficientnet_lite1", None, normalisation="imagenet")
+    assert (forced.mean, forced.std) == (backbones.IMAGENET_MEAN, backbones.IMAGENET_STD)
+    forced = backbones.load("efficientnet_b0", None, normalisation="inception")
+    assert (forced.mean, forced.std) == (backbones.INCEPTION_MEAN, backbones.INCEPTION_STD)
+    with pytest.raises(ValueError, match="normalisation 'caffe'.*'imagenet'"):
+      backbones.load("efficientnet_b0", None, normalisation="caffe")
 
   def test_random_init_is_deterministic(self):
     a = backbones.load("efficientnet_b0", None)

@@ -1,3 +1,4 @@
+import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -100,4 +101,8 @@ def test_cache_hit_miss_and_key(tmp_path):
   _, _, c4 = features.extract_cached(bb, imgs, "npz:x.npz", cache, 4,
                                      features.FeatureSpec(pooling="dlsr"), progress=False)
   _, _, c5 = features.extract_cached(bb, imgs, "npz:y.npz", cache, 4, progress=False)
-  assert not (c3 or c4 or c5) and len(list(tmp_path.iterdir())) == 4
+  # Another input normalisation changes the features: a new entry as well.
+  renorm = dataclasses.replace(bb, mean=(0.5,) * 3, std=(0.5,) * 3)
+  z6, _, c6 = features.extract_cached(renorm, imgs, "npz:x.npz", cache, 4, progress=False)
+  assert not (c3 or c4 or c5 or c6) and len(list(tmp_path.iterdir())) == 5
+  assert not np.allclose(z6, z)

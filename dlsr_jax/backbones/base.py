@@ -13,13 +13,19 @@ from dlsr_jax.typedefs import Params
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# "Inception-style" (x - 127) / 128 on the [0, 255] scale: what the TF EfficientNet-Lite
+# (edge) models were trained with (tensorflow/tpu, lite/efficientnet_lite_builder.py).
+INCEPTION_MEAN = (127.0 / 255.0,) * 3
+INCEPTION_STD = (128.0 / 255.0,) * 3
+NORMALISATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+                  "inception": (INCEPTION_MEAN, INCEPTION_STD)}
 
 
 def preprocess_images(images: jax.Array, resolution: int,
                       mean: Sequence[float] = IMAGENET_MEAN,
                       std: Sequence[float] = IMAGENET_STD,
                       dtype=jnp.float32) -> jax.Array:
-  """uint8 NHWC -> float NHWC at `resolution`, ImageNet-normalised.
+  """uint8 NHWC -> float NHWC at `resolution`, normalised with `mean`/`std`.
 
   Straight (aspect-changing) bilinear resize, no crop, as in the DLSR paper.
 

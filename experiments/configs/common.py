@@ -20,6 +20,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.feature_batch_size = 64
   c.cache_dir = ""              # "" = <workdir>/feature_cache
   c.backbone_dtype = "float32"  # "bfloat16" for bf16 compute
+  # Input normalisation: "native" = the one the weights were trained with (ImageNet
+  # mean/std for B0-B7 and ResNet-50, (x - 127) / 128 for Lite0-4) | "imagenet" | "inception".
+  c.normalisation = "native"
 
   # Data sources: npz:PATH | folder:PATH | tfds:NAME:SPLIT | offline:NAME[:SPLIT].
   c.data = ml_collections.ConfigDict()
