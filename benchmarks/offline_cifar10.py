@@ -21,9 +21,10 @@ import platform
 import time
 
 import jax
+import numpy as np
 from absl import app, flags, logging
 
-from dlsr_jax import report
+from dlsr_jax import metrics, report
 from experiments import evaluation, launch, pipeline
 from experiments.configs import common
 
@@ -31,19 +32,26 @@ _DATA = flags.DEFINE_string("data_dir", None, "Folder with the .npz data sets.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/dlsr_bench_cifar10", "Work directory.")
 _RESULTS = flags.DEFINE_string("results_md", os.path.join(os.path.dirname(__file__), "RESULTS.md"),
                                "Markdown file whose offline_cifar10 section is rewritten.")
-_EPOCHS = flags.DEFINE_integer("epochs", 60, "LFDN training epochs.")
-_WIDTH = flags.DEFINE_integer("width", 1024, "LFDN width W (E = W / 2).")
-_BLOCKS = flags.DEFINE_integer("blocks", 8, "LFDN residual blocks N.")
+_EPOCHS = flags.DEFINE_integer("epochs", 40, "LFDN training epochs.")
+_WIDTH = flags.DEFINE_integer("width", 512, "LFDN width W (E = W / 2).")
+_BLOCKS = flags.DEFINE_integer("blocks", 4, "LFDN residual blocks N.")
 _BATCH = flags.DEFINE_integer("batch_size", 128, "LFDN training batch size (paper: 128).")
 _KS = flags.DEFINE_list("ks", ["1", "2", "3", "5", "10"], "Noise levels k.")
 _HEADLINE_K = flags.DEFINE_integer("headline_k", 3, "k of the DLSR rows in the main table.")
 _LIMIT = flags.DEFINE_integer("limit", 0, "Use only the first N images of every set (0 = all).")
+_NORM = flags.DEFINE_enum("normalisation", "native", ["native", "imagenet", "inception"],
+                          "Backbone input normalisation (native: (x - 127) / 128 for Lite0). "
+                          "Not native: results go to a section of their own.")
+_SWEEP_EPOCHS = flags.DEFINE_list("sweep_epochs", ["5", "10", "20", "40", "80"],
+                                  "Training lengths of the DLSR-vs-epochs table (empty: skip).")
+_SWEEP_SIZES = flags.DEFINE_list("sweep_sizes", ["512x4", "1024x8"],
+                                 "LFDN sizes WxN of the DLSR-vs-epochs table.")
 flags.mark_flags_as_required(["data_dir"])
 
 ID_TRAIN, ID_TEST = "cifar10_train_exact", "cifar10_test_exact"
 FAR = {"isun": "isun", "mnist": "mnist_test", "fashionmnist": "fashionmnist_test", "dtd": "dtd"}
 NEAR = {"cifar100": "cifar100_test_exact"}
-SECTION = "offline_cifar10"
+SECTION = "offline_cifar10"   # + "_<normalisation>" when not native
 
 
 def make_config(data_dir: str):
@@ -54,6 +62,7 @@ def make_config(data_dir: str):
     if not os.path.exists(path):
       raise FileNotFoundError(f"benchmark data file {path} is missing")
   c.backbone, c.weights, c.resolution = "efficientnet_lite0", "imagenet", 224
+  c.normalisation = _NORM.value
   c.data.train, c.data.test = npz(ID_TRAIN), npz(ID_TEST)
   for k, v in {**FAR, **NEAR}.items():
     c.data.ood[k] = npz(v)
@@ -113,13 +122,62 @@ def run(data_dir: str, workdir: str) -> tuple[dict, dict]:
   base, timing["baselines"] = evaluation.baseline_scores(c, z_train, sets)
   scores = evaluation.merge_scores(scores, base)
   stages["baselines (fit + score)"] = time.time() - t0
+  sweep = []
+  if _SWEEP_EPOCHS.value:
+    t0 = time.time()
+    sweep = epoch_sweep(c, workdir, sets, pipeline.feature_boundaries(c, backbone),
+                        z_train.shape[0])
+    stages["DLSR-vs-epochs sweep (train + score)"] = time.time() - t0
   settings = pipeline.settings_summary(c, backbone, pipeline.feature_boundaries(c, backbone))
   settings["data"] = (f"ID train {ID_TRAIN} ({z_train.shape[0]}), ID test {ID_TEST} "
                       f"({sets['id'].shape[0]}); far {list(FAR.values())}; near {list(NEAR.values())}")
   results = evaluation.assemble_results(c, scores, settings, timing)
   results["stages_s"] = {k: round(v, 1) for k, v in stages.items()}
+  results["epoch_sweep"] = sweep
   evaluation.write_outputs(results, scores, os.path.join(workdir, "report"))
   return results, {n: s.shape[0] for n, s in sets.items()}
+
+
+def epoch_sweep(c, workdir: str, sets: dict, bounds, num_train: int) -> list[dict]:
+  """DLSR far/near AUROC at k = headline_k after each of `--sweep_epochs`, per LFDN size.
+
+  Each size trains once: a longer run resumes from the shorter one's checkpoint,
+  which gives the same state as training that long from scratch (constant lr,
+  per-epoch shuffles).
+  """
+  epochs = sorted(int(e) for e in _SWEEP_EPOCHS.value)
+  k = _HEADLINE_K.value
+  rows = []
+  for size in _SWEEP_SIZES.value:
+    w, n = (int(v) for v in size.lower().split("x"))
+    cfg = copy.deepcopy(c)
+    cfg.model.width, cfg.model.embed_dim, cfg.model.num_blocks = w, w // 2, n
+    cfg.eval.ks = (k,)
+    wd = os.path.join(workdir, f"sweep_W{w}_N{n}")
+    for e in epochs:
+      cfg.train.num_epochs = e
+      t0 = time.time()
+      pipeline.run_train(cfg, wd)
+      t_train = time.time() - t0
+      s, _ = evaluation.dlsr_scores(cfg, wd, sets, bounds, with_lr=False)
+      steps = e * (num_train // cfg.train.batch_size)
+      row = {"size": f"W={w} N={n}", "epochs": e, "steps": steps, "train_s": t_train}
+      for score in ("mse", "mfsim"):
+        au = {name: metrics.auroc(s["id"][score][0], s[name][score][0]) for name in sets
+              if name != "id"}
+        row[score] = (100 * np.mean([au[f] for f in FAR]), 100 * np.mean([au[f] for f in NEAR]))
+      logging.info("sweep %s", row)
+      rows.append(row)
+  return rows
+
+
+def sweep_table(rows: list[dict]) -> str:
+  lines = ["| LFDN | epochs | steps | MFsim far | MSE far | MFsim near | MSE near | train s (increment) |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+  for r in rows:
+    lines.append(f"| {r['size']} | {r['epochs']} | {r['steps']} | {r['mfsim'][0]:.2f} | "
+                 f"{r['mse'][0]:.2f} | {r['mfsim'][1]:.2f} | {r['mse'][1]:.2f} | {r['train_s']:.0f} |")
+  return "\n".join(lines)
 
 
 def main_table(results: dict, headline_k: int) -> str:
@@ -199,12 +257,13 @@ def main(argv):
   rates = ", ".join(f"{n} {v['features_images_per_s']:.1f}" for n, v in feat.items()
                     if "features_images_per_s" in v) or "none (all sets were already cached)"
   sc = results["timing"]["scoring_dlsr"]
+  norm_flag = "" if _NORM.value == "native" else f" --normalisation={_NORM.value}"
   body = f"""## Offline CIFAR-10 benchmark (`benchmarks/offline_cifar10.py`)
 
 Measured {time.strftime('%Y-%m-%d')} on {machine()}.
-Command: `python -m benchmarks.offline_cifar10 --data_dir=../shared/data --epochs={_EPOCHS.value} --width={_WIDTH.value} --blocks={_BLOCKS.value}`
+Command: `python -m benchmarks.offline_cifar10 --data_dir=../shared/data --epochs={_EPOCHS.value} --width={_WIDTH.value} --blocks={_BLOCKS.value}{norm_flag}`
 
-- Backbone: {s['backbone']} (ImageNet weights `{s['weights']}`), input {s['resolution']}x{s['resolution']}, all 5 levels, GAP + per-layer z-score, C = {s['feature_dim']}.
+- Backbone: {s['backbone']} (ImageNet weights `{s['weights']}`), input {s['resolution']}x{s['resolution']}, input normalisation {s['normalisation']}, all 5 levels, GAP + per-layer z-score, C = {s['feature_dim']}.
 - LFDN: {s['lfdn']}; training: {s['train']}; DDIM {s['ddim']}; LR orientation `{s['lr_orientation']}`.
 - Data ({', '.join(f'{n} {v}' for n, v in sizes.items())} images): {s['data']}. All images are 32x32 uint8 from `../shared/data` (see its SOURCES.md; DTD is 10 of 47 classes, Fashion-MNIST a prefix).
 - Baselines on the same cached features: Mahalanobis (single Gaussian, shrinkage 0.01), KNN (cosine, k = 50), fitted on the ID train features.
@@ -227,7 +286,17 @@ Feature extraction images/s (uncached sets): {rates}. DLSR scoring: {sc['images_
 for {sc['num_k']} k values at once ({sc['num_images']} images, compile {sc['compile_s']:.1f} s excluded).
 Full per-set tables with AUPR-In/Out and both FPR95 conventions: `<workdir>/report/results.md`.
 """
-  write_section(_RESULTS.value, SECTION, body)
+  if results["epoch_sweep"]:
+    body += f"""
+### DLSR against LFDN size and training length (AUROC %, k = {_HEADLINE_K.value})
+
+Each size is trained once and scored after each length (a longer run resumes from the
+shorter one's checkpoint, the same state as training that long from scratch).
+
+{sweep_table(results["epoch_sweep"])}
+"""
+  section = SECTION if _NORM.value == "native" else f"{SECTION}_{_NORM.value}"
+  write_section(_RESULTS.value, section, body)
   print(body)
   logging.info("benchmark done in %.0f s", total)
 
