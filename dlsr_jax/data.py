@@ -199,8 +199,10 @@ def _load_folder(path: str, image_size: Optional[int],
   files, labels, _ = list_folder(path)
   if limit is not None:
     files, labels = files[:limit], labels[:limit]
-  images = [_read_image(f) for f in files]
-  return _stack(images, image_size, f"image folder {path}"), np.asarray(labels, np.int64)
+  # Resize as each file is read: only S x S copies are held, never the native sizes.
+  images = [_read_image(f) if image_size is None else resize_image(_read_image(f), image_size)
+            for f in files]
+  return _stack(images, None, f"image folder {path}"), np.asarray(labels, np.int64)
 
 
 def _parse_tfds(spec: str) -> Tuple[str, str]:
@@ -250,20 +252,23 @@ def _load_tfds(spec: str, image_size: Optional[int], data_dir: Optional[str],
     ds = ds.take(limit)
   what = f"TFDS dataset {name!r} split {split!r}"
   if spec_el[image_key].shape.is_fully_defined():  # fixed size: fast batched read
-    chunks = list(tfds.as_numpy(ds.batch(1024)))
+    batches = tfds.as_numpy(ds.batch(1024))
   else:
-    chunks = [(im[None], lab) for im, lab in tfds.as_numpy(ds)]
+    batches = ((im[None], lab) for im, lab in tfds.as_numpy(ds))
+  # Convert (and resize) each batch as it arrives, so a large set (CelebA, Places365)
+  # is never held at its native size.
+  chunks = []
+  for im, lab in batches:
+    im = to_rgb_uint8(im, what)
+    if image_size is not None:
+      im = np.stack([resize_image(x, image_size) for x in im])
+    chunks.append((im, np.asarray(lab, np.int64).reshape(-1)))
   if not chunks:
     return np.zeros((0, 1, 1, 3), np.uint8), np.zeros((0,), np.int64)
-  labels = np.concatenate([np.asarray(c[1], np.int64).reshape(-1) for c in chunks])
+  labels = np.concatenate([c[1] for c in chunks])
   if len({c[0].shape[1:] for c in chunks}) == 1:
-    images = to_rgb_uint8(np.concatenate([c[0] for c in chunks]), what)
-    if image_size is None:
-      return images, labels
-    images = list(images)
-  else:
-    images = [to_rgb_uint8(c[0], what)[0] for c in chunks]
-  return _stack(images, image_size, what), labels
+    return np.concatenate([c[0] for c in chunks]), labels
+  return _stack([x for c in chunks for x in c[0]], None, what), labels  # raises: sizes differ
 
 
 def load_images(source: str, *, image_size: Optional[int] = None,
