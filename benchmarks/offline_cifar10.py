@@ -258,7 +258,8 @@ def main(argv):
                     if "features_images_per_s" in v) or "none (all sets were already cached)"
   sc = results["timing"]["scoring_dlsr"]
   norm_flag = "" if _NORM.value == "native" else f" --normalisation={_NORM.value}"
-  body = f"""## Offline CIFAR-10 benchmark (`benchmarks/offline_cifar10.py`)
+  title = "" if _NORM.value == "native" else f", ablation: Lite0 with {_NORM.value} input normalisation"
+  body = f"""## Offline CIFAR-10 benchmark (`benchmarks/offline_cifar10.py`){title}
 
 Measured {time.strftime('%Y-%m-%d')} on {machine()}.
 Command: `python -m benchmarks.offline_cifar10 --data_dir=../shared/data --epochs={_EPOCHS.value} --width={_WIDTH.value} --blocks={_BLOCKS.value}{norm_flag}`
