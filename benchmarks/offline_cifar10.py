@@ -172,11 +172,13 @@ def epoch_sweep(c, workdir: str, sets: dict, bounds, num_train: int) -> list[dic
 
 
 def sweep_table(rows: list[dict]) -> str:
-  lines = ["| LFDN | epochs | steps | MFsim far | MSE far | MFsim near | MSE near | train s (increment) |",
+  lines = ["| LFDN | epochs | steps | MFsim far | MSE far | MFsim near | MSE near "
+           "| train s (increment) |",
            "|---|---:|---:|---:|---:|---:|---:|---:|"]
   for r in rows:
     lines.append(f"| {r['size']} | {r['epochs']} | {r['steps']} | {r['mfsim'][0]:.2f} | "
-                 f"{r['mse'][0]:.2f} | {r['mfsim'][1]:.2f} | {r['mse'][1]:.2f} | {r['train_s']:.0f} |")
+                 f"{r['mse'][0]:.2f} | {r['mfsim'][1]:.2f} | {r['mse'][1]:.2f} | "
+                 f"{r['train_s']:.0f} |")
   return "\n".join(lines)
 
 

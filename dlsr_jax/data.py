@@ -194,11 +194,14 @@ def _read_image(path: str) -> np.ndarray:
     raise ValueError(f"cannot read image file {path}: {e}") from e
 
 
-def _load_folder(path: str, image_size: Optional[int],
-                 limit: Optional[int]) -> Tuple[np.ndarray, np.ndarray]:
+def _load_folder(path: str, image_size: Optional[int], limit: Optional[int],
+                 rows: Optional[Tuple[int, int]]) -> Tuple[np.ndarray, np.ndarray]:
   files, labels, _ = list_folder(path)
   if limit is not None:
     files, labels = files[:limit], labels[:limit]
+  if rows is not None:  # read only these files
+    _check_rows(rows, len(files), f"folder:{path}")
+    files, labels = files[rows[0]:rows[1]], labels[rows[0]:rows[1]]
   # Resize as each file is read: only S x S copies are held, never the native sizes.
   images = [_read_image(f) if image_size is None else resize_image(_read_image(f), image_size)
             for f in files]
@@ -215,8 +218,8 @@ def _parse_tfds(spec: str) -> Tuple[str, str]:
   return m.group(1), m.group(2)
 
 
-def _load_tfds(spec: str, image_size: Optional[int], data_dir: Optional[str],
-               limit: Optional[int], image_key: str) -> Tuple[np.ndarray, np.ndarray]:
+def _tfds_dataset(spec: str, data_dir: Optional[str], image_key: str):
+  """(tf.data.Dataset of examples, name, split, has_label); never downloads."""
   name, split = _parse_tfds(spec)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")
@@ -245,11 +248,30 @@ def _load_tfds(spec: str, image_size: Optional[int], data_dir: Optional[str],
   if image_key not in spec_el:
     raise ValueError(f"TFDS dataset {name!r} has no feature {image_key!r} "
                      f"(features: {sorted(spec_el)}); set image_key")
-  has_label = "label" in spec_el
+  return ds, name, split, "label" in spec_el
+
+
+def _count_tfds(spec: str, data_dir: Optional[str], image_key: str) -> int:
+  ds, _, _, _ = _tfds_dataset(spec, data_dir, image_key)
+  n = int(ds.cardinality())
+  if n >= 0:
+    return n
+  return int(ds.map(lambda ex: 0).reduce(0, lambda count, _: count + 1))
+
+
+def _load_tfds(spec: str, image_size: Optional[int], data_dir: Optional[str],
+               limit: Optional[int], image_key: str,
+               rows: Optional[Tuple[int, int]]) -> Tuple[np.ndarray, np.ndarray]:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  ds, name, split, has_label = _tfds_dataset(spec, data_dir, image_key)
+  spec_el = ds.element_spec
   ds = ds.map(lambda ex: (ex[image_key], ex["label"] if has_label
                           else tf.constant(-1, tf.int64)))
   if limit is not None:
     ds = ds.take(limit)
+  if rows is not None:  # only these rows are converted and kept
+    ds = ds.skip(rows[0]).take(rows[1] - rows[0])
   what = f"TFDS dataset {name!r} split {split!r}"
   if spec_el[image_key].shape.is_fully_defined():  # fixed size: fast batched read
     batches = tfds.as_numpy(ds.batch(1024))
@@ -263,6 +285,10 @@ def _load_tfds(spec: str, image_size: Optional[int], data_dir: Optional[str],
     if image_size is not None:
       im = np.stack([resize_image(x, image_size) for x in im])
     chunks.append((im, np.asarray(lab, np.int64).reshape(-1)))
+  got = sum(c[1].shape[0] for c in chunks)
+  if rows is not None and got != rows[1] - rows[0]:
+    raise ValueError(f"rows [{rows[0]}, {rows[1]}) out of range for 'tfds:{spec}': it has "
+                     f"fewer than {rows[1]} images (got {got} rows from {rows[0]} on)")
   if not chunks:
     return np.zeros((0, 1, 1, 3), np.uint8), np.zeros((0,), np.int64)
   labels = np.concatenate([c[1] for c in chunks])
@@ -271,9 +297,60 @@ def _load_tfds(spec: str, image_size: Optional[int], data_dir: Optional[str],
   return _stack([x for c in chunks for x in c[0]], None, what), labels  # raises: sizes differ
 
 
+def _check_rows(rows: Tuple[int, int], n: int, source: str) -> None:
+  start, stop = rows
+  if not 0 <= start < stop <= n:
+    raise ValueError(f"rows [{start}, {stop}) out of range for {source!r} with {n} images "
+                     "(need 0 <= start < stop <= N)")
+
+
+def _npz_count(path: str) -> int:
+  """Rows of the 'images' array of an .npz file, from its header (no data read)."""
+  import zipfile  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"npz file not found: {path}")
+  with zipfile.ZipFile(path) as zf:
+    if "images.npy" not in zf.namelist():
+      raise ValueError(f"npz file {path} has no 'images' array")
+    with zf.open("images.npy") as f:
+      version = np.lib.format.read_magic(f)
+      read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+              else np.lib.format.read_array_header_2_0)
+      shape = read(f)[0]
+  if not shape:
+    raise ValueError(f"npz file {path}: 'images' is a scalar")
+  return int(shape[0])
+
+
+def count_images(source: str, *, tfds_data_dir: Optional[str] = None,
+                 limit: Optional[int] = None, image_key: str = "image") -> int:
+  """How many images `load_images(source, limit=limit)` returns, without decoding them.
+
+  Lets each process of a multi-host job load only its `rows` of a set.
+  """
+  if not isinstance(source, str) or ":" not in source:
+    raise ValueError(f"data source must be 'SCHEME:...' with SCHEME one of {SCHEMES}, "
+                     f"got {source!r}")
+  if limit is not None:
+    _check_pos_int(limit, "limit")
+  scheme, rest = source.split(":", 1)
+  if scheme == "npz":
+    n = _npz_count(rest)
+  elif scheme == "folder":
+    n = len(list_folder(rest)[0])
+  elif scheme == "tfds":
+    n = _count_tfds(rest, tfds_data_dir, image_key)
+  elif scheme == "offline":
+    n = len(load_images(source))
+  else:
+    raise ValueError(f"unknown data source scheme {scheme!r} in {source!r}; "
+                     f"valid schemes: {', '.join(s + ':' for s in SCHEMES)}")
+  return n if limit is None else min(n, limit)
+
+
 def load_images(source: str, *, image_size: Optional[int] = None,
                 tfds_data_dir: Optional[str] = None, limit: Optional[int] = None,
-                image_key: str = "image") -> ImageSet:
+                image_key: str = "image", rows: Optional[Tuple[int, int]] = None) -> ImageSet:
   """Loads an image source into host memory.
 
   Args:
@@ -284,6 +361,9 @@ def load_images(source: str, *, image_size: Optional[int] = None,
     tfds_data_dir: TFDS data dir for ``tfds:`` sources (None: TFDS default).
     limit: keep only the first `limit` examples (deterministic order).
     image_key: image feature name for ``tfds:`` sources.
+    rows: (start, stop): keep only rows [start, stop) of the set (after
+      `limit`); folder and TFDS sources then read (and resize) only those.
+      Used by multi-host jobs, each process loading its own shard.
 
   Returns:
     An `ImageSet` with images [N, H, W, 3] uint8, labels [N] int64 (-1 if
@@ -295,15 +375,22 @@ def load_images(source: str, *, image_size: Optional[int] = None,
   for value, arg in ((image_size, "image_size"), (limit, "limit")):
     if value is not None:
       _check_pos_int(value, arg)
+  if rows is not None:
+    rows = tuple(int(r) for r in rows)
+    if len(rows) != 2 or not 0 <= rows[0] < rows[1]:
+      raise ValueError(f"rows must be (start, stop) with 0 <= start < stop, got {rows}")
   scheme, rest = source.split(":", 1)
   if scheme == "npz":
     images, labels = _load_npz(rest, limit)
+    if rows is not None:
+      _check_rows(rows, images.shape[0], source)
+      images, labels = images[rows[0]:rows[1]], labels[rows[0]:rows[1]]
     if image_size is not None:
       images = _stack(list(images), image_size, source)
   elif scheme == "folder":
-    images, labels = _load_folder(rest, image_size, limit)
+    images, labels = _load_folder(rest, image_size, limit, rows)
   elif scheme == "tfds":
-    images, labels = _load_tfds(rest, image_size, tfds_data_dir, limit, image_key)
+    images, labels = _load_tfds(rest, image_size, tfds_data_dir, limit, image_key, rows)
   elif scheme == "offline":
     from dlsr_jax import offline_data  # pylint: disable=g-import-not-at-top
     name, _, split = rest.partition(":")
@@ -311,6 +398,9 @@ def load_images(source: str, *, image_size: Optional[int] = None,
     images, labels = s.images, s.labels
     if limit is not None:
       images, labels = images[:limit], labels[:limit]
+    if rows is not None:
+      _check_rows(rows, images.shape[0], source)
+      images, labels = images[rows[0]:rows[1]], labels[rows[0]:rows[1]]
     if image_size is not None:
       images = _stack(list(images), image_size, source)
   else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -74,26 +75,33 @@ def cache_dir(c, workdir: str) -> str:
   return c.cache_dir or os.path.join(workdir, "feature_cache")
 
 
-def load_source(c, source: str) -> data.ImageSet:
+def load_source(c, source: str, rows: Optional[tuple[int, int]] = None) -> data.ImageSet:
   return data.load_images(source, image_size=c.data.image_size or None,
                           tfds_data_dir=c.data.tfds_data_dir or None,
-                          limit=c.data.limit or None)
+                          limit=c.data.limit or None, rows=rows)
+
+
+def count_source(c, source: str) -> int:
+  return data.count_images(source, tfds_data_dir=c.data.tfds_data_dir or None,
+                           limit=c.data.limit or None)
 
 
 def source_features(c, backbone, source: str, cache,
                     shard: bool = False) -> tuple[np.ndarray, tuple, dict]:
   """(z [N, C], boundaries, timing info) for one data source, through the cache.
 
-  `shard`: in a multi-process job each process extracts (and caches) only its
-  `multihost.shard_range` of the images; the features are then all-gathered,
-  so every process returns the same full [N, C] array.
+  `shard`: in a multi-process job each process loads, extracts (and caches)
+  only its `multihost.shard_range` of the images; the features are then
+  all-gathered, so every process returns the same full [N, C] array.
   """
   t0 = time.time()
-  images = load_source(c, source).images
-  n, name = int(images.shape[0]), source
   if shard and jax.process_count() > 1:
+    n = count_source(c, source)
     lo, hi = multihost.shard_range(n)
-    images, name = images[lo:hi], f"{source}[{lo}:{hi}]"
+    images, name = load_source(c, source, rows=(lo, hi)).images, f"{source}[{lo}:{hi}]"
+  else:
+    images = load_source(c, source).images
+    n, name = int(images.shape[0]), source
   t1 = time.time()
   z, bounds, cached = features.extract_cached(backbone, images, name, cache,
                                               c.feature_batch_size, feature_spec(c))

@@ -88,6 +88,44 @@ def _save(path, arr):
   Image.fromarray(arr).save(path)
 
 
+def test_count_and_rows_match_the_full_load(tmp_path, monkeypatch):
+  images, labels = _rand_images(9, 5, 6), np.arange(9)
+  np.savez(tmp_path / "a.npz", images=images, labels=labels)
+  src = f"npz:{tmp_path / 'a.npz'}"
+  assert data.count_images(src) == 9 and data.count_images(src, limit=4) == 4
+  full = data.load_images(src, image_size=8)
+  part = data.load_images(src, image_size=8, rows=(2, 7))
+  np.testing.assert_array_equal(part.images, full.images[2:7])
+  np.testing.assert_array_equal(part.labels, full.labels[2:7])
+  # A folder: only the files of the requested rows are read.
+  for i in range(9):
+    _save(str(tmp_path / "f" / f"{i}.png"), images[i])
+  folder = f"folder:{tmp_path / 'f'}"
+  assert data.count_images(folder) == 9 and data.count_images(folder, limit=20) == 9
+  reads, read = [], data._read_image
+  monkeypatch.setattr(data, "_read_image", lambda p: reads.append(os.path.basename(p)) or read(p))
+  part = data.load_images(folder, rows=(3, 5))
+  assert reads == ["3.png", "4.png"]
+  np.testing.assert_array_equal(part.images, images[3:5])
+  off = data.load_images("offline:digits:test", limit=30)
+  assert data.count_images("offline:digits:test", limit=30) == 30
+  np.testing.assert_array_equal(
+      data.load_images("offline:digits:test", limit=30, rows=(10, 30)).images, off.images[10:])
+  with pytest.raises(ValueError, match=r"rows \[5, 12\) out of range .*9 images"):
+    data.load_images(src, rows=(5, 12))
+  with pytest.raises(ValueError, match=r"rows \[3, 5\) out of range .*with 4 images"):
+    data.load_images(folder, limit=4, rows=(3, 5))
+  with pytest.raises(ValueError, match="0 <= start < stop"):
+    data.load_images(src, rows=(3, 3))
+  with pytest.raises(FileNotFoundError, match="nope.npz"):
+    data.count_images(f"npz:{tmp_path / 'nope.npz'}")
+  np.savez(tmp_path / "b.npz", pixels=images)
+  with pytest.raises(ValueError, match="no 'images' array"):
+    data.count_images(f"npz:{tmp_path / 'b.npz'}")
+  with pytest.raises(ValueError, match="unknown data source scheme"):
+    data.count_images("web:x")
+
+
 def test_folder_flat(tmp_path):
   imgs = _rand_images(3, 6, 5)
   _save(str(tmp_path / "b.png"), imgs[1])
@@ -202,6 +240,15 @@ def test_tfds_real_prepared_dataset(tmp_path, monkeypatch, no_network):
   lim = data.load_images("tfds:dummy_mnist:test", tfds_data_dir=str(tmp_path), limit=3,
                          image_size=32)
   assert lim.images.shape == (3, 32, 32, 3)
+  # Counting without decoding, and one process's rows of the set.
+  count = lambda src, **kw: data.count_images(src, tfds_data_dir=str(tmp_path), **kw)
+  assert count("tfds:dummy_mnist:train") == 20 and count("tfds:dummy_mnist:train[:5]") == 5
+  assert count("tfds:dummy_mnist:train", limit=7) == 7
+  part = data.load_images("tfds:dummy_mnist:train", tfds_data_dir=str(tmp_path), rows=(6, 13))
+  np.testing.assert_array_equal(part.images, s.images[6:13])
+  np.testing.assert_array_equal(part.labels, s.labels[6:13])
+  with pytest.raises(ValueError, match=r"rows \[15, 25\) out of range.*fewer than 25"):
+    data.load_images("tfds:dummy_mnist:train", tfds_data_dir=str(tmp_path), rows=(15, 25))
 
 
 def test_tfds_unprepared_fails_fast_without_download(tmp_path, monkeypatch, no_network):
