@@ -125,8 +125,7 @@ def run(data_dir: str, workdir: str) -> tuple[dict, dict]:
   sweep = []
   if _SWEEP_EPOCHS.value:
     t0 = time.time()
-    sweep = epoch_sweep(c, workdir, sets, pipeline.feature_boundaries(c, backbone),
-                        z_train.shape[0])
+    sweep = epoch_sweep(c, workdir, sets, pipeline.feature_boundaries(c, backbone), z_train)
     stages["DLSR-vs-epochs sweep (train + score)"] = time.time() - t0
   settings = pipeline.settings_summary(c, backbone, pipeline.feature_boundaries(c, backbone))
   settings["data"] = (f"ID train {ID_TRAIN} ({z_train.shape[0]}), ID test {ID_TEST} "
@@ -138,7 +137,7 @@ def run(data_dir: str, workdir: str) -> tuple[dict, dict]:
   return results, {n: s.shape[0] for n, s in sets.items()}
 
 
-def epoch_sweep(c, workdir: str, sets: dict, bounds, num_train: int) -> list[dict]:
+def epoch_sweep(c, workdir: str, sets: dict, bounds, z_train) -> list[dict]:
   """DLSR far/near AUROC at k = headline_k after each of `--sweep_epochs`, per LFDN size.
 
   Each size trains once: a longer run resumes from the shorter one's checkpoint,
@@ -157,10 +156,11 @@ def epoch_sweep(c, workdir: str, sets: dict, bounds, num_train: int) -> list[dic
     for e in epochs:
       cfg.train.num_epochs = e
       t0 = time.time()
-      pipeline.run_train(cfg, wd)
+      pipeline.write_config(cfg, wd)
+      pipeline.train_on_features(cfg, wd, z_train)   # the cached features; no backbone
       t_train = time.time() - t0
       s, _ = evaluation.dlsr_scores(cfg, wd, sets, bounds, with_lr=False)
-      steps = e * (num_train // cfg.train.batch_size)
+      steps = e * (z_train.shape[0] // cfg.train.batch_size)
       row = {"size": f"W={w} N={n}", "epochs": e, "steps": steps, "train_s": t_train}
       for score in ("mse", "mfsim"):
         au = {name: metrics.auroc(s["id"][score][0], s[name][score][0]) for name in sets

@@ -304,6 +304,14 @@ def _check_rows(rows: Tuple[int, int], n: int, source: str) -> None:
                      "(need 0 <= start < stop <= N)")
 
 
+def _take_rows(images: np.ndarray, labels: np.ndarray, rows: Optional[Tuple[int, int]],
+               source: str) -> Tuple[np.ndarray, np.ndarray]:
+  if rows is None:
+    return images, labels
+  _check_rows(rows, images.shape[0], source)
+  return images[rows[0]:rows[1]], labels[rows[0]:rows[1]]
+
+
 def _npz_count(path: str) -> int:
   """Rows of the 'images' array of an .npz file, from its header (no data read)."""
   import zipfile  # pylint: disable=g-import-not-at-top
@@ -382,9 +390,7 @@ def load_images(source: str, *, image_size: Optional[int] = None,
   scheme, rest = source.split(":", 1)
   if scheme == "npz":
     images, labels = _load_npz(rest, limit)
-    if rows is not None:
-      _check_rows(rows, images.shape[0], source)
-      images, labels = images[rows[0]:rows[1]], labels[rows[0]:rows[1]]
+    images, labels = _take_rows(images, labels, rows, source)
     if image_size is not None:
       images = _stack(list(images), image_size, source)
   elif scheme == "folder":
@@ -398,9 +404,7 @@ def load_images(source: str, *, image_size: Optional[int] = None,
     images, labels = s.images, s.labels
     if limit is not None:
       images, labels = images[:limit], labels[:limit]
-    if rows is not None:
-      _check_rows(rows, images.shape[0], source)
-      images, labels = images[rows[0]:rows[1]], labels[rows[0]:rows[1]]
+    images, labels = _take_rows(images, labels, rows, source)
     if image_size is not None:
       images = _stack(list(images), image_size, source)
   else:

@@ -131,18 +131,23 @@ def write_config(c, workdir: str) -> None:
 
 def run_train(c, workdir: str) -> train_lib.TrainState:
   """Extracts (or reuses) the training features and trains the LFDN."""
-  from clu import metric_writers
   write_config(c, workdir)
   backbone = load_backbone(c)
   cache = features.FeatureCache(cache_dir(c, workdir))
   z, bounds, _ = source_features(c, backbone, c.data.train, cache, shard=True)
+  return train_on_features(c, workdir, z)
+
+
+def train_on_features(c, workdir: str, z: np.ndarray) -> train_lib.TrainState:
+  """Trains (or resumes) the LFDN of config `c` in `workdir` on features `z` [N, C]."""
+  from clu import metric_writers
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
   ckpt = Checkpointer(workdir)
   fit_cfg = fit_config(c)
   t0 = time.time()
   try:  # on trainer.Preempted too: flush the metrics, finish the checkpoint writes
-    state = trainer.fit(z, model_config(c, bounds[-1]), optim_config(c),
+    state = trainer.fit(z, model_config(c, z.shape[1]), optim_config(c),
                         schedule.make_schedule(schedule_config(c)), fit_cfg, ckpt,
                         mesh=parallel.make_mesh(),
                         write_metrics=lambda s, m: writer.write_scalars(s, m))
