@@ -220,39 +220,58 @@ class TorchScoreConfig:
   mfsim_skip_first: bool = False
 
 
-def _abar_at(abar: np.ndarray, t: int, shift: int) -> float:
-  """abar[t - shift] as a float32 scalar, with abar[-1] := 1."""
-  idx = t - shift
-  return float(abar[idx]) if idx >= 0 else 1.0
-
-
-def _ddim_coefs(abar: np.ndarray, t: int, t_prev: int, shift: int,
+def _ddim_coefs(abar: np.ndarray, t: int, t_prev: int,
                 eta: float) -> tuple[np.float32, ...]:
-  """(sqrt(a_t), sqrt(1 - a_t), sqrt(a_prev), dir_coef, sigma) as float32."""
+  """Paper-mode DDIM from abar[t] to abar[t_prev]: (sqrt(a_t), sqrt(1 - a_t), sqrt(a_prev),
+  dir_coef, sigma) as float32."""
   f = np.float32
-  a_t, a_prev = f(_abar_at(abar, t, shift)), f(_abar_at(abar, t_prev, shift))
+  a_t, a_prev = f(abar[t]), f(abar[t_prev])
   one = f(1.0)
   sigma = f(eta) * np.sqrt((one - a_prev) / (one - a_t)) * np.sqrt(one - a_t / a_prev)
   dir_coef = np.sqrt(np.maximum(one - a_prev - sigma * sigma, f(0.0)))
   return np.sqrt(a_t), np.sqrt(one - a_t), np.sqrt(a_prev), dir_coef, sigma
 
 
+def _release_coefs(abar: np.ndarray, t: int, eta: float) -> tuple[float, ...]:
+  """The release's step t -> t - 1 (SPEC 1.5): a_t = abar[t], a = abar[t - 1],
+  a_prev = abar[t - 2] (abar[0] at t = 1) -> (a_t, a, a_prev, sigma) as floats."""
+  f = np.float32
+  a_t, a, a_prev = f(abar[t]), f(abar[t - 1]), f(abar[max(t - 2, 0)])
+  one = f(1.0)
+  sigma = f(eta) * np.sqrt((one - a_prev) / (one - a) * (one - a / a_prev))
+  return float(a_t), float(a), float(a_prev), float(sigma)
+
+
 def ddim_reconstruct(model: nn.Module, z0: torch.Tensor, k: int, eps: torch.Tensor,
                      abar: np.ndarray, cfg: TorchScoreConfig,
                      gen: Optional[torch.Generator] = None) -> torch.Tensor:
-  """Noises z0 to level k with `eps` and denoises back with DDIM (see dlsr_jax.diffusion)."""
-  shift = 1 if cfg.release_compat else 0
+  """Noises z0 to level k with `eps` and denoises back with DDIM (see dlsr_jax.diffusion).
+
+  `cfg.release_compat` follows the release's arithmetic (stride 1): eps_hat from
+  abar[t], x0 recomputed from it with abar[t - 1], update to abar[t - 2]; the
+  t = 1 step is the identity and is skipped.
+  """
   a_k = np.float32(abar[k])
   z = float(np.sqrt(a_k)) * z0 + float(np.sqrt(np.float32(1.0) - a_k)) * eps
   t = int(k)
-  while t > 0:
-    t_prev = max(t - cfg.stride, 0)
+  if cfg.release_compat and cfg.stride != 1:
+    raise ValueError(f"release_compat needs stride 1, got {cfg.stride}")
+  while t > (1 if cfg.release_compat else 0):
     tt = torch.full((z0.shape[0],), t, dtype=torch.int32, device=z0.device)
     x0_hat = model(z, tt)
-    sa_t, s1a_t, sa_prev, dir_coef, sigma = (float(c) for c in
-                                             _ddim_coefs(abar, t, t_prev, shift, cfg.eta))
-    eps_hat = (z - sa_t * x0_hat) / s1a_t
-    z = sa_prev * x0_hat + dir_coef * eps_hat
+    if cfg.release_compat:
+      a_t, a, a_prev, sigma = _release_coefs(abar, t, cfg.eta)
+      eps_hat = (z / math.sqrt(a_t) - x0_hat) / math.sqrt(1.0 / a_t - 1.0)
+      pred = (z - math.sqrt(1.0 - a) * eps_hat) / math.sqrt(a)
+      z = (math.sqrt(a_prev) * pred
+           + math.sqrt(max(1.0 - a_prev - sigma * sigma, 0.0)) * eps_hat)
+      t_prev = t - 1
+    else:
+      t_prev = max(t - cfg.stride, 0)
+      sa_t, s1a_t, sa_prev, dir_coef, sigma = (float(c) for c in
+                                               _ddim_coefs(abar, t, t_prev, cfg.eta))
+      eps_hat = (z - sa_t * x0_hat) / s1a_t
+      z = sa_prev * x0_hat + dir_coef * eps_hat
     if cfg.eta > 0:
       z = z + sigma * torch.randn(z.shape, generator=gen, device=z.device, dtype=z.dtype)
     t = t_prev

@@ -25,9 +25,11 @@ class DDIMConfig:
   Attributes:
     stride: DDIM step size (timesteps k, k - stride, ..., > 0, then 0).
     eta: 1.0 = stochastic DDPM-like steps (paper/release), 0.0 = deterministic.
-    release_compat: reproduce the official release, which indexes abar one
-      step lower inside the DDIM update than in the forward noising (so the
-      last step lands on abar = 1).
+    release_compat: reproduce the official release's test-time arithmetic
+      exactly (SPEC 1.5; `release_step`): eps_hat from abar[t], x0 recomputed
+      from eps_hat with abar[t - 1], the update to abar[t - 2], and a t = 1
+      step that is the identity, so the reconstruction still carries noise.
+      Stride 1 only.
   """
   stride: int = 1
   eta: float = 1.0
@@ -38,6 +40,9 @@ class DDIMConfig:
       raise ValueError(f"DDIM stride must be >= 1, got {self.stride}")
     if self.eta < 0:
       raise ValueError(f"DDIM eta must be >= 0, got {self.eta}")
+    if self.release_compat and self.stride != 1:
+      raise ValueError(f"release_compat reproduces the release, which steps with stride 1; "
+                       f"got stride {self.stride} (use release_compat=False for other strides)")
 
 
 def x0_loss(apply_fn: ApplyFn, params, z0: jax.Array, key: jax.Array,
@@ -63,10 +68,39 @@ def x0_loss(apply_fn: ApplyFn, params, z0: jax.Array, key: jax.Array,
   return jnp.mean(jnp.square(pred - z0))
 
 
-def _abar_at(alphas_cumprod: jax.Array, t: jax.Array, shift: int) -> jax.Array:
-  """abar[t - shift], with abar[-1] := 1 (no noise)."""
-  idx = t - shift
-  return jnp.where(idx >= 0, alphas_cumprod[jnp.maximum(idx, 0)], 1.0)
+def ddim_step(z: jax.Array, x0_hat: jax.Array, a_t: jax.Array, a_prev: jax.Array,
+              eta: float, noise: jax.Array | None) -> jax.Array:
+  """One DDIM update from signal level a_t = abar[t] to a_prev (paper mode).
+
+  eps_hat = (z - sqrt(a_t) x0_hat) / sqrt(1 - a_t);
+  z' = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma^2) eps_hat + sigma noise,
+  sigma = eta sqrt((1 - a_prev) / (1 - a_t)) sqrt(1 - a_t / a_prev).
+  """
+  eps_hat = (z - jnp.sqrt(a_t) * x0_hat) / jnp.sqrt(1.0 - a_t)
+  sigma = eta * jnp.sqrt((1.0 - a_prev) / (1.0 - a_t)) * jnp.sqrt(1.0 - a_t / a_prev)
+  z = jnp.sqrt(a_prev) * x0_hat + jnp.sqrt(jnp.maximum(1.0 - a_prev - sigma ** 2, 0.0)) * eps_hat
+  return z if noise is None else z + sigma * noise
+
+
+def release_step(z: jax.Array, x0_hat: jax.Array, abar: jax.Array, t: jax.Array,
+                 eta: float, noise: jax.Array | None) -> jax.Array:
+  """One step t -> t - 1 of the official release's arithmetic (SPEC 1.5, stride 1).
+
+  eps_hat = (z / sqrt(abar[t]) - x0_hat) / sqrt(1 / abar[t] - 1);
+  a = abar[t - 1], a_prev = abar[t - 2] (abar[0] when t = 1);
+  sigma = eta sqrt((1 - a_prev) / (1 - a) (1 - a / a_prev));
+  pred = (z - sqrt(1 - a) eps_hat) / sqrt(a)      (x0 recomputed, not x0_hat);
+  z' = sqrt(a_prev) pred + sqrt(1 - a_prev - sigma^2) eps_hat + sigma noise.
+  At t = 1, a = a_prev and sigma = 0: the step is the identity.
+  """
+  a_t = abar[t]
+  a = abar[jnp.maximum(t - 1, 0)]
+  a_prev = abar[jnp.maximum(t - 2, 0)]
+  eps_hat = (z / jnp.sqrt(a_t) - x0_hat) / jnp.sqrt(1.0 / a_t - 1.0)
+  sigma = eta * jnp.sqrt((1.0 - a_prev) / (1.0 - a) * (1.0 - a / a_prev))
+  pred = (z - jnp.sqrt(1.0 - a) * eps_hat) / jnp.sqrt(a)
+  z = jnp.sqrt(a_prev) * pred + jnp.sqrt(jnp.maximum(1.0 - a_prev - sigma ** 2, 0.0)) * eps_hat
+  return z if noise is None else z + sigma * noise
 
 
 def ddim_reconstruct(apply_fn: ApplyFn, params, z0: jax.Array, k: jax.Array,
@@ -75,10 +109,9 @@ def ddim_reconstruct(apply_fn: ApplyFn, params, z0: jax.Array, k: jax.Array,
   """Noises z0 to level k and denoises it back with DDIM.
 
   z_k = sqrt(abar[k]) z0 + sqrt(1 - abar[k]) eps; then for t = k, k - s, ...
-  while t > 0: x0_hat = f(z, t), eps_hat = (z - sqrt(abar_t) x0_hat) /
-  sqrt(1 - abar_t), and the DDIM update to t_prev = max(t - s, 0) with noise
-  scale sigma = eta * sqrt((1 - abar_prev) / (1 - abar_t)) *
-  sqrt(1 - abar_t / abar_prev). The reconstruction is the final state.
+  while t > 0: x0_hat = f(z, t) and the DDIM update (`ddim_step`) from
+  abar[t] to abar[max(t - s, 0)]. The reconstruction is the final state.
+  `cfg.release_compat` runs the release's steps (`release_step`) instead.
 
   `k` may be a traced scalar: the loop is a `while_loop`, so `jax.vmap` over
   an array of k values compiles once.
@@ -99,7 +132,6 @@ def ddim_reconstruct(apply_fn: ApplyFn, params, z0: jax.Array, k: jax.Array,
   """
   abar = jnp.asarray(alphas_cumprod)
   k = jnp.asarray(k, jnp.int32)
-  shift = 1 if cfg.release_compat else 0
   z = q_sample(z0, k, eps, abar)
   batch = z0.shape[0]
 
@@ -109,17 +141,14 @@ def ddim_reconstruct(apply_fn: ApplyFn, params, z0: jax.Array, k: jax.Array,
 
   def body(state):
     t, z = state
-    t_prev = jnp.maximum(t - cfg.stride, 0)
     x0_hat = apply_fn(params, z, jnp.full((batch,), t, jnp.int32))
-    a_t = _abar_at(abar, t, shift)
-    a_prev = _abar_at(abar, t_prev, shift)
-    eps_hat = (z - jnp.sqrt(a_t) * x0_hat) / jnp.sqrt(1.0 - a_t)
-    sigma = cfg.eta * jnp.sqrt((1.0 - a_prev) / (1.0 - a_t)) * jnp.sqrt(1.0 - a_t / a_prev)
-    dir_coef = jnp.sqrt(jnp.maximum(1.0 - a_prev - sigma ** 2, 0.0))
-    z = jnp.sqrt(a_prev) * x0_hat + dir_coef * eps_hat
-    if cfg.eta > 0:
-      z = z + sigma * step_noise(t)
-    return t_prev, z
+    noise = step_noise(t) if cfg.eta > 0 else None
+    if cfg.release_compat:
+      return t - 1, release_step(z, x0_hat, abar, t, cfg.eta, noise)
+    t_prev = jnp.maximum(t - cfg.stride, 0)
+    return t_prev, ddim_step(z, x0_hat, abar[t], abar[t_prev], cfg.eta, noise)
 
-  _, z = jax.lax.while_loop(lambda s: s[0] > 0, body, (k, z))
+  # The release's t = 1 step is the identity (see `release_step`): skip its network call.
+  last = 1 if cfg.release_compat else 0
+  _, z = jax.lax.while_loop(lambda s: s[0] > last, body, (k, z))
   return z

@@ -68,7 +68,8 @@ def _forward_noise(key, ids, draws, c):
   return jnp.stack(eps)
 
 
-@pytest.mark.parametrize("stride,release_compat,draws", [(1, False, 1), (2, True, 2)])
+@pytest.mark.parametrize("stride,release_compat,draws",
+                         [(1, False, 1), (2, False, 2), (1, True, 2)])
 def test_deterministic_scores_match_dlsr_jax(stride, release_compat, draws):
   cfg = _cfg()
   p = _random_params(cfg, seed=3)
