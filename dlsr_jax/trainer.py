@@ -49,6 +49,12 @@ class FitConfig:
       (the first and the last epoch are always saved).
     checkpoint_every_steps: also checkpoint every this many steps, mid-epoch
       included (0 = only at epoch ends), so a killed run loses little.
+    lr_reference_steps: the step whose state the LR score uses as its early
+      model, kept apart and never pruned. Default 391: the paper's first epoch
+      (50,000 CIFAR images at batch 128), whatever the size of this training
+      set; 0 = the end of the first epoch of this set.
+    keep_steps: further steps whose states are kept the same way (e.g. for an
+      LR-against-reference-step table).
   """
   batch_size: int = 128
   num_epochs: int = 150
@@ -56,6 +62,8 @@ class FitConfig:
   log_every_steps: int = 100
   checkpoint_every_epochs: int = 1
   checkpoint_every_steps: int = 0
+  lr_reference_steps: int = 391
+  keep_steps: tuple[int, ...] = ()
 
   def __post_init__(self):
     for name in ("batch_size", "num_epochs", "log_every_steps", "checkpoint_every_epochs"):
@@ -64,6 +72,20 @@ class FitConfig:
     if self.checkpoint_every_steps < 0:
       raise ValueError("FitConfig.checkpoint_every_steps must be >= 0 (0 = epoch ends "
                        f"only), got {self.checkpoint_every_steps}")
+    if self.lr_reference_steps < 0:
+      raise ValueError("FitConfig.lr_reference_steps must be >= 0 (0 = one epoch of this "
+                       f"training set), got {self.lr_reference_steps}")
+    bad = [s for s in self.keep_steps if int(s) != s or s < 1]
+    if bad:
+      raise ValueError(f"FitConfig.keep_steps must be positive step counts, got {bad}")
+
+  def reference_step(self, steps_per_epoch: int) -> int:
+    """The LR reference step for a training set of `steps_per_epoch` steps an epoch."""
+    return self.lr_reference_steps or steps_per_epoch
+
+  def kept_steps(self, steps_per_epoch: int) -> frozenset[int]:
+    """Every step whose checkpoint is kept apart: the LR reference and `keep_steps`."""
+    return frozenset({self.reference_step(steps_per_epoch), *map(int, self.keep_steps)})
 
 
 class Preempted(Exception):
@@ -184,20 +206,21 @@ def _is_checkpoint_step(step: int, steps_per_epoch: int, cfg: FitConfig) -> bool
 
 
 def _restore(checkpointer: Optional[Checkpointer], state: train.TrainState,
-             steps_per_epoch: int) -> train.TrainState:
-  """The latest checkpoint (if any); re-saves a lost first-epoch checkpoint if it can."""
+             kept: frozenset[int]) -> train.TrainState:
+  """The latest checkpoint (if any); re-saves a lost reference checkpoint if it can."""
   if checkpointer is None:
     return state
   restored = checkpointer.restore_latest(state)
   if restored is None:
     return state
   step = int(jax.device_get(restored.step))
-  if checkpointer.first_epoch_step() is None:
-    if step == steps_per_epoch:
-      checkpointer.save_first_epoch(step, restored)
-    elif step > steps_per_epoch:
-      logging.warning("no first-epoch checkpoint next to the latest one (step %d): the "
-                      "LR score will not be available for this run", step)
+  have = set(checkpointer.reference_steps())
+  if step in kept and step not in have:
+    checkpointer.save_reference(step, restored)
+  lost = sorted(s for s in kept if s < step and s not in have)
+  if lost:
+    logging.warning("no reference checkpoint of steps %s next to the latest one (step %d): "
+                    "the LR score needs one of them", lost, step)
   return restored
 
 
@@ -208,8 +231,8 @@ def fit(features: np.ndarray, model_cfg: lfdn.LFDNConfig, optim_cfg: train.Optim
   """Trains the LFDN on `features` [N, C] (every process passes the full array).
 
   Each process feeds the rows of every global batch that its devices hold.
-  Checkpoints (collective over processes) are written per `cfg`; the first
-  epoch's is also kept apart for the LR score. Training resumes from the
+  Checkpoints (collective over processes) are written per `cfg`; the states
+  at `cfg.kept_steps` (the LR reference first) are also kept apart. Training resumes from the
   latest checkpoint in `checkpointer`. Only process 0 calls `write_metrics`.
 
   Returns:
@@ -229,9 +252,14 @@ def fit(features: np.ndarray, model_cfg: lfdn.LFDNConfig, optim_cfg: train.Optim
   init_fn, step_fn = _compiled(model_cfg, optim_cfg, abar, mesh)
   n = features.shape[0]
   steps_per_epoch = n // cfg.batch_size
-  state = _restore(checkpointer, init_fn(init_key), steps_per_epoch)
+  kept = cfg.kept_steps(steps_per_epoch)
+  state = _restore(checkpointer, init_fn(init_key), kept)
   start = int(jax.device_get(state.step))       # one sync, before the loop
   total = steps_per_epoch * cfg.num_epochs
+  if checkpointer is not None and cfg.reference_step(steps_per_epoch) > total:
+    logging.warning("the LR reference step %d lies beyond this run's %d steps: no LR score "
+                    "for it (set train.lr_reference_steps lower, or 0 for one epoch)",
+                    cfg.reference_step(steps_per_epoch), total)
   if start:
     logging.info("resuming from step %d of %d", start, total)
   main = jax.process_index() == 0
@@ -254,8 +282,8 @@ def fit(features: np.ndarray, model_cfg: lfdn.LFDNConfig, optim_cfg: train.Optim
             _log_metrics(step, start, t0, metrics, write_metrics if main else None)
           preempted = watch.requested(step)
           if checkpointer is not None and step != saved and (  # preempted => checkpointer
-              preempted or _is_checkpoint_step(step, steps_per_epoch, cfg)):
-            checkpointer.save(step, state, first_epoch=(step == steps_per_epoch))
+              preempted or step in kept or _is_checkpoint_step(step, steps_per_epoch, cfg)):
+            checkpointer.save(step, state, reference=step in kept)
             saved = step
           if preempted and step < total:
             checkpointer.wait()

@@ -113,7 +113,8 @@ def dlsr_scores(c, workdir: str, sets: Mapping[str, np.ndarray], boundaries,
             "num_images": n_total}
   out = {n: dict(s) for n, s in final.items()}
   if with_lr:
-    first_params = pipeline.restore_ema(c, workdir, boundaries[-1], first_epoch=True)
+    first_params = pipeline.restore_ema(c, workdir, boundaries[-1],
+                                        reference_step=pipeline.lr_reference_step(c))
     for n, z in sets.items():
       first = scoring.score_dataset(score_fn, first_params, z, ks, set_key(n), bs,
                                     k_strategy=strategy)

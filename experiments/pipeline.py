@@ -53,7 +53,9 @@ def fit_config(c) -> trainer.FitConfig:
   return trainer.FitConfig(batch_size=t.batch_size, num_epochs=t.num_epochs, seed=c.seed,
                            log_every_steps=t.log_every_steps,
                            checkpoint_every_epochs=t.checkpoint_every_epochs,
-                           checkpoint_every_steps=t.checkpoint_every_steps)
+                           checkpoint_every_steps=t.checkpoint_every_steps,
+                           lr_reference_steps=t.lr_reference_steps,
+                           keep_steps=tuple(int(s) for s in t.keep_steps))
 
 
 def score_config(c, boundaries) -> scoring.ScoreConfig:
@@ -158,8 +160,19 @@ def train_on_features(c, workdir: str, z: np.ndarray) -> train_lib.TrainState:
   return state
 
 
-def restore_ema(c, workdir: str, num_features: int, first_epoch: bool = False):
-  """EMA params of the final (or first-epoch) checkpoint in `workdir`."""
+def lr_reference_step(c) -> int:
+  """The step of the LR score's reference checkpoint for config `c`.
+
+  `train.lr_reference_steps` (0 = one epoch of the training set, counted
+  without loading it).
+  """
+  if c.train.lr_reference_steps:
+    return int(c.train.lr_reference_steps)
+  return count_source(c, c.data.train) // c.train.batch_size
+
+
+def restore_ema(c, workdir: str, num_features: int, reference_step: Optional[int] = None):
+  """EMA params of the final checkpoint in `workdir`, or of a kept reference step."""
   model_cfg = model_config(c, num_features)
   tx = train_lib.make_optimizer(optim_config(c))
   rep = parallel.replicated(parallel.make_mesh())
@@ -167,8 +180,8 @@ def restore_ema(c, workdir: str, num_features: int, first_epoch: bool = False):
   target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), target)
   ckpt = Checkpointer(workdir)
   try:
-    if first_epoch:
-      state = ckpt.restore_first_epoch(target)
+    if reference_step is not None:
+      state = ckpt.restore_reference(target, reference_step)
     else:
       state = ckpt.restore_latest(target)
       if state is None:

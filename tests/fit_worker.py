@@ -8,7 +8,7 @@ Trains the tiny LFDN `MODEL` on the [N, C] `z` of --features with checkpoints in
 (resuming from them, like `experiments.train`). Process 0 appends every
 step's metrics to WD/metrics.<process index>.jsonl (so a file from another
 process would show that it wrote too) and, with --out, saves the final state
-and the first-epoch checkpoint's state as flat npz entries. On preemption it
+and the LR reference checkpoint's state (one epoch) as flat npz entries. On preemption it
 exits like `experiments.train` (status `launch.PREEMPTED_EXIT_CODE`).
 --step_delay slows every step (inside the metrics callback) so that a test can
 kill the run mid-training; it does not change what is computed.
@@ -150,7 +150,8 @@ def fit_config(args):
   return trainer.FitConfig(batch_size=args.batch_size, num_epochs=args.num_epochs,
                            seed=args.seed, log_every_steps=1,
                            checkpoint_every_epochs=args.checkpoint_every_epochs,
-                           checkpoint_every_steps=args.checkpoint_every_steps)
+                           checkpoint_every_steps=args.checkpoint_every_steps,
+                           lr_reference_steps=0)   # one epoch of the toy set
 
 
 def model_and_optim():
@@ -212,7 +213,7 @@ def main(argv=None) -> None:
   try:
     state = trainer.fit(z, model_cfg, optim_cfg, schedule.make_schedule(), fit_config(args),
                         ckpt, write_metrics=write_metrics, progress=False)
-    first = ckpt.restore_first_epoch(state)
+    first = ckpt.restore_reference(state, ckpt.reference_steps()[0])
   except trainer.Preempted as e:
     ckpt.close()
     launch.exit_preempted(e.step, args.workdir)

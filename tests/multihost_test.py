@@ -88,7 +88,7 @@ def test_two_processes_train_like_one(env, reference):
   # Only process 0 wrote metrics; both processes wrote the checkpoints collectively.
   assert sorted(p.name for p in wd.glob("metrics.*")) == ["metrics.0.jsonl"]
   assert fit_worker.checkpoint_steps(wd / "checkpoints") == [TOTAL]
-  assert fit_worker.checkpoint_steps(wd / "checkpoints_first_epoch") == [N // BATCH]
+  assert fit_worker.checkpoint_steps(wd / "checkpoints_lr_reference") == [N // BATCH]
   # The collective checkpoint holds the whole state: restore it here, on 4 devices.
   model_cfg = lfdn.LFDNConfig(**fit_worker.MODEL)
   tx = train.make_optimizer(train.OptimConfig(learning_rate=fit_worker.LEARNING_RATE))

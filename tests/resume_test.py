@@ -84,7 +84,7 @@ def test_sigkill_mid_epoch_then_rerun_ends_like_uninterrupted(env):
   latest = fit_worker.checkpoint_steps(ckpt_dir)[-1]
   assert seen <= latest < TOTAL, "the run ended before it was killed"
   assert latest % STEPS_PER_EPOCH, f"want a mid-epoch checkpoint, got step {latest}"
-  assert fit_worker.checkpoint_steps(env["root"] / name / "checkpoints_first_epoch") == [3]
+  assert fit_worker.checkpoint_steps(env["root"] / name / "checkpoints_lr_reference") == [3]
   before = _logged_steps(env["root"] / name)
   assert before == list(range(1, len(before) + 1)) and len(before) >= latest
   got = _run(env, name, **flags)      # the same command again: resumes at `latest`
@@ -109,8 +109,8 @@ def test_sigterm_saves_exits_with_message_and_rerun_is_exact(env):
   assert _logged_steps(env["root"] / name) == list(range(1, step + 1))
   got = _run(env, name, **flags)      # resumes at `step`: every step logged exactly once
   assert _logged_steps(env["root"] / name) == list(range(1, TOTAL + 1))
-  # (d) the first-epoch checkpoint (LR score) survived preemption and resume.
-  assert fit_worker.checkpoint_steps(env["root"] / name / "checkpoints_first_epoch") == [3]
+  # (d) the LR reference checkpoint (one epoch here) (LR score) survived preemption and resume.
+  assert fit_worker.checkpoint_steps(env["root"] / name / "checkpoints_lr_reference") == [3]
   _assert_same_state(got, env["ref"])
 
 

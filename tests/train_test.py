@@ -61,20 +61,21 @@ def test_sharded_step_matches_single_device():
 def test_fit_resume_equals_uninterrupted(tmp_path):
   z = _data(48)
   optim = train.OptimConfig(learning_rate=1e-3)
-  cfg2 = trainer.FitConfig(batch_size=16, num_epochs=2, seed=3, log_every_steps=2)
+  cfg2 = trainer.FitConfig(batch_size=16, num_epochs=2, seed=3, log_every_steps=2,
+                           lr_reference_steps=0)
   logged = []
   full = trainer.fit(z, CFG, optim, SCHED, cfg2, Checkpointer(str(tmp_path / "a")),
                      write_metrics=lambda s, m: logged.append((s, m)), progress=False)
   assert int(full.step) == 6 and [s for s, _ in logged] == [2, 4, 6]
   # Same run in two parts: one epoch, then the same command asking for two.
-  cfg1 = trainer.FitConfig(batch_size=16, num_epochs=1, seed=3)
+  cfg1 = trainer.FitConfig(batch_size=16, num_epochs=1, seed=3, lr_reference_steps=0)
   ck = Checkpointer(str(tmp_path / "b"))
   trainer.fit(z, CFG, optim, SCHED, cfg1, ck, progress=False)
   ck.close()
   ck = Checkpointer(str(tmp_path / "b"))
-  assert ck.latest_step() == 3 and ck.first_epoch_step() == 3
+  assert ck.latest_step() == 3 and ck.reference_steps() == [3]
   resumed = trainer.fit(z, CFG, optim, SCHED, cfg2, ck, progress=False)
-  assert ck.first_epoch_step() == 3 and ck.latest_step() == 6
+  assert ck.reference_steps() == [3] and ck.latest_step() == 6
   ck.close()
   for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -135,7 +136,8 @@ def test_checkpoint_schedule():
 def test_sigterm_checkpoints_mid_epoch_and_resume_is_exact(tmp_path):
   """SIGTERM at step 4 (mid-epoch 2): checkpoint at 4, `Preempted`, old handler back."""
   z, optim = _data(48), train.OptimConfig(learning_rate=1e-3)
-  cfg = trainer.FitConfig(batch_size=16, num_epochs=3, seed=3, log_every_steps=1)
+  cfg = trainer.FitConfig(batch_size=16, num_epochs=3, seed=3, log_every_steps=1,
+                          lr_reference_steps=0)
   mesh = parallel.make_mesh(jax.devices()[:1])
   full = trainer.fit(z, CFG, optim, SCHED, cfg, None, mesh=mesh, progress=False)
 
@@ -151,7 +153,7 @@ def test_sigterm_checkpoints_mid_epoch_and_resume_is_exact(tmp_path):
       trainer.fit(z, CFG, optim, SCHED, cfg, ck, mesh=mesh, write_metrics=kill_at_4,
                   progress=False)
     assert err.value.step == 4 and not seen
-    assert ck.latest_step() == 4 and ck.first_epoch_step() == 3
+    assert ck.latest_step() == 4 and ck.reference_steps() == [3]
     ck.close()
     os.kill(os.getpid(), signal.SIGTERM)    # the previous handler is back
     assert seen == ["old handler"]
@@ -159,7 +161,30 @@ def test_sigterm_checkpoints_mid_epoch_and_resume_is_exact(tmp_path):
     signal.signal(signal.SIGTERM, old)
   ck = Checkpointer(str(tmp_path))
   resumed = trainer.fit(z, CFG, optim, SCHED, cfg, ck, mesh=mesh, progress=False)
-  assert ck.latest_step() == 9 and ck.first_epoch_step() == 3
+  assert ck.latest_step() == 9 and ck.reference_steps() == [3]
   ck.close()
   for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_lr_reference_and_kept_steps_are_counted_in_steps(tmp_path):
+  """The LR reference is a step count (mid-epoch too), kept apart with any keep_steps."""
+  z = _data(48)   # 3 steps an epoch at batch 16
+  optim = train.OptimConfig(learning_rate=1e-3)
+  cfg = trainer.FitConfig(batch_size=16, num_epochs=3, seed=1, lr_reference_steps=4,
+                          keep_steps=(2, 7))
+  assert cfg.reference_step(3) == 4 and cfg.kept_steps(3) == {2, 4, 7}
+  assert trainer.FitConfig(lr_reference_steps=0).reference_step(40) == 40
+  assert trainer.FitConfig().lr_reference_steps == 391   # the paper's first epoch
+  ck = Checkpointer(str(tmp_path))
+  final = trainer.fit(z, CFG, optim, SCHED, cfg, ck, progress=False)
+  assert ck.reference_steps() == [2, 4, 7] and ck.latest_step() == 9
+  ref = ck.restore_reference(final, 4)
+  assert int(ref.step) == 4
+  with pytest.raises(FileNotFoundError, match=r"step 5 .*kept: \[2, 4, 7\]"):
+    ck.restore_reference(final, 5)
+  ck.close()
+  with pytest.raises(ValueError, match="lr_reference_steps"):
+    trainer.FitConfig(lr_reference_steps=-1)
+  with pytest.raises(ValueError, match="keep_steps"):
+    trainer.FitConfig(keep_steps=(0,))

@@ -24,6 +24,7 @@ def get_config(arg: str = ""):
   c.train.num_epochs = 40
   c.train.log_every_steps = 100
   c.train.checkpoint_every_epochs = 10
+  c.train.lr_reference_steps = 0   # one epoch of the 1,258 digits (19 steps)
   c.eval.ks = (3, 5, 10)
   c.eval.batch_size = 128
   if "tiny" in arg.split(","):  # for the smoke test: random weights, few images
