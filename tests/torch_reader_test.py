@@ -1,5 +1,6 @@
 """The torch-free checkpoint reader: formats, dtypes, views, wrappers and safety."""
 
+import argparse
 import collections
 import io
 import os
@@ -237,3 +238,50 @@ def test_pickle_cannot_modify_emulated_globals(tmp_path):
   path.write_bytes(header + b"\x80\x02ctorch\nFloatStorage\n}X\x01\x00\x00\x00aNsb.")
   with pytest.raises(CheckpointFormatError):
     read_torch_checkpoint(path)
+
+
+@FORMATS
+def test_training_checkpoint_metadata_is_plain_data(tmp_path, zip_format):
+  """args (an argparse.Namespace), optimizer, scaler and epoch read as plain data."""
+  model = torch.nn.Linear(3, 2)
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.02)
+  model(torch.randn(4, 3)).sum().backward()
+  opt.step()
+  args = argparse.Namespace(batch_size=256, lr=1e-5, config="c.yaml", distributed=False,
+                            resume="", layers=[1, 2], none=None)
+  scaler = {"scale": 65536.0, "growth_factor": 2.0, "growth_interval": 2000,
+            "_growth_tracker": 0}
+  path = tmp_path / "train.pth"
+  torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 7,
+              "scaler": scaler, "args": args}, path, _use_new_zipfile_serialization=zip_format)
+  got = torch_reader.load_torch_object(path)
+  assert type(got["args"]) is dict and got["args"] == vars(args)
+  assert got["epoch"] == 7 and got["scaler"] == scaler
+  want = opt.state_dict()
+  assert got["optimizer"]["param_groups"] == want["param_groups"]
+  np.testing.assert_array_equal(got["optimizer"]["state"][0]["exp_avg"],
+                                want["state"][0]["exp_avg"].numpy())
+  assert list(read_torch_checkpoint(path)) == ["weight", "bias"]
+
+
+def test_namespace_stand_in_cannot_run_code(tmp_path):
+  header = b"".join(pickle.dumps(o, protocol=2) for o in (
+      torch_reader.LEGACY_MAGIC_NUMBER, torch_reader.LEGACY_PROTOCOL_VERSION,
+      {"protocol_version": 1001, "little_endian": True}))
+  path = tmp_path / "ns.pth"
+  marker = tmp_path / "pwned_marker"
+  torch.save({"args": argparse.Namespace(lr=1.0, hook=_Evil(marker))}, path)
+  with pytest.raises(UnsafeCheckpointError, match=r"'posix\.system'"):
+    torch_reader.load_torch_object(path)
+  assert not marker.exists()
+  # REDUCE: argparse.Namespace called with arguments.
+  path.write_bytes(header + b"\x80\x02cargparse\nNamespace\nX\x01\x00\x00\x00a\x85R.")
+  with pytest.raises(UnsafeCheckpointError, match="called argparse.Namespace with arguments"):
+    torch_reader.load_torch_object(path)
+  # BUILD on the class itself, and BUILD with a non-dict state.
+  path.write_bytes(header + b"\x80\x02cargparse\nNamespace\n}X\x01\x00\x00\x00aNsb.")
+  with pytest.raises(CheckpointFormatError):
+    torch_reader.load_torch_object(path)
+  path.write_bytes(header + b"\x80\x02cargparse\nNamespace\n)\x81K\x01b.")
+  with pytest.raises(CheckpointFormatError, match="must be a dict of attributes"):
+    torch_reader.load_torch_object(path)

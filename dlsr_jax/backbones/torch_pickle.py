@@ -5,7 +5,9 @@ needs (`torch._utils._rebuild_tensor_v2`, storage classes, `OrderedDict`, ...),
 each replaced by a local emulation that builds numpy arrays; any other global
 raises `UnsafeCheckpointError` naming it, before anything runs. torch is never
 imported. The emulated objects are sealed so pickle BUILD opcodes cannot
-modify them. Used by `torch_reader.py`, which handles the file containers.
+modify them. One non-torch global is allowed: `argparse.Namespace` (the `args`
+of training checkpoints) is read as a plain dict of its attributes; argparse is
+never imported. Used by `torch_reader.py`, which handles the file containers.
 """
 
 from __future__ import annotations
@@ -224,6 +226,28 @@ def _torch_size(dims=()):
   return tuple(int(d) for d in dims)
 
 
+class NamespaceData(dict):
+  """Stand-in for `argparse.Namespace`: its attributes as a plain dict.
+
+  A pickled Namespace is NEWOBJ (`dict.__new__`: an empty dict) followed by
+  BUILD with the attribute dict, handed to `__setstate__`. Calling the class
+  with arguments is refused; nothing from argparse is imported or run, and the
+  attribute values are unpickled under the same allow-list. `materialize`
+  turns the result into a plain `dict`.
+  """
+
+  def __init__(self, *args: Any, **kwargs: Any):
+    if args or kwargs:
+      raise UnsafeCheckpointError("checkpoint called argparse.Namespace with arguments")
+    super().__init__()
+
+  def __setstate__(self, state: Any) -> None:
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+      raise CheckpointFormatError(
+          f"argparse.Namespace state must be a dict of attributes, got {type(state).__name__}")
+    self.update(state)
+
+
 def _allowed_globals() -> dict[tuple[str, str], Any]:
   """The complete allow-list: (module, name) -> local emulation (fresh objects)."""
   funcs = {
@@ -242,6 +266,7 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
   allowed[("collections", "OrderedDict")] = collections.OrderedDict
   allowed[("builtins", "set")] = set
   allowed[("builtins", "frozenset")] = frozenset
+  allowed[("argparse", "Namespace")] = NamespaceData
   allowed[("torch", "Tensor")] = _TensorType("Tensor")
   allowed[("torch.nn.parameter", "Parameter")] = _TensorType("Parameter")
   for name, (dt, bf16) in _STORAGE_DTYPES.items():
