@@ -1,0 +1,1 @@
+"""Post-hoc OOD detectors, one module each (higher score = more OOD)."""
