@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import numpy as np
 from numpy.typing import ArrayLike
+
+from dlsr_jax import batching
 
 HIGHEST = jax.lax.Precision.HIGHEST   # full-precision float32 matmuls
 
@@ -38,21 +42,13 @@ def check_chunk_size(chunk_size: int) -> None:
     raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
 
 
-def chunked(fn, args: tuple, z: np.ndarray, chunk_size: int) -> np.ndarray:
+def chunked(fn: Callable[..., jax.Array], args: tuple, z: np.ndarray,
+            chunk_size: int) -> np.ndarray:
   """Applies jitted `fn(*args, z_chunk [B, C]) -> [B]` over rows of z (float32).
 
   Chunks have exactly min(chunk_size, M) rows (the last is padded by repeating
-  its final row), so every call reuses one compile.
+  its final row, `batching.map_padded`), so every call reuses one compile.
   """
   check_chunk_size(chunk_size)
-  m = z.shape[0]
-  b = min(int(chunk_size), m)
-  out = np.empty((m,), np.float32)
-  for s in range(0, m, b):
-    chunk = z[s:s + b]
-    n = chunk.shape[0]
-    if n < b:
-      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - n, axis=0)])
-    out[s:s + n] = np.asarray(fn(*args, chunk))[:n]
-  return out
-
+  out = batching.map_padded(lambda chunk: fn(*args, chunk), z, chunk_size)
+  return np.asarray(out, np.float32)
