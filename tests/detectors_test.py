@@ -1,4 +1,4 @@
-"""Post-hoc detectors on hand-made cases: MSP, Energy, ODIN and `make`."""
+"""Post-hoc detectors on hand-made cases: MSP, Energy, ODIN, Mahalanobis, KNN and `make`."""
 
 import dataclasses
 import functools
@@ -149,6 +149,62 @@ def test_odin_rejects_bad_images_and_nets():
     detectors.make("odin", net=_net(), eps=-0.1)
 
 
+# ----------------------------------------------------------- Mahalanobis --
+def _classes(rng, n_per, c, labels):
+  centres = rng.normal(size=(len(labels), c)) * 3.0
+  mix = rng.normal(size=(c, c)) * 0.3 + np.eye(c)
+  x = np.concatenate([rng.normal(size=(n_per, c)) @ mix + m for m in centres])
+  return x, np.repeat(np.asarray(labels), n_per)
+
+
+@pytest.mark.parametrize("shrinkage", [0.0, 0.2])
+def test_mahalanobis_class_conditional_matches_numpy(shrinkage):
+  rng = np.random.default_rng(0)
+  train, labels = _classes(rng, 50, 6, [3, 7, 9])   # labels need not be 0..K-1
+  test = rng.normal(size=(25, 6)) * 4.0
+  means = np.stack([train[labels == k].mean(axis=0) for k in (3, 7, 9)])
+  resid = train - means[np.searchsorted([3, 7, 9], labels)]
+  cov = resid.T @ resid / len(train)
+  cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / 6 * np.eye(6)
+  prec = np.linalg.inv(cov)
+  d = test[:, None, :] - means[None]
+  want = np.einsum("nkc,cd,nkd->nk", d, prec, d).min(axis=1)
+
+  det = detectors.make("mahalanobis", array="pre_logits", class_conditional=True,
+                       shrinkage=shrinkage, chunk_size=7)
+  assert det.reads == ("pre_logits",) and det.fit_reads == ("pre_logits", "labels")
+  state = det.fit({"pre_logits": train, "labels": labels}, KEY)
+  got = det.score(state, {"pre_logits": test}, KEY)["mahalanobis"]   # no labels needed
+  assert got.dtype == np.float32
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_mahalanobis_single_gaussian_detector_is_the_baseline():
+  from dlsr_jax import baselines  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  train, test = rng.normal(size=(80, 4)), rng.normal(size=(9, 4))
+  det = detectors.make("mahalanobis", shrinkage=0.1)
+  assert det.reads == det.fit_reads == ("features",)
+  got = det.score(det.fit({"features": train}, KEY), {"features": test}, KEY)["mahalanobis"]
+  want = baselines.mahalanobis_score(baselines.fit_mahalanobis(train, 0.1), test)
+  np.testing.assert_array_equal(got, want)
+
+
+# ------------------------------------------------------------------- KNN --
+@pytest.mark.parametrize("k", [1, 5, 60])
+def test_knn_matches_brute_force_kth_distance(k):
+  rng = np.random.default_rng(3)
+  train, test = rng.normal(size=(60, 8)) * 5.0, rng.normal(size=(23, 8)) + 0.5
+  unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)
+  dists = np.linalg.norm(unit(test)[:, None, :] - unit(train)[None], axis=-1)
+  want = np.sort(dists, axis=1)[:, k - 1]
+  det = detectors.make("knn", k=k, array="pre_logits", chunk_size=7)
+  state = det.fit({"pre_logits": train}, KEY)
+  got = det.score(state, {"pre_logits": test}, KEY)["knn"]
+  assert got.shape == (23,) and got.dtype == np.float32
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 # ------------------------------------------------------------------ make --
 def test_make_unknown_type_lists_available():
   with pytest.raises(ValueError, match=r"unknown detector type 'nope'; available: "
@@ -165,12 +221,21 @@ def test_make_unknown_or_missing_setting_names_the_detector():
   with pytest.raises(TypeError, match=r"detector 'odin': missing .*'net'.*accepted settings: "
                                       r"net, temperature=1000.0"):
     detectors.make("odin")
+  with pytest.raises(ValueError, match="knn: k must be a positive int"):
+    detectors.make("knn", k=0)
+  with pytest.raises(ValueError, match="shrinkage must be a float"):
+    detectors.make("mahalanobis", shrinkage="oas")
 
 
 def test_missing_array_is_a_clear_error():
   with pytest.raises(ValueError, match=r"detector 'msp': score reads the array\(s\) "
                                        r"\['logits'\], missing .*has \['features'\]"):
     detectors.make("msp").score(None, {"features": np.zeros((2, 3))}, KEY)
+  det = detectors.make("mahalanobis", class_conditional=True)
+  with pytest.raises(ValueError, match=r"fit reads the array\(s\) \['labels'\]"):
+    det.fit({"features": np.zeros((5, 2))}, KEY)
+  with pytest.raises(ValueError, match="row-aligned"):
+    det.fit({"features": np.zeros((5, 2)), "labels": np.zeros(4, int)}, KEY)
 
 
 def test_package_import_is_lazy():
