@@ -12,7 +12,9 @@ then score the released models with the same config plus the printed flags:
 
 The checkpoints are read without torch and without running pickled code
 (`dlsr_jax.release`). `--final` becomes `checkpoints/` (the latest), `--first`
-(optional; the LR score needs it) `checkpoints_first_epoch/`. Each is a
+(optional; the LR score needs it) the LR reference checkpoint in
+`checkpoints_lr_reference/` (and `train.lr_reference_steps` is set to its
+step in the written config and the printed flags). Each is a
 `TrainState` with the release's weights as `params` and its EMA weights as
 `ema_params` (`--weights=raw` puts the raw weights there instead), the step
 set to the EMA's update count (else epoch + 1), and a freshly initialised
@@ -42,12 +44,16 @@ _WEIGHTS = flags.DEFINE_enum("weights", "ema", ["ema", "raw"],
                              "Which weights become ema_params (the ones scoring uses).")
 
 
-def config_flags_for(cfg) -> list[str]:
-  """The --config overrides that make a config's LFDN match `cfg` (an LFDNConfig)."""
-  return [f"--config.model.width={cfg.width}", f"--config.model.embed_dim={cfg.embed_dim}",
-          f"--config.model.num_blocks={cfg.num_blocks}",
-          f"--config.model.use_time_embedding={cfg.use_time_embedding}",
-          "--config.eval.release_compat=True"]
+def config_flags_for(cfg, reference_step: Optional[int] = None) -> list[str]:
+  """The --config overrides that make a config's LFDN match `cfg` (an LFDNConfig)
+  and point the LR score at the converted first checkpoint's step."""
+  out = [f"--config.model.width={cfg.width}", f"--config.model.embed_dim={cfg.embed_dim}",
+         f"--config.model.num_blocks={cfg.num_blocks}",
+         f"--config.model.use_time_embedding={cfg.use_time_embedding}",
+         "--config.eval.release_compat=True"]
+  if reference_step is not None:
+    out.append(f"--config.train.lr_reference_steps={reference_step}")
+  return out
 
 
 def _state(c, params, ema, step: int):
@@ -108,6 +114,8 @@ def convert(c, workdir: str, final: str, first: Optional[str] = None,
   c.model.width, c.model.embed_dim, c.model.num_blocks = m.width, m.embed_dim, m.num_blocks
   c.model.use_time_embedding = m.use_time_embedding
   c.eval.release_compat = True
+  if first_read is not None:
+    c.train.lr_reference_steps = first_read[3]
   matches = None
   if info.alphas_cumprod is not None:
     ours = schedule.make_schedule(pipeline.schedule_config(c)).alphas_cumprod
@@ -115,18 +123,19 @@ def convert(c, workdir: str, final: str, first: Optional[str] = None,
                    and np.allclose(ours, info.alphas_cumprod, rtol=1e-5, atol=1e-7))
   ckpt = Checkpointer(workdir)
   try:
-    if ckpt.latest_step() is not None or ckpt.first_epoch_step() is not None:
+    if ckpt.latest_step() is not None or ckpt.reference_steps():
       raise FileExistsError(f"{workdir} already has checkpoints; convert into a new workdir")
     ckpt.save(step, _state(c, p, ema, step))
     if first_read is not None:
       fp, fema, _, fstep = first_read
-      ckpt.save_first_epoch(fstep, _state(c, fp, fema, fstep))
+      ckpt.save_reference(fstep, _state(c, fp, fema, fstep))
   finally:
     ckpt.close()
   pipeline.write_config(c, workdir)
   return {"model": m, "steps": (first_read[3] if first_read else None, step),
           "epochs": (first_read[2].epoch if first_read else None, info.epoch),
-          "flags": config_flags_for(m), "schedule_matches": matches, "weights": weights}
+          "flags": config_flags_for(m, first_read[3] if first_read else None),
+          "schedule_matches": matches, "weights": weights}
 
 
 def main(argv):

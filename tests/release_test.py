@@ -259,8 +259,9 @@ def test_convert_command_end_to_end(tmp_path):
     c[section][name] = type(c[section][name])(value == "True" if value in ("True", "False")
                                               else int(value))
   assert (c.model.width, c.model.embed_dim, c.model.num_blocks) == (W, E, N)
-  for lfdm, first_epoch in ((lfdm_final, False), (lfdm_first, True)):
-    got = pipeline.restore_ema(c, str(wd), C, first_epoch=first_epoch)
+  assert c.train.lr_reference_steps == 10 == pipeline.lr_reference_step(c)
+  for lfdm, ref_step in ((lfdm_final, None), (lfdm_first, 10)):
+    got = pipeline.restore_ema(c, str(wd), C, reference_step=ref_step)
     want = _lfdn_weights(lfdm, ema=True)
     for path, v in jax.tree_util.tree_leaves_with_path(got):
       names = tuple(k.key for k in path)
