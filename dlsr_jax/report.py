@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from typing import Mapping, Optional, Sequence
+from typing import Collection, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -59,14 +59,19 @@ def metrics_table(id_scores: np.ndarray, ood_scores: Mapping[str, np.ndarray],
 
 
 def all_metrics(id_scores: Mapping[str, np.ndarray], ood_scores: Mapping[str, Mapping[str, np.ndarray]],
-                ks: Sequence[int], groups: Optional[Mapping[str, Sequence[str]]] = None) -> dict:
+                ks: Sequence[int], groups: Optional[Mapping[str, Sequence[str]]] = None,
+                k_free: Collection[str] = ()) -> dict:
   """Metrics for every score type and k.
 
+  Which scores depend on k is said, never guessed from array shapes: with a
+  single k a baseline's [1, N] array has the shape of a k-dependent score.
+
   Args:
-    id_scores: {score type: [K, N_id]}; a k-free score (baseline) is [1, N_id].
+    id_scores: {score type: [K, N_id]}; a k-free score (named in `k_free`) is [1, N_id].
     ood_scores: {ood set: {score type: [K or 1, N_ood]}}.
     ks: the K noise levels.
     groups: optional {group: [ood set, ...]} averaged as "group:<name>" rows.
+    k_free: score types that do not depend on k (baselines): keyed "-", never a k.
 
   Returns:
     {score type: {str(k) or "-": {ood set | "group:g" | "average": metrics}}}.
@@ -74,9 +79,11 @@ def all_metrics(id_scores: Mapping[str, np.ndarray], ood_scores: Mapping[str, Ma
   out = {}
   for score, id_arr in id_scores.items():
     out[score] = {}
-    labels = [str(int(k)) for k in ks] if id_arr.shape[0] == len(ks) else [NO_K]
+    labels = [NO_K] if score in k_free else [str(int(k)) for k in ks]
     if id_arr.shape[0] != len(labels):
-      raise ValueError(f"score {score!r} has {id_arr.shape[0]} rows; expected {len(ks)} or 1")
+      kind = "a k-free score" if score in k_free else f"a score at {len(ks)} k values"
+      raise ValueError(f"score {score!r} has {id_arr.shape[0]} rows; as {kind} it needs "
+                       f"{len(labels)}")
     for j, label in enumerate(labels):
       per_set = {name: s[score][j] for name, s in ood_scores.items()}
       out[score][label] = metrics_table(id_arr[j], per_set, groups)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 import zlib
-from typing import Mapping, Optional
+from typing import Collection, Mapping, Optional
 
 import jax
 import numpy as np
@@ -150,7 +150,9 @@ def merge_scores(*parts: Mapping[str, Mapping[str, np.ndarray]]) -> dict:
   return merged
 
 
-def assemble_results(c, scores: Mapping, settings: dict, timing: dict) -> dict:
+def assemble_results(c, scores: Mapping, settings: dict, timing: dict,
+                     k_free: Collection[str] = BASELINES) -> dict:
+  """The results dict; `k_free` names the scores that do not depend on k."""
   ood_names = [n for n in scores if n not in ("id", "train")]
   ks = [int(k) for k in c.eval.ks]
   return {
@@ -159,7 +161,7 @@ def assemble_results(c, scores: Mapping, settings: dict, timing: dict) -> dict:
       "groups": parse_groups(c),
       "ks": ks,
       "metrics": report.all_metrics(scores["id"], {n: scores[n] for n in ood_names}, ks,
-                                    parse_groups(c)),
+                                    parse_groups(c), k_free=k_free),
       "settings": settings,
       "timing": timing,
   }

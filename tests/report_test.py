@@ -43,3 +43,22 @@ def test_write_results_json_and_markdown(tmp_path):
 def test_no_ood_sets_is_an_error():
   with pytest.raises(ValueError, match="no OOD sets"):
     report.metrics_table(np.zeros(3), {})
+
+
+def test_k_free_scores_are_never_labelled_with_a_k(tmp_path):
+  """With a single k a baseline has the shape of a k score: k-freeness is declared."""
+  rng = np.random.default_rng(1)
+  id_s = {"mse": rng.normal(0, 1, (1, 30)), "mahalanobis": rng.normal(0, 1, (1, 30))}
+  ood = {"far": {t: rng.normal(2, 1, (1, 20)) for t in id_s}}
+  m = report.all_metrics(id_s, ood, [3], k_free={"mahalanobis"})
+  assert set(m["mse"]) == {"3"} and set(m["mahalanobis"]) == {report.NO_K}
+  res = {"id_set": "x", "ood_sets": {"far": "a"}, "ks": [3], "metrics": m}
+  md = report.markdown(res)
+  assert "## Mahalanobis\n" in md and "Mahalanobis, k" not in md
+  report.plot_auroc_vs_k(res, str(tmp_path / "k.png"))   # draws MSE only
+  with pytest.raises(ValueError, match="k-free score"):
+    report.all_metrics({"knn": rng.normal(0, 1, (3, 30))}, {"far": {"knn": np.ones((3, 5))}},
+                       [3], k_free={"knn"})
+  with pytest.raises(ValueError, match="at 2 k values"):
+    report.all_metrics({"mse": rng.normal(0, 1, (1, 30))}, {"far": {"mse": np.ones((1, 5))}},
+                       [3, 5])
