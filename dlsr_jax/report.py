@@ -90,13 +90,40 @@ def all_metrics(id_scores: Mapping[str, np.ndarray], ood_scores: Mapping[str, Ma
   return out
 
 
+def mean_and_std(runs: Sequence[Mapping]) -> tuple[dict, dict]:
+  """Mean and standard deviation (ddof 0) of several runs' `all_metrics` dicts.
+
+  Every run must have the same scores, ks, sets and metrics (e.g. one LFDN per
+  seed scored on the same features).
+  """
+  if not runs:
+    raise ValueError("no runs to average")
+
+  def walk(nodes):
+    first = nodes[0]
+    if not isinstance(first, Mapping):
+      vals = np.asarray(nodes, np.float64)
+      return float(vals.mean()), float(vals.std())
+    if any(set(n) != set(first) for n in nodes):
+      raise ValueError("runs differ in their scores, ks, sets or metrics: "
+                       f"{sorted(first)} vs {[sorted(n) for n in nodes if set(n) != set(first)]}")
+    pairs = {k: walk([n[k] for n in nodes]) for k in first}
+    return ({k: v[0] for k, v in pairs.items()}, {k: v[1] for k, v in pairs.items()})
+
+  return walk(list(runs))
+
+
 def csv_rows(results: Mapping) -> list[dict]:
   """Flat rows (score, k, ood_set, metrics...) of a results dict."""
   rows = []
+  std = results.get("metrics_std")
   for score, by_k in results["metrics"].items():
     for k, sets in by_k.items():
       for name, m in sets.items():
-        rows.append({"score": score, "k": k, "ood_set": name, **m})
+        row = {"score": score, "k": k, "ood_set": name, **m}
+        if std is not None:
+          row.update({f"{c}_std": v for c, v in std[score][k][name].items()})
+        rows.append(row)
   return rows
 
 
@@ -108,6 +135,10 @@ def markdown(results: Mapping) -> str:
   lines += ["", "AUROC, AUPR-In, AUPR-Out in %; higher is better. FPR95 in %, lower is "
             "better: (ID+) = OOD accepted at 95% ID kept (DLSR release); (OOD+) = ID "
             "rejected at 95% OOD caught (OpenOOD v1.5). AUPR = average precision.", ""]
+  std = results.get("metrics_std")
+  if std is not None:
+    lines += [f"Mean +- standard deviation over {len(results.get('seeds', []))} training "
+              f"seeds {results.get('seeds', '')}.", ""]
   header = "| OOD set | " + " | ".join(t for _, t in METRIC_COLUMNS) + " |"
   rule = "|---|" + "---:|" * len(METRIC_COLUMNS)
   for score, by_k in results["metrics"].items():
@@ -121,13 +152,19 @@ def markdown(results: Mapping) -> str:
           label = f"*Average {name[6:]}*"
         else:
           label = f"`{name}`"
-        lines.append(f"| {label} | " + " | ".join(f"{100 * m[c]:.2f}" for c, _ in METRIC_COLUMNS)
-                     + " |")
+        sd = std[score][k][name] if std is not None else None
+        lines.append(f"| {label} | " + " | ".join(_cell(m[c], sd and sd[c])
+                                                  for c, _ in METRIC_COLUMNS) + " |")
       lines.append("")
   summary = summary_table(results)
   if summary:
     lines += ["## Average AUROC (%) by score and k", "", summary, ""]
   return "\n".join(lines)
+
+
+def _cell(value: float, std: Optional[float] = None) -> str:
+  """A percentage, with its standard deviation when there is one."""
+  return f"{100 * value:.2f}" if std is None else f"{100 * value:.2f} ± {100 * std:.2f}"
 
 
 def summary_table(results: Mapping) -> str:
@@ -139,7 +176,9 @@ def summary_table(results: Mapping) -> str:
   lines = ["| score | " + " | ".join("k-free" if k == NO_K else f"k={k}" for k in ks) + " |",
            "|---|" + "---:|" * len(ks)]
   for score, by_k in by_score.items():
-    cells = [f"{100 * by_k[k]['average']['auroc']:.2f}" if k in by_k else "" for k in ks]
+    std = results.get("metrics_std", {}).get(score)
+    cells = [_cell(by_k[k]["average"]["auroc"], std and std[k]["average"]["auroc"])
+             if k in by_k else "" for k in ks]
     lines.append(f"| {SCORE_TITLES.get(score, score)} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 

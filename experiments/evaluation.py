@@ -190,22 +190,43 @@ def write_outputs(results: dict, scores: Mapping, outdir: str, plots: bool = Tru
 
 
 def run_evaluate(c, workdir: str, outdir: Optional[str] = None) -> dict:
-  """Scores the ID test set and every OOD set; writes results, tables, scores, plots."""
+  """Scores the ID test set and every OOD set; writes results, tables, scores, plots.
+
+  With `c.seeds`, every seed's LFDN (`<workdir>/seed_<s>/`) is scored on the same
+  features; each seed's results go to `<outdir>/seed_<s>/`, and the top-level
+  results hold the mean over seeds with the standard deviation beside it.
+  """
   outdir = outdir or workdir
   if not ood_sources(c):
     raise ValueError("no OOD sets configured: set --config.data.extra_ood=NAME=SOURCE")
-  require_checkpoint(workdir)
+  runs = pipeline.seed_runs(c, workdir)
+  for _, wd in runs:
+    require_checkpoint(wd)
   parse_groups(c)
   use_baselines = bool(parse_baselines(c))
   backbone, sets, timing = load_feature_sets(c, workdir, with_train=use_baselines)
   bounds = pipeline.feature_boundaries(c, backbone)
   z_train = sets.pop("train", None)
-  dlsr, timing["scoring"] = dlsr_scores(c, workdir, sets, bounds, with_lr=c.eval.lr)
-  parts = [dlsr]
+  base = {}
   if use_baselines:
     base, timing["baselines"] = baseline_scores(c, z_train, sets)
-    parts.append(base)
-  scores = merge_scores(*parts)
-  results = assemble_results(c, scores, pipeline.settings_summary(c, backbone, bounds), timing)
-  write_outputs(results, scores, outdir, plots=c.eval.plots)
+  settings = pipeline.settings_summary(c, backbone, bounds)
+  per_seed = []
+  for cs, wd in runs:
+    dlsr, timing["scoring"] = dlsr_scores(cs, wd, sets, bounds, with_lr=c.eval.lr)
+    scores = merge_scores(dlsr, base)
+    results = assemble_results(cs, scores, settings, dict(timing))
+    seed_out = outdir if len(runs) == 1 and wd == workdir else os.path.join(
+        outdir, os.path.basename(wd))
+    write_outputs(results, scores, seed_out, plots=c.eval.plots)
+    per_seed.append(results)
+  if len(per_seed) == 1 and runs[0][1] == workdir:
+    return per_seed[0]
+  results = dict(per_seed[0])
+  results["seeds"] = [cs.seed for cs, _ in runs]
+  results["metrics"], results["metrics_std"] = report.mean_and_std(
+      [r["metrics"] for r in per_seed])
+  if jax.process_index() == 0:
+    report.write_results(results, outdir)
+    logging.info("mean +- std over seeds %s in %s", results["seeds"], outdir)
   return results

@@ -131,13 +131,40 @@ def write_config(c, workdir: str) -> None:
       f.write(c.to_json_best_effort(indent=2))
 
 
-def run_train(c, workdir: str) -> train_lib.TrainState:
-  """Extracts (or reuses) the training features and trains the LFDN."""
+def seed_runs(c, workdir: str) -> list[tuple[object, str]]:
+  """(config, workdir) of every training run of `c`.
+
+  Without `c.seeds`: `c` itself in `workdir`. With `c.seeds = (s0, s1, ...)`: a
+  copy with `seed = s_i` in `<workdir>/seed_<s_i>/` each, all sharing the
+  feature cache of `workdir`.
+  """
+  seeds = [int(s) for s in (c.get("seeds") or ())]
+  if not seeds:
+    return [(c, workdir)]
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f"seeds must be distinct, got {seeds}")
+  runs = []
+  for s in seeds:
+    cs = c.copy_and_resolve_references()
+    with cs.unlocked():
+      cs.seed, cs.seeds, cs.cache_dir = s, (), cache_dir(c, workdir)
+    runs.append((cs, os.path.join(workdir, f"seed_{s}")))
+  return runs
+
+
+def run_train(c, workdir: str) -> list[train_lib.TrainState]:
+  """Extracts (or reuses) the training features and trains the LFDN of every seed run."""
   write_config(c, workdir)
   backbone = load_backbone(c)
   cache = features.FeatureCache(cache_dir(c, workdir))
   z, bounds, _ = source_features(c, backbone, c.data.train, cache, shard=True)
-  return train_on_features(c, workdir, z)
+  states = []
+  for cs, wd in seed_runs(c, workdir):
+    if wd != workdir:
+      write_config(cs, wd)
+      logging.info("training seed %d in %s", cs.seed, wd)
+    states.append(train_on_features(cs, wd, z))
+  return states
 
 
 def train_on_features(c, workdir: str, z: np.ndarray) -> train_lib.TrainState:

@@ -83,3 +83,25 @@ def test_missing_data_file_fails_fast_with_its_name(quickstart_dir, tmp_path):
 def test_evaluate_without_checkpoint_says_so(tmp_path):
   with pytest.raises(AssertionError, match="no checkpoint"):
     _run("experiments.evaluate", f"--config={TINY}", f"--workdir={tmp_path}", timeout=300)
+
+
+def test_seeds_train_one_lfdn_each_and_evaluate_reports_mean_and_std(tmp_path):
+  wd, out = tmp_path / "wd", tmp_path / "eval"
+  seeds = ["--config.seeds=(0,1)", "--config.eval.ks=(3,)", "--config.eval.lr=False",
+           "--config.eval.baselines=mahalanobis"]
+  _run("experiments.train", f"--config={TINY}", f"--workdir={wd}", *seeds)
+  for s in (0, 1):
+    assert (wd / f"seed_{s}" / "checkpoints").is_dir()
+    assert json.loads((wd / f"seed_{s}" / "config.json").read_text())["seed"] == s
+  assert len(list((wd / "feature_cache").iterdir())) >= 1   # one cache for both seeds
+  _run("experiments.evaluate", f"--config={TINY}", f"--workdir={wd}", f"--outdir={out}", *seeds)
+  res = json.loads((out / "results.json").read_text())
+  assert res["seeds"] == [0, 1]
+  per_seed = [json.loads((out / f"seed_{s}" / "results.json").read_text()) for s in (0, 1)]
+  a, b = (r["metrics"]["mse"]["3"]["average"]["auroc"] for r in per_seed)
+  assert a != b   # two different LFDNs
+  assert res["metrics"]["mse"]["3"]["average"]["auroc"] == pytest.approx((a + b) / 2)
+  assert res["metrics_std"]["mse"]["3"]["average"]["auroc"] == pytest.approx(abs(a - b) / 2)
+  assert res["metrics_std"]["mahalanobis"]["-"]["average"]["auroc"] == 0.0   # no training
+  assert " ± " in (out / "results.md").read_text()
+  assert "auroc_std" in (out / "results.csv").read_text().splitlines()[0]

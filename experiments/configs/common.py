@@ -10,6 +10,9 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # () = one training run with `seed` in --workdir. (0, 1, 2) = one run per seed in
+  # <workdir>/seed_<s>/ (sharing one feature cache); evaluate reports mean +- std over them.
+  c.seeds = ()
 
   # Backbone and features (SPEC 1.1, 1.2).
   c.backbone = "efficientnet_lite0"
