@@ -1,0 +1,83 @@
+"""The `Net` handle: a classifier module, its variables and the input normalisation."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dlsr_jax.backbones.base import IMAGENET_MEAN, IMAGENET_STD
+from dlsr_jax.typedefs import Params
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+# name -> (mean, std) on the [0, 1] scale.
+NORMALISATIONS = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Net:
+  """A classifier (or a head on features) with its variables.
+
+  `module.apply(params, x, train=...)` returns `(logits, out)` with
+  out["pre_logits"] (the penultimate features after global average pooling).
+
+  Attributes:
+    name: registry name, e.g. "cifar_resnet20".
+    module: the Flax module.
+    params: the full Flax variables `{"params": ..., "batch_stats": ...}` (heads
+      have no "batch_stats").
+    resolution: input height/width of image models (32); None for heads on
+      features.
+    mean, std: per-channel normalisation on the [0, 1] scale the weights expect;
+      None for heads.
+    weights_id: short string identifying the weights (a file hash prefix, or
+      "random-seed<seed>").
+  """
+  name: str
+  module: nn.Module
+  params: Params
+  resolution: Optional[int] = 32
+  mean: Optional[tuple[float, ...]] = None
+  std: Optional[tuple[float, ...]] = None
+  weights_id: str = ""
+
+  def normalise(self, x01: jax.Array) -> jax.Array:
+    """Images in [0, 1] -> network input, differentiably (as ODIN needs).
+
+    Args:
+      x01: [B, H, W, 3] float in [0, 1].
+
+    Returns:
+      [B, H, W, 3] float32, (x01 - mean) / std; heads return the input as is.
+    """
+    if self.mean is None or self.std is None:
+      return x01
+    return (x01 - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
+
+  def preprocess(self, images: jax.Array) -> jax.Array:
+    """uint8 [B, H, W, 3] -> normalised float32 [B, H, W, 3] (no resize)."""
+    if self.resolution is None:
+      raise ValueError(f"{self.name!r} takes features [N, C], not images")
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f"expected images of shape [B, H, W, 3], got {images.shape}")
+    return self.normalise(jnp.asarray(images).astype(jnp.float32) / 255.0)
+
+  def apply(self, params: Params, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Eval-mode forward pass (running BN statistics, no dropout); jittable.
+
+    Args:
+      params: Flax variables (e.g. `self.params`).
+      x: [B, H, W, 3] normalised images (or [N, C] features for heads).
+
+    Returns:
+      (logits [B, num_classes], out) with out["pre_logits"] [B, D].
+    """
+    return self.module.apply(params, x, train=False)

@@ -1,0 +1,1 @@
+"""PyTorch reference implementations for parity tests and speed benchmarks (not installed)."""
