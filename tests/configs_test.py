@@ -110,6 +110,8 @@ def test_backbone_arg_sets_weights_and_paper_lfdn_size(name):
   assert small.data.limit == 512 and small.train.num_epochs == 3
   assert (small.model.width, small.model.embed_dim, small.model.num_blocks) == (256, 128, 4)
   assert _load(name).data.limit == 0
+  assert _load(name, "backbone=lite2").weights == "imagenet"  # also shipped offline
+  assert _load(name, "backbone=lite3").weights == "efficientnet-lite3-*.pth"
 
 
 def test_legacy_cifar10_configs_keep_their_backbones():

