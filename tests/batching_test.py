@@ -1,11 +1,11 @@
-"""batching.map_padded: one batch shape, padding stripped, every input form."""
+"""data.batching.map_padded: one batch shape, padding stripped, every input form."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlsr_jax import batching
+from dlsr_jax.data import batching
 
 
 def test_pads_last_batch_with_last_row_and_strips_it():
