@@ -4,7 +4,8 @@
 
 Every call sees the same batch shape (the last batch is padded by repeating its final row), so a
 jitted `fn` compiles once per set of input shapes, and the padding is stripped from the outputs.
-The batch is `min(batch_size, N)` rows, so a set smaller than one batch is never padded up.
+The batch is `min(batch_size, N)` rows, so a set smaller than one batch is never padded up
+(unless `full_batches`: then every call has `batch_size` rows, one compile for any N).
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def _pad(a: np.ndarray, rows: int) -> np.ndarray:
   return np.concatenate([a, np.repeat(a[-1:], rows - a.shape[0], axis=0)])
 
 
-def map_padded(fn: Callable[..., PyTree], arrays: Arrays, batch_size: int) -> PyTree:
+def map_padded(fn: Callable[..., PyTree], arrays: Arrays, batch_size: int, *,
+               full_batches: bool = False, progress: bool = False,
+               desc: str = "batches") -> PyTree:
   """Applies `fn` batch by batch over the rows of `arrays` and concatenates the outputs.
 
   Args:
@@ -55,6 +58,11 @@ def map_padded(fn: Callable[..., PyTree], arrays: Arrays, batch_size: int) -> Py
       tuple/list and `fn(batch)` for a single array.
     arrays: a mapping or a tuple/list of arrays [N, ...] with the same N, or one array.
     batch_size: rows per call (positive int); every call gets exactly min(batch_size, N) rows.
+    full_batches: every call gets exactly `batch_size` rows, even when N < batch_size (a set
+      smaller than one batch is padded up), so sets of any size share one compile.
+    progress: show a tqdm bar; each batch's output is then fetched to the host as it is
+      computed, so the bar counts finished batches (not dispatched ones).
+    desc: the bar's label.
 
   Returns:
     `fn`'s output pytree with numpy leaves [N, ...]: the batch outputs concatenated, padding
@@ -78,11 +86,16 @@ def map_padded(fn: Callable[..., PyTree], arrays: Arrays, batch_size: int) -> Py
     values, names = [np.asarray(arrays)], ["#0"]
     call = lambda batch: fn(batch[0])
   n = _num_rows(values, names)
-  b = min(int(batch_size), n)
+  b = int(batch_size) if full_batches else min(int(batch_size), n)
+  starts = range(0, n, b)
+  if progress:
+    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+    starts = tqdm(starts, desc=desc, unit="batch", total=-(-n // b))
   outs = []
-  for start in range(0, n, b):
-    outs.append(call([_pad(a[start:start + b], b) for a in values]))
-  # One device -> host transfer at the end keeps the loop free of per-batch syncs.
+  for start in starts:
+    out = call([_pad(a[start:start + b], b) for a in values])
+    outs.append(jax.device_get(out) if progress else out)
+  # Without a bar, one device -> host transfer at the end keeps the loop free of per-batch syncs.
   outs = jax.device_get(outs)
   last = n - (len(outs) - 1) * b
   return jax.tree.map(lambda *leaves: np.concatenate(leaves[:-1] + (leaves[-1][:last],)),
