@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from dlsr_jax import metrics, report
+from dlsr_jax.evaluation import metrics, report
 from experiments import evaluation, launch, pipeline
 from experiments.configs import common
 

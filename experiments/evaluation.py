@@ -16,8 +16,9 @@ import jax
 import numpy as np
 from absl import logging
 
-from dlsr_jax import baselines, features, parallel, report, schedule, scoring
+from dlsr_jax import baselines, features, parallel, schedule, scoring
 from dlsr_jax import train as train_lib
+from dlsr_jax.evaluation import report
 from experiments import pipeline
 
 BASELINES = ("mahalanobis", "knn")
