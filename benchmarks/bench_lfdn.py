@@ -4,10 +4,10 @@ One run, one machine, the same model sizes (paper: C=720, W=1440, E=720, N=16;
 cpu: C=512, W=512, E=256, N=4):
 
   a. train step (x0 loss, AdamW, EMA): our jitted, donated step
-     (`dlsr_jax.trainer.make_jitted_step`) vs `benchmarks.torch_lfdn.TorchTrainer`
+     (`dlsr_jax.trainer.make_jitted_step`) vs `reference.torch_lfdn.TorchTrainer`
      (eager, and `torch.compile` where asked and working), in ms/step;
   b. scoring from cached features (DDIM from level k, MSE + MFsim): our jitted
-     `dlsr_jax.scoring.make_score_fn` vs `benchmarks.torch_lfdn.score` under
+     `dlsr_jax.scoring.make_score_fn` vs `reference.torch_lfdn.score` under
      `torch.inference_mode()`, in images/s; on the smallest size also several
      ks at once (our vmap over ks vs one jitted call per k).
 
@@ -362,7 +362,7 @@ def jax_train(size: Size, v: JaxVariant, params, batches) -> Case:
 
 
 def torch_model(size: Size, params, device: str):
-  from benchmarks import torch_lfdn
+  from reference import torch_lfdn
   model = torch_lfdn.TorchLFDN.from_config(lfdn_config(size))
   return torch_lfdn.load_flax_params(model, params).to(device)
 
@@ -370,7 +370,7 @@ def torch_model(size: Size, params, device: str):
 def torch_train(size: Size, v: TorchVariant, params, batches, device: str) -> Case:
   """The PyTorch train step (same init params, schedule, AdamW, EMA)."""
   import torch
-  from benchmarks import torch_lfdn
+  from reference import torch_lfdn
   from dlsr_jax import schedule, train
   ocfg = train.OptimConfig()
   tr = torch_lfdn.TorchTrainer(torch_model(size, params, device),
@@ -431,7 +431,7 @@ def torch_score(size: Size, v: TorchVariant, params, z: list[np.ndarray], ks: Se
                 eta: float, device: str) -> Case:
   """The PyTorch multi-k scorer under inference_mode."""
   import torch
-  from benchmarks import torch_lfdn
+  from reference import torch_lfdn
   from dlsr_jax import schedule
   model = torch_model(size, params, device).eval()
   fwd = torch.compile(model) if v.compile else model

@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlsr_jax import backbones, data, features, lfdn, metrics, schedule, scoring, train, trainer
+from dlsr_jax import backbones, data, features, lfdn, schedule, scoring, train, trainer
+from dlsr_jax.evaluation import metrics
 
 ID_TRAIN, ID_TEST = "cifar10_train_exact", "cifar10_test_exact"
 OOD = {"isun": "isun", "mnist": "mnist_test", "fashionmnist": "fashionmnist_test", "dtd": "dtd",

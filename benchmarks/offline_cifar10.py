@@ -24,7 +24,8 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from dlsr_jax import features, metrics, report, scoring
+from dlsr_jax import features, scoring
+from dlsr_jax.evaluation import metrics, report, table
 from experiments import evaluation, launch, pipeline
 from experiments.configs import common
 
@@ -175,7 +176,7 @@ def score_setting(c, backbone, sets, z_train, workdir: str, variants: dict, seed
     per_seed.append(evaluation.assemble_results(c, scores, settings, {}))
   results = dict(per_seed[0])
   results["seeds"] = list(seeds)
-  results["metrics"], results["metrics_std"] = report.mean_and_std(
+  results["metrics"], results["metrics_std"] = table.mean_and_std(
       [r["metrics"] for r in per_seed])
   return results, per_seed, lr_rows
 
@@ -322,7 +323,7 @@ def main_table(results: dict, headline_k: int) -> str:
   for title, score in ROWS:
     if score not in m:
       continue
-    k = report.NO_K if report.NO_K in m[score] else str(headline_k)
+    k = table.NO_K if table.NO_K in m[score] else str(headline_k)
     cells = [_pm(results, score, k, s) for s in sets]
     cells += [f"**{_pm(results, score, k, 'group:far')}**", _pm(results, score, k, "group:near"),
               _pm(results, score, k, "group:far", "fpr95_id_positive")]
@@ -336,7 +337,7 @@ def k_table(results: dict) -> str:
   lines = ["| far-average AUROC | " + " | ".join(f"k={k}" for k in ks) + " |",
            "|---|" + "---:|" * len(ks)]
   for title, score in ROWS:
-    if score in m and report.NO_K not in m[score]:
+    if score in m and table.NO_K not in m[score]:
       lines.append(f"| {title} | " + " | ".join(_pm(results, score, k, "group:far")
                                                 for k in ks) + " |")
   return "\n".join(lines)

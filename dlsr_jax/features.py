@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlsr_jax.backbones.base import Backbone, preprocess_images
+from dlsr_jax.data import batching
 from dlsr_jax.typedefs import Params
 
 POOLINGS = ("gap", "dlsr")
@@ -134,18 +135,11 @@ def extract(backbone: Backbone, images: np.ndarray, batch_size: int = 64,
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   fn, bounds = make_feature_fn(backbone, spec)
   jfn = jax.jit(fn)
-  n = images.shape[0]
-  out = np.empty((n, bounds[-1]), np.float32)
-  starts = range(0, n, batch_size)
-  if progress:
-    from tqdm.auto import tqdm
-    starts = tqdm(starts, desc=desc, unit="batch", total=math.ceil(n / batch_size))
-  for s in starts:
-    chunk = images[s:s + batch_size]
-    m = chunk.shape[0]
-    if m < batch_size:   # pad with copies of the last image; never drop one
-      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - m, axis=0)])
-    out[s:s + m] = np.asarray(jfn(backbone.params, chunk))[:m]
+  # Every call has batch_size images (the last batch padded with copies of the last image,
+  # never dropping one): one compile for every set, whatever its size.
+  out = batching.map_padded(lambda chunk: jfn(backbone.params, chunk), images, batch_size,
+                            full_batches=True, progress=progress, desc=desc)
+  out = np.asarray(out, np.float32)
   if not np.all(np.isfinite(out)):
     raise FloatingPointError(f"non-finite features for {desc}: check the backbone weights")
   return out, bounds

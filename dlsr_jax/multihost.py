@@ -24,6 +24,8 @@ written collectively into it) and the same input data.
 
 from __future__ import annotations
 
+import glob
+import importlib.util
 import os
 from typing import Optional
 
@@ -34,14 +36,42 @@ from absl import logging
 TPU_POD_ENV_VARS = ("TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES")
 
 
+# PCI ids of Cloud TPU chips (Google vendor id; device ids v3 .. TPU7x), as JAX's own
+# Cloud TPU check reads them. A newer chip missing here is still found through the pod
+# variables below; a single-host VM needs no job anyway.
+_GOOGLE_PCI_VENDOR_ID = "0x1ae0"
+_TPU_PCI_DEVICE_IDS = ("0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076")
+
+
+def _tpu_chips_visible() -> bool:
+  """Whether a Cloud TPU chip is attached through PCI (reads /sys; no backend start)."""
+  for vendor_path in glob.glob("/sys/bus/pci/devices/*/vendor"):
+    try:
+      with open(vendor_path) as f:
+        if f.read().strip() != _GOOGLE_PCI_VENDOR_ID:
+          continue
+      with open(os.path.join(os.path.dirname(vendor_path), "device")) as f:
+        if f.read().strip() in _TPU_PCI_DEVICE_IDS:
+          return True
+    except OSError:
+      continue
+  return False
+
+
+def _libtpu_installed() -> bool:
+  path = os.environ.get("TPU_LIBRARY_PATH")
+  return bool(path and os.path.isfile(path)) or importlib.util.find_spec("libtpu") is not None
+
+
 def _on_cloud_tpu_vm() -> bool:
-  """Whether JAX found a Cloud TPU VM when it was imported (no backend start)."""
-  try:
-    from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
-    if cloud_tpu_init.running_in_cloud_tpu_vm:
-      return True
-  except (ImportError, AttributeError):
-    pass
+  """Whether this is a Cloud TPU VM (no backend start).
+
+  The test JAX runs at import (libtpu installed and TPU chips on the PCI bus, or
+  JAX_FORCE_TPU_INIT), made from public signals instead of JAX's private flag; then the
+  pod-slice variables.
+  """
+  if "JAX_FORCE_TPU_INIT" in os.environ or (_libtpu_installed() and _tpu_chips_visible()):
+    return True
   hosts = [h for var in TPU_POD_ENV_VARS for h in os.environ.get(var, "").split(",") if h]
   return len(hosts) > 1 or bool(os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"))
 

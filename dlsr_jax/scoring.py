@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dlsr_jax.data import batching
 from dlsr_jax.diffusion import ApplyFn, DDIMConfig, ddim_reconstruct
 
 SCORE_TYPES = ("mse", "mfsim")
@@ -171,19 +172,13 @@ def score_dataset(score_fn: Callable[..., dict[str, jax.Array]], params, z: np.n
     raise ValueError(f"k_strategy must be 'vmap' or 'per_k', got {k_strategy!r}")
   ks = np.asarray(ks, np.int32)
   k_groups = [ks] if k_strategy == "vmap" else [ks[j:j + 1] for j in range(len(ks))]
-  chunks: dict[str, list[np.ndarray]] = {}
-  starts = range(0, n, batch_size)
-  if progress:
-    from tqdm.auto import tqdm
-    starts = tqdm(starts, desc=desc, unit="batch", total=-(-n // batch_size))
-  for s in starts:
-    zb, ib = z[s:s + batch_size], ids[s:s + batch_size]
-    m = zb.shape[0]
-    if m < batch_size:
-      zb = np.concatenate([zb, np.repeat(zb[-1:], batch_size - m, axis=0)])
-      ib = np.concatenate([ib, np.repeat(ib[-1:], batch_size - m)])
+
+  def score_batch(zb, ib):
+    # {score type: [B, K]}: map_padded batches (and strips padding) along the leading axis.
     outs = [score_fn(params, zb, ib, kg, key) for kg in k_groups]
-    for name in outs[0]:
-      val = np.concatenate([np.asarray(o[name]) for o in outs], axis=0)
-      chunks.setdefault(name, []).append(val[:, :m])
-  return {name: np.concatenate(v, axis=1) for name, v in chunks.items()}
+    return {name: jnp.concatenate([o[name] for o in outs], axis=0).T for name in outs[0]}
+
+  # Every call has batch_size rows (the last batch padded with its last row): one compile.
+  rows = batching.map_padded(score_batch, (z, ids), batch_size, full_batches=True,
+                             progress=progress, desc=desc)
+  return {name: np.ascontiguousarray(v.T) for name, v in rows.items()}

@@ -24,7 +24,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   launch.setup()
   results = evaluation.run_evaluate(_CONFIG.value, _WORKDIR.value, _OUTDIR.value)
-  from dlsr_jax import report
+  from dlsr_jax.evaluation import report
   print(report.summary_table(results))
   logging.info("results in %s", _OUTDIR.value or _WORKDIR.value)
 

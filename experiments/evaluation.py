@@ -16,8 +16,9 @@ import jax
 import numpy as np
 from absl import logging
 
-from dlsr_jax import baselines, features, parallel, report, schedule, scoring
+from dlsr_jax import baselines, features, parallel, schedule, scoring
 from dlsr_jax import train as train_lib
+from dlsr_jax.evaluation import plots, report, table
 from experiments import pipeline
 
 BASELINES = ("mahalanobis", "knn")
@@ -174,7 +175,7 @@ def assemble_results(c, scores: Mapping, settings: dict, timing: dict,
       "ood_sets": {n: ood_sources(c)[n] for n in ood_names},
       "groups": parse_groups(c),
       "ks": ks,
-      "metrics": report.all_metrics(scores["id"], {n: scores[n] for n in ood_names}, ks,
+      "metrics": table.all_metrics(scores["id"], {n: scores[n] for n in ood_names}, ks,
                                     parse_groups(c), k_free=k_free),
       "settings": settings,
       "timing": timing,
@@ -193,13 +194,13 @@ def write_outputs(results: dict, scores: Mapping, outdir: str, plots: bool = Tru
     for t in scores["id"]:
       by_k = results["metrics"][t]
       best = max(by_k, key=lambda k: by_k[k]["average"]["auroc"])
-      j = 0 if best == report.NO_K else results["ks"].index(int(best))
-      title = report.SCORE_TITLES.get(t, t) + ("" if best == report.NO_K else f", k = {best}")
-      report.plot_roc_and_histograms(scores["id"][t][j], {n: scores[n][t][j] for n in ood},
+      j = 0 if best == table.NO_K else results["ks"].index(int(best))
+      title = table.SCORE_TITLES.get(t, t) + ("" if best == table.NO_K else f", k = {best}")
+      plots.plot_roc_and_histograms(scores["id"][t][j], {n: scores[n][t][j] for n in ood},
                                      os.path.join(outdir, f"roc_hist_{t}.png"),
                                      title=f"{title}, ID = {results['id_set']}")
-    if any(report.NO_K not in by_k for by_k in results["metrics"].values()):
-      report.plot_auroc_vs_k(results, os.path.join(outdir, "auroc_vs_k.png"))
+    if any(table.NO_K not in by_k for by_k in results["metrics"].values()):
+      plots.plot_auroc_vs_k(results, os.path.join(outdir, "auroc_vs_k.png"))
   logging.info("wrote %s", paths)
 
 
@@ -238,7 +239,7 @@ def run_evaluate(c, workdir: str, outdir: Optional[str] = None) -> dict:
     return per_seed[0]
   results = dict(per_seed[0])
   results["seeds"] = [cs.seed for cs, _ in runs]
-  results["metrics"], results["metrics_std"] = report.mean_and_std(
+  results["metrics"], results["metrics_std"] = table.mean_and_std(
       [r["metrics"] for r in per_seed])
   if jax.process_index() == 0:
     report.write_results(results, outdir)

@@ -33,7 +33,7 @@ def main(argv):
   t1 = time.time()
   results = evaluation.run_evaluate(c, wd)
   t2 = time.time()
-  from dlsr_jax import report
+  from dlsr_jax.evaluation import report
   print(report.markdown(results))
   print(f"\nfeatures + training: {t1 - t0:.1f} s, evaluation: {t2 - t1:.1f} s, "
         f"total {t2 - t0:.1f} s")

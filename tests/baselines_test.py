@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from sklearn import covariance
 
-from dlsr_jax import baselines, metrics
+from dlsr_jax import baselines
+from dlsr_jax.evaluation import metrics
 
 
 def _correlated(rng, n, c, scale=1.0):

@@ -1,11 +1,11 @@
-"""batching.map_padded: one batch shape, padding stripped, every input form."""
+"""data.batching.map_padded: one batch shape, padding stripped, every input form."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlsr_jax import batching
+from dlsr_jax.data import batching
 
 
 def test_pads_last_batch_with_last_row_and_strips_it():
@@ -64,3 +64,16 @@ def test_one_compile_and_batch_size_independent():
 def test_errors(arrays, bs, match):
   with pytest.raises(ValueError, match=match):
     batching.map_padded(lambda *a: a, arrays, bs)
+
+
+def test_full_batches_pads_a_small_set_up_and_progress_keeps_outputs():
+  x = np.arange(5, dtype=np.float32)
+  seen = []
+  out = batching.map_padded(lambda b: (seen.append(b.shape), b * 2)[1], x, 8, full_batches=True)
+  assert seen == [(8,)]
+  np.testing.assert_array_equal(out, x * 2)
+  seen.clear()
+  again = batching.map_padded(lambda b: (seen.append(b.shape), b * 2)[1], x, 2,
+                              full_batches=True, progress=True, desc="test")
+  assert seen == [(2,)] * 3
+  np.testing.assert_array_equal(again, x * 2)

@@ -9,6 +9,8 @@ import pytest
 from PIL import Image
 
 from dlsr_jax import data
+from dlsr_jax.data import folder as folder_source
+from dlsr_jax.data import tfds as tfds_source
 
 
 def _rand_images(n, h, w, c=3, seed=0):
@@ -102,8 +104,9 @@ def test_count_and_rows_match_the_full_load(tmp_path, monkeypatch):
     _save(str(tmp_path / "f" / f"{i}.png"), images[i])
   folder = f"folder:{tmp_path / 'f'}"
   assert data.count_images(folder) == 9 and data.count_images(folder, limit=20) == 9
-  reads, read = [], data._read_image
-  monkeypatch.setattr(data, "_read_image", lambda p: reads.append(os.path.basename(p)) or read(p))
+  reads, read = [], folder_source._read_image
+  monkeypatch.setattr(folder_source, "_read_image",
+                      lambda p: reads.append(os.path.basename(p)) or read(p))
   part = data.load_images(folder, rows=(3, 5))
   assert reads == ["3.png", "4.png"]
   np.testing.assert_array_equal(part.images, images[3:5])
@@ -268,8 +271,8 @@ def test_tfds_unprepared_fails_fast_without_download(tmp_path, monkeypatch, no_n
     data.load_images("tfds:no_such_dataset_xyz:test", tfds_data_dir=str(tmp_path))
   with pytest.raises(ValueError, match="tfds:NAME:SPLIT"):
     data.load_images("tfds:cifar10")
-  assert data._parse_tfds("cifar10:3.0.2:test[:10%]") == ("cifar10:3.0.2", "test[:10%]")
-  assert data._parse_tfds("mnist:test[:50%]") == ("mnist", "test[:50%]")
+  assert tfds_source.parse("cifar10:3.0.2:test[:10%]") == ("cifar10:3.0.2", "test[:10%]")
+  assert tfds_source.parse("mnist:test[:50%]") == ("mnist", "test[:50%]")
 
 
 # ---------------------------------------------------------------------------

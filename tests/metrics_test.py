@@ -1,10 +1,10 @@
-"""Tests for dlsr_jax.metrics."""
+"""Tests for dlsr_jax.evaluation.metrics."""
 
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from dlsr_jax import metrics
+from dlsr_jax.evaluation import metrics
 
 # Hand-worked 5-vs-5 case with ties (scores: higher = more OOD).
 ID5 = [0.1, 0.2, 0.3, 0.3, 0.5]

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from benchmarks import torch_lfdn  # noqa: E402
+from reference import torch_lfdn  # noqa: E402
 from dlsr_jax import diffusion, lfdn, schedule, scoring, train  # noqa: E402
 
 ABAR = schedule.make_schedule().alphas_cumprod

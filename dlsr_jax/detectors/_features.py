@@ -8,7 +8,7 @@ import jax
 import numpy as np
 from numpy.typing import ArrayLike
 
-from dlsr_jax import batching
+from dlsr_jax.data import batching
 
 HIGHEST = jax.lax.Precision.HIGHEST   # full-precision float32 matmuls
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlsr_jax import batching
+from dlsr_jax.data import batching
 from dlsr_jax.detectors import base
 
 __all__ = ["Net", "make", "odin_score", "perturb"]

@@ -37,7 +37,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from dlsr_jax.data import ImageSet
+from dlsr_jax.data.image_set import ImageSet
 
 SIZE = 32
 DEFAULT_NUM = 500
