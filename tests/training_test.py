@@ -107,7 +107,7 @@ def test_cross_entropy_loss_matches_optax():
 
 
 def test_sgd_is_torch_sgd_with_nesterov_and_weight_decay():
-  """Two hand-computed torch SGD steps (constant lr): g += wd p; buf = m buf + g; p -= lr (g + m buf)."""
+  """Two hand-computed torch SGD steps: g += wd p; buf = m buf + g; p -= lr (g + m buf)."""
   cfg = optim.SGDConfig(learning_rate=0.1, momentum=0.9, weight_decay=0.5, schedule="constant")
   tx = optim.sgd(cfg, 10)
   p, s = {"kernel": jnp.array([1.0]), "bias": jnp.array([2.0])}, None
