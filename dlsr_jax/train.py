@@ -1,8 +1,9 @@
 """LFDN training: state, optimizer, EMA and the pure train step.
 
-`make_train_step` returns `step(state, z0 [B, C], key) -> (state, metrics)`;
-the caller jits it with shardings (see `dlsr_jax.parallel`) and runs the loop
-(`dlsr_jax.trainer`).
+`make_x0_step` returns the pure `step(state, batch, step_key) -> (state,
+metrics)` that `dlsr_jax.training.loop.fit` jits and runs (`dlsr_jax.trainer`
+composes the two); `make_train_step` is the same step on a bare [B, C] batch
+with the loop key.
 """
 
 from __future__ import annotations
@@ -81,19 +82,20 @@ def lfdn_apply_fn(model_cfg: lfdn.LFDNConfig, train: bool = False) -> Callable[.
   return apply
 
 
-def make_train_step(model_cfg: lfdn.LFDNConfig, tx: optax.GradientTransformation,
-                    alphas_cumprod: np.ndarray,
-                    ema_decay: float) -> Callable[..., tuple]:
-  """Builds `step(state, z0 [B, C], loop_key) -> (new_state, {"loss", "grad_norm"})`.
+def make_x0_step(model_cfg: lfdn.LFDNConfig, tx: optax.GradientTransformation,
+                 alphas_cumprod: np.ndarray, ema_decay: float) -> Callable[..., tuple]:
+  """The LFDN's step for `training.loop.fit`: x0-prediction loss, AdamW, EMA.
 
-  The step's randomness is `fold_in(loop_key, state.step)`, so a resumed run
-  draws exactly what an uninterrupted run draws.
+  Returns:
+    `step(state, batch, step_key) -> (new_state, {"loss", "grad_norm"})` with
+    `batch["in"]["z"]` the [B, C] clean features; `step_key` (the loop's
+    `fold_in(loop_key, state.step)`) draws the timesteps, noise and dropout.
   """
   apply = lfdn_apply_fn(model_cfg, train=True)
   abar = jnp.asarray(alphas_cumprod, jnp.float32)
 
-  def step(state: TrainState, z0: jax.Array, key: jax.Array):
-    step_key = jax.random.fold_in(key, state.step)
+  def step(state: TrainState, batch: dict, step_key: jax.Array):
+    z0 = batch["in"]["z"]
     loss_fn = lambda p: diffusion.x0_loss(apply, p, z0, step_key, abar)
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -103,5 +105,22 @@ def make_train_step(model_cfg: lfdn.LFDNConfig, tx: optax.GradientTransformation
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               ema_params=ema)
     return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+  return step
+
+
+def make_train_step(model_cfg: lfdn.LFDNConfig, tx: optax.GradientTransformation,
+                    alphas_cumprod: np.ndarray,
+                    ema_decay: float) -> Callable[..., tuple]:
+  """Builds `step(state, z0 [B, C], loop_key) -> (new_state, {"loss", "grad_norm"})`.
+
+  `make_x0_step` on a bare feature batch: the step's randomness is
+  `fold_in(loop_key, state.step)`, so a resumed run draws exactly what an
+  uninterrupted run draws, and `training.loop.fit` computes the same numbers.
+  """
+  x0_step = make_x0_step(model_cfg, tx, alphas_cumprod, ema_decay)
+
+  def step(state: TrainState, z0: jax.Array, key: jax.Array):
+    return x0_step(state, {"in": {"z": z0}}, jax.random.fold_in(key, state.step))
 
   return step

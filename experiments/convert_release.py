@@ -99,7 +99,7 @@ def convert(c, workdir: str, final: str, first: Optional[str] = None,
     evaluate needs), schedule_matches (None if the checkpoint has no schedule).
   """
   from dlsr_jax import schedule  # pylint: disable=g-import-not-at-top
-  from dlsr_jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  from dlsr_jax.training.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
   from experiments import pipeline  # pylint: disable=g-import-not-at-top
 
   p, ema, info, step = _read(final, weights)

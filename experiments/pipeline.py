@@ -19,7 +19,7 @@ from dlsr_jax import (backbones, data, diffusion, features, lfdn, multihost, par
                       schedule, scoring)
 from dlsr_jax import train as train_lib
 from dlsr_jax import trainer
-from dlsr_jax.checkpoint import Checkpointer
+from dlsr_jax.training.checkpoint import Checkpointer
 
 
 # ----------------------------------------------------------------- configs --

@@ -186,7 +186,7 @@ def main(argv=None) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from dlsr_jax import multihost, schedule, trainer  # pylint: disable=g-import-not-at-top
-  from dlsr_jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  from dlsr_jax.training.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
   from experiments import launch  # pylint: disable=g-import-not-at-top
 
   jax.config.update("jax_threefry_partitionable", True)

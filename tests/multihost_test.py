@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from dlsr_jax import lfdn, multihost, parallel, train, trainer
-from dlsr_jax.checkpoint import Checkpointer
+from dlsr_jax.training.checkpoint import Checkpointer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fit_worker  # noqa: E402  pylint: disable=wrong-import-position

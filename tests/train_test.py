@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dlsr_jax import lfdn, parallel, schedule, scoring, train, trainer
-from dlsr_jax.checkpoint import Checkpointer
+from dlsr_jax.training.checkpoint import Checkpointer
 
 SCHED = schedule.make_schedule()
 CFG = lfdn.LFDNConfig(features=8, width=16, embed_dim=8, num_blocks=2)

@@ -1,4 +1,4 @@
-"""Orbax checkpoints of the LFDN `TrainState`.
+"""Orbax checkpoints of a training state (the LFDN's or any `TrainState`).
 
 Two managers under a workdir: `checkpoints/` keeps the latest `max_to_keep`
 states, `checkpoints_lr_reference/` keeps the states at the reference steps the

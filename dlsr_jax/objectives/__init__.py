@@ -1,0 +1,1 @@
+"""Training-time methods, one module each: `make(...) -> Objective` (see `base`)."""

@@ -1,0 +1,1 @@
+"""Training: the generic sharded, resumable loop, its state, checkpoints and preemption."""

@@ -1,0 +1,298 @@
+"""The one training loop: sharded, resumable, preemptible, for any objective.
+
+`fit(init, step, streams, cfg, checkpointer)` trains whatever `init` builds
+with the pure `step(state, batch, key) -> (state, metrics)`: the LFDN on
+cached features, a classifier on images, a head on features. The loop jits
+`init` and `step` with replicated state and data-sharded batches (donating the
+state), feeds deterministic global batches of every data stream, logs,
+checkpoints and stops cleanly on SIGTERM.
+
+Streams: `streams` maps a name to row-aligned host arrays, e.g.
+`{"in": {"x": images, "y": labels}, "outliers": {"x": images}}`. Epochs count
+over "in"; every other stream cycles through its own epochs with its own batch
+size (`FitConfig.stream_batch_sizes`). The step receives `batch[name][array]`,
+each a global array [B_name, ...] sharded on its batch axis.
+
+Exact resume: the step key is `fold_in(loop_key, state.step)` (loop_key from
+`key(seed)`, computed inside the jitted step), and global batch i of epoch e of
+a stream is a fixed function of (seed, stream, e, i) (`data.train_batch_indices`;
+"in" uses `seed` itself, other streams a seed derived from their name), so
+resuming from any checkpoint (epoch end, every `checkpoint_every_steps`, a
+preemption) replays exactly what an uninterrupted run computes.
+
+Preemption: while `fit` runs with a checkpointer, SIGTERM makes it finish the
+current step, save a checkpoint and raise `Preempted` (see
+`training.preemption`); re-running the same training resumes from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+import zlib
+from typing import Any, Callable, Mapping, Optional, Union
+
+import jax
+import numpy as np
+from absl import logging
+
+from dlsr_jax import data, parallel
+from dlsr_jax.training.checkpoint import Checkpointer
+from dlsr_jax.training.preemption import Preempted, _PreemptionWatch
+
+PyTree = Any
+Streams = Mapping[str, Mapping[str, np.ndarray]]
+InitFn = Callable[[jax.Array], PyTree]
+StepFn = Callable[[PyTree, dict, jax.Array], tuple[PyTree, dict]]
+IN = "in"
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+  """Loop settings.
+
+  Attributes:
+    batch_size: GLOBAL batch size of the "in" stream (divisible by the number
+      of devices).
+    num_epochs: epochs over the "in" stream.
+    seed: init, shuffle and step-key seed.
+    log_every_steps: metrics interval (process 0 writes them).
+    checkpoint_every_epochs: checkpoint at the end of every this many epochs
+      (the first and the last epoch are always saved).
+    checkpoint_every_steps: also checkpoint every this many steps, mid-epoch
+      included (0 = only at epoch ends), so a killed run loses little.
+    lr_reference_steps: the step whose state the LR score uses as its early
+      model, kept apart and never pruned. Default 391: the paper's first epoch
+      (50,000 CIFAR images at batch 128), whatever the size of this training
+      set; 0 = the end of the first epoch of this set; None = no reference
+      (classifiers).
+    keep_steps: further steps whose states are kept the same way.
+    stream_batch_sizes: GLOBAL batch size of each stream besides "in", as
+      (name, size) pairs or a dict (stored as sorted pairs); a stream not named
+      here uses `batch_size`.
+  """
+  batch_size: int = 128
+  num_epochs: int = 150
+  seed: int = 0
+  log_every_steps: int = 100
+  checkpoint_every_epochs: int = 1
+  checkpoint_every_steps: int = 0
+  lr_reference_steps: Optional[int] = 391
+  keep_steps: tuple[int, ...] = ()
+  stream_batch_sizes: Union[tuple[tuple[str, int], ...], Mapping[str, int]] = ()
+
+  def __post_init__(self):
+    for name in ("batch_size", "num_epochs", "log_every_steps", "checkpoint_every_epochs"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"FitConfig.{name} must be >= 1, got {getattr(self, name)}")
+    if self.checkpoint_every_steps < 0:
+      raise ValueError("FitConfig.checkpoint_every_steps must be >= 0 (0 = epoch ends "
+                       f"only), got {self.checkpoint_every_steps}")
+    if self.lr_reference_steps is not None and self.lr_reference_steps < 0:
+      raise ValueError("FitConfig.lr_reference_steps must be >= 0 (0 = one epoch of this "
+                       f"training set) or None, got {self.lr_reference_steps}")
+    bad = [s for s in self.keep_steps if int(s) != s or s < 1]
+    if bad:
+      raise ValueError(f"FitConfig.keep_steps must be positive step counts, got {bad}")
+    sizes = tuple(sorted(dict(self.stream_batch_sizes).items()))
+    bad = [(k, v) for k, v in sizes if k == IN or int(v) != v or v < 1]
+    if bad:
+      raise ValueError(f"FitConfig.stream_batch_sizes: positive sizes of streams other than "
+                       f"'in' (set its size with batch_size), got {bad}")
+    object.__setattr__(self, "stream_batch_sizes", sizes)
+
+  def batch_size_of(self, stream: str) -> int:
+    """The global batch size of `stream`."""
+    return self.batch_size if stream == IN else dict(self.stream_batch_sizes).get(
+        stream, self.batch_size)
+
+  def reference_step(self, steps_per_epoch: int) -> Optional[int]:
+    """The LR reference step for a training set of `steps_per_epoch` steps an epoch."""
+    if self.lr_reference_steps is None:
+      return None
+    return self.lr_reference_steps or steps_per_epoch
+
+  def kept_steps(self, steps_per_epoch: int) -> frozenset[int]:
+    """Every step whose checkpoint is kept apart: the LR reference and `keep_steps`."""
+    ref = self.reference_step(steps_per_epoch)
+    return frozenset({*([] if ref is None else [ref]), *map(int, self.keep_steps)})
+
+
+class _Stream:
+  """One stream's deterministic, per-process batches (permutations cached per epoch)."""
+
+  def __init__(self, name: str, arrays: Mapping[str, np.ndarray], batch_size: int,
+               seed: int, mesh):
+    self.name, self.batch_size, self.mesh = name, batch_size, mesh
+    self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    _check_stream(name, self.arrays, batch_size)
+    self.n = next(iter(self.arrays.values())).shape[0]
+    self.steps_per_epoch = self.n // batch_size
+    # "in" keeps `seed` (the batches of every existing run); others get their own.
+    self.seed = seed if name == IN else zlib.crc32(f"{seed}/{name}".encode()) & 0x7FFFFFFF
+    self.rows = parallel.local_rows(mesh, batch_size)
+    self._epoch, self._idx = -1, None
+
+  def batch(self, step: int) -> dict[str, jax.Array]:
+    """The global batch this stream feeds at (0-based) loop step `step`."""
+    epoch, i = divmod(step, self.steps_per_epoch)
+    if epoch != self._epoch:
+      self._epoch = epoch
+      self._idx = data.train_batch_indices(self.n, self.batch_size, epoch, self.seed)
+    take = self._idx[i][self.rows]
+    return {k: parallel.host_to_global(v[take], self.mesh) for k, v in self.arrays.items()}
+
+
+def _check_stream(name: str, arrays: Mapping[str, np.ndarray], batch_size: int) -> None:
+  if not arrays:
+    raise ValueError(f"training stream {name!r} has no arrays")
+  sizes = {k: v.shape[0] if v.ndim else None for k, v in arrays.items()}
+  if len(set(sizes.values())) != 1 or None in sizes.values():
+    raise ValueError(f"training stream {name!r}: arrays must be row-aligned, got rows {sizes}")
+  n = next(iter(sizes.values()))
+  if n < batch_size:
+    raise ValueError(f"training stream {name!r}: {n} examples are fewer than one batch "
+                     f"({batch_size}); lower the batch size")
+  for k, v in arrays.items():
+    if np.issubdtype(v.dtype, np.floating):
+      bad = int(np.sum(~np.isfinite(v)))
+      if bad:
+        raise ValueError(f"training stream {name!r} array {k!r} contains {bad} NaN/inf values")
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted(init: InitFn, step: StepFn, mesh) -> tuple[Callable, Callable]:
+  """(jitted init, jitted keyed step); reused by every `fit` with the same functions."""
+  rep, dat = parallel.replicated(mesh), parallel.data_sharded(mesh)
+
+  def keyed_step(state, batch, loop_key):
+    return step(state, batch, jax.random.fold_in(loop_key, state.step))
+
+  return (jax.jit(init, out_shardings=rep),
+          jax.jit(keyed_step, in_shardings=(rep, dat, rep), out_shardings=(rep, rep),
+                  donate_argnums=(0,)))
+
+
+def _is_checkpoint_step(step: int, steps_per_epoch: int, cfg: FitConfig) -> bool:
+  """Epoch ends per `checkpoint_every_epochs` (first and last always), every N steps."""
+  if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
+    return True
+  if step % steps_per_epoch:
+    return False
+  epoch = step // steps_per_epoch      # epochs completed
+  return epoch == 1 or epoch == cfg.num_epochs or epoch % cfg.checkpoint_every_epochs == 0
+
+
+def _restore(checkpointer: Optional[Checkpointer], state: PyTree,
+             kept: frozenset[int]) -> PyTree:
+  """The latest checkpoint (if any); re-saves a lost reference checkpoint if it can."""
+  if checkpointer is None:
+    return state
+  restored = checkpointer.restore_latest(state)
+  if restored is None:
+    return state
+  step = int(jax.device_get(restored.step))
+  have = set(checkpointer.reference_steps())
+  if step in kept and step not in have:
+    checkpointer.save_reference(step, restored)
+  lost = sorted(s for s in kept if s < step and s not in have)
+  if lost:
+    logging.warning("no reference checkpoint of steps %s next to the latest one (step %d): "
+                    "the LR score needs one of them", lost, step)
+  return restored
+
+
+def _log_metrics(step: int, start: int, t0: float, metrics: dict,
+                 write_metrics: Optional[Callable[[int, dict], Any]]) -> None:
+  """Fetches the (replicated) metrics on every process; a NaN loss stops all of them."""
+  m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  if not np.isfinite(m.get("loss", 0.0)):
+    raise FloatingPointError(f"loss is {m['loss']} at step {step}")
+  m["steps_per_sec"] = (step - start) / max(time.time() - t0, 1e-9)
+  if write_metrics is not None:
+    write_metrics(step, m)
+
+
+def fit(init: InitFn, step: StepFn, streams: Streams, cfg: FitConfig,
+        checkpointer: Optional[Checkpointer], mesh=None,
+        write_metrics: Optional[Callable[[int, dict], Any]] = None,
+        progress: Union[bool, str] = True) -> PyTree:
+  """Trains `init(key)`'s state with `step` over `streams` (full arrays on every process).
+
+  Each process feeds the rows of every global batch that its devices hold.
+  Checkpoints (collective over processes) are written per `cfg`; the states at
+  `cfg.kept_steps` are also kept apart. Training resumes from the latest
+  checkpoint in `checkpointer`. Only process 0 calls `write_metrics`.
+
+  Args:
+    init: `init(key) -> state`, a pytree with an int32 `step` field; jitted.
+    step: pure `step(state, batch, key) -> (state, metrics)`; `batch[stream][name]`
+      is a global [B_stream, ...] array, `key` the step key; metrics are scalars
+      (a "loss" is checked for finiteness when logged). Jitted, state donated.
+    streams: {stream: {name: host array [N_stream, ...]}}; "in" is required.
+    cfg: loop settings.
+    checkpointer: where to resume from and save to; None = no checkpoints.
+    mesh: 1-D data mesh (default: every device).
+    write_metrics: `(step, {name: float})`, called on log steps by process 0.
+    progress: a progress bar (a string names it).
+
+  Returns:
+    The final state.
+
+  Raises:
+    Preempted: on SIGTERM (with a checkpointer), after saving the current step.
+    FloatingPointError: if a logged loss is not finite.
+  """
+  if IN not in streams:
+    raise ValueError(f"fit needs an {IN!r} stream, got {sorted(streams)}")
+  mesh = mesh or parallel.make_mesh()
+  feeds = [_Stream(name, arrays, cfg.batch_size_of(name), cfg.seed, mesh)
+           for name, arrays in sorted(streams.items())]
+  steps_per_epoch = next(f for f in feeds if f.name == IN).steps_per_epoch
+  init_key, loop_key = jax.random.split(jax.random.key(cfg.seed))
+  loop_key = parallel.global_to_sharded(loop_key, parallel.replicated(mesh))
+  init_fn, step_fn = _jitted(init, step, mesh)
+  kept = cfg.kept_steps(steps_per_epoch)
+  state = _restore(checkpointer, init_fn(init_key), kept)
+  start = int(jax.device_get(state.step))       # one sync, before the loop
+  total = steps_per_epoch * cfg.num_epochs
+  ref = cfg.reference_step(steps_per_epoch)
+  if checkpointer is not None and ref is not None and ref > total:
+    logging.warning("the LR reference step %d lies beyond this run's %d steps: no LR score "
+                    "for it (set train.lr_reference_steps lower, or 0 for one epoch)",
+                    ref, total)
+  if start:
+    logging.info("resuming from step %d of %d", start, total)
+  main = jax.process_index() == 0
+  bar = None
+  if progress and main:
+    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+    bar = tqdm(total=total, initial=start, unit="step",
+               desc=progress if isinstance(progress, str) else "train")
+  t0, saved = time.time(), start
+  try:
+    with _PreemptionWatch(checkpointer is not None, start) as watch:
+      for s in range(start, total):
+        batch = {f.name: f.batch(s) for f in feeds}
+        state, metrics = step_fn(state, batch, loop_key)
+        done = s + 1
+        if bar is not None:
+          bar.update(1)
+        if done % cfg.log_every_steps == 0 or done == total:
+          _log_metrics(done, start, t0, metrics, write_metrics if main else None)
+        preempted = watch.requested(done)
+        if checkpointer is not None and done != saved and (  # preempted => checkpointer
+            preempted or done in kept or _is_checkpoint_step(done, steps_per_epoch, cfg)):
+          checkpointer.save(done, state, reference=done in kept)
+          saved = done
+        if preempted and done < total:
+          checkpointer.wait()
+          logging.warning("preempted: stopped at step %d of %d", done, total)
+          raise Preempted(done)
+  finally:
+    if bar is not None:
+      bar.close()
+  if checkpointer is not None:
+    checkpointer.wait()
+  return state

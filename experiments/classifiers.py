@@ -1,0 +1,139 @@
+"""Training classifier nets (and heads on features) from a `c.nets.<name>` config block.
+
+  nc = classifiers.net_config(model="cifar_resnet20", epochs=200)   # or a ConfigDict
+  net = classifiers.load_net(nc)                       # random init or `init_from` weights
+  net = classifiers.train_classifier(net, images, labels, nc, workdir)   # resumable
+
+Keys of a net block (defaults: the CIFAR recipe, SPEC 4.2):
+  model:           registry name of `dlsr_jax.models` ("cifar_resnet20", "resnet18_32x32",
+                   "wrn40_2", "linear_head", "mlp_head", ...).
+  init_from:       weights file to start from (fine-tuning); "" = random init from `seed`.
+                   (Resolving another net's name to its trained weights is the caller's job.)
+  num_classes:     classifier outputs (10).
+  seed:            random init, shuffling and step keys (0).
+  epochs:          passes over the training set; 0 = no training (the weights as loaded).
+  batch_size:      global batch size (128).
+  learning_rate:   peak SGD learning rate, cosine-decayed to 0 over the run (0.1).
+  momentum:        SGD momentum (0.9); nesterov: Nesterov momentum (True).
+  weight_decay:    torch-style L2 added to the gradient (5e-4); weight_decay_on: "all"
+                   params (torch recipes) or "kernels".
+  augment:         random crop (zero padding 4) + horizontal flip in the step (True;
+                   ignored for heads on features).
+  ema_decay:       > 0: also keep an EMA of the params and return it (0 = none).
+  log_every_steps: metrics interval (100); checkpoint_every_steps: mid-epoch
+                   checkpoints (0 = epoch ends only).
+
+The run lives in `workdir` (orbax checkpoints + metrics); re-running the same
+call resumes from the latest checkpoint, and a finished run returns at once.
+SIGTERM raises `dlsr_jax.training.preemption.Preempted` after a checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+import jax
+import ml_collections
+import numpy as np
+
+from dlsr_jax import models, parallel
+from dlsr_jax.models.net import Net
+from dlsr_jax.objectives import cross_entropy
+from dlsr_jax.training import loop, optim
+from dlsr_jax.training.checkpoint import Checkpointer
+
+DEFAULTS = dict(model="cifar_resnet20", init_from="", num_classes=10, seed=0, epochs=0,
+                batch_size=128, learning_rate=0.1, momentum=0.9, nesterov=True,
+                weight_decay=5e-4, weight_decay_on="all", augment=True, ema_decay=0.0,
+                log_every_steps=100, checkpoint_every_steps=0)
+
+
+def net_config(**overrides) -> ml_collections.ConfigDict:
+  """A net block with the defaults above, `overrides` applied (unknown keys rejected)."""
+  unknown = sorted(set(overrides) - set(DEFAULTS))
+  if unknown:
+    raise ValueError(f"unknown net config keys {unknown}; valid: {sorted(DEFAULTS)}")
+  return ml_collections.ConfigDict({**DEFAULTS, **overrides})
+
+
+def _get(nc, key: str):
+  return nc.get(key, DEFAULTS[key])
+
+
+def load_net(nc, num_features: Optional[int] = None) -> Net:
+  """The block's starting `Net`: `init_from` weights, or a random init from `seed`.
+
+  Args:
+    nc: a net block (ConfigDict or dict).
+    num_features: heads only: the width C of the features [N, C].
+  """
+  weights = _get(nc, "init_from") or None
+  return models.load(_get(nc, "model"), weights, num_classes=_get(nc, "num_classes"),
+                     seed=_get(nc, "seed"), num_features=num_features)
+
+
+def fit_config(nc) -> loop.FitConfig:
+  return loop.FitConfig(batch_size=_get(nc, "batch_size"), num_epochs=_get(nc, "epochs"),
+                        seed=_get(nc, "seed"), log_every_steps=_get(nc, "log_every_steps"),
+                        checkpoint_every_steps=_get(nc, "checkpoint_every_steps"),
+                        lr_reference_steps=None)
+
+
+def sgd_config(nc) -> optim.SGDConfig:
+  return optim.SGDConfig(learning_rate=_get(nc, "learning_rate"),
+                         momentum=_get(nc, "momentum"), nesterov=_get(nc, "nesterov"),
+                         weight_decay=_get(nc, "weight_decay"),
+                         decay=_get(nc, "weight_decay_on"))
+
+
+def train_classifier(net: Net, images: np.ndarray, labels: np.ndarray, nc, workdir: str,
+                     mesh=None) -> Net:
+  """Trains `net` with softmax cross-entropy per block `nc`; resumes from `workdir`.
+
+  Args:
+    net: the starting net (`load_net(nc)`); its variables are the initial ones.
+    images: uint8 [N, H, W, 3] training images (or float [N, C] features for a head),
+      the full array on every process.
+    labels: [N] int class indices.
+    nc: the net block (see the module docstring).
+    workdir: the run's directory (checkpoints, metrics, net_config.json).
+    mesh: data mesh (default: every device).
+
+  Returns:
+    `net` with the trained variables (EMA params if `ema_decay`, BatchNorm statistics).
+
+  Raises:
+    Preempted: on SIGTERM, after saving a checkpoint (re-run to resume).
+  """
+  if not _get(nc, "epochs"):
+    return net
+  cfg = fit_config(nc)
+  labels = np.asarray(labels).astype(np.int32)
+  if labels.shape != (len(images),):
+    raise ValueError(f"labels must be [N] = [{len(images)}], got shape {labels.shape}")
+  total = (len(images) // cfg.batch_size) * cfg.num_epochs
+  tx = optim.sgd(sgd_config(nc), max(total, 1))
+  image_net = net.resolution is not None
+  ema = _get(nc, "ema_decay") or None
+  obj = cross_entropy.make(net, tx, augment=bool(_get(nc, "augment")) and image_net,
+                           ema_decay=ema)
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "net_config.json"), "w") as f:
+      json.dump(dict(nc) if isinstance(nc, dict) else nc.to_dict(), f, indent=2)
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  writer = metric_writers.create_default_writer(workdir,
+                                                just_logging=jax.process_index() > 0)
+  ckpt = Checkpointer(workdir)
+  try:   # on Preempted too: flush the metrics, finish the checkpoint writes
+    state = loop.fit(obj.init, obj.step, {"in": {"x": images, "y": labels}}, cfg, ckpt,
+                     mesh=mesh or parallel.make_mesh(),
+                     write_metrics=lambda s, m: writer.write_scalars(s, m),
+                     progress=f"train {_get(nc, 'model')}")
+  finally:
+    writer.flush()
+    ckpt.close()
+  return dataclasses.replace(net, params=state.eval_variables())
