@@ -18,7 +18,8 @@ from absl import logging
 
 from dlsr_jax import baselines, features, parallel, schedule, scoring
 from dlsr_jax import train as train_lib
-from dlsr_jax.evaluation import plots, report, table
+from dlsr_jax.evaluation import plots as plots_lib
+from dlsr_jax.evaluation import report, table
 from experiments import pipeline
 
 BASELINES = ("mahalanobis", "knn")
@@ -196,11 +197,11 @@ def write_outputs(results: dict, scores: Mapping, outdir: str, plots: bool = Tru
       best = max(by_k, key=lambda k: by_k[k]["average"]["auroc"])
       j = 0 if best == table.NO_K else results["ks"].index(int(best))
       title = table.SCORE_TITLES.get(t, t) + ("" if best == table.NO_K else f", k = {best}")
-      plots.plot_roc_and_histograms(scores["id"][t][j], {n: scores[n][t][j] for n in ood},
+      plots_lib.plot_roc_and_histograms(scores["id"][t][j], {n: scores[n][t][j] for n in ood},
                                      os.path.join(outdir, f"roc_hist_{t}.png"),
                                      title=f"{title}, ID = {results['id_set']}")
     if any(table.NO_K not in by_k for by_k in results["metrics"].values()):
-      plots.plot_auroc_vs_k(results, os.path.join(outdir, "auroc_vs_k.png"))
+      plots_lib.plot_auroc_vs_k(results, os.path.join(outdir, "auroc_vs_k.png"))
   logging.info("wrote %s", paths)
 
 
