@@ -35,15 +35,17 @@ def nets(tmp_path_factory):
   _randomise_bn(ref, seed=1)
   path = str(tmp_path_factory.mktemp("w") / "resnet20.pth")
   torch.save(ref.state_dict(), path)
-  return models.load("cifar_resnet20", path), ref.eval()
+  net = models.load("cifar_resnet20", path)
+  # T and eps are arguments: one compilation serves every parametrisation.
+  kernel = jax.jit(lambda p, x, t, e: odin.odin_score(net, p, x, t, e))
+  return net, ref.eval(), kernel
 
 
 @pytest.mark.parametrize("temperature,eps", [(1000.0, 0.0014), (1.0, 0.002), (10.0, 0.0)])
 def test_torch_odin_matches_dlsr_jax(nets, temperature, eps):
-  net, ref = nets
+  net, ref, kernel = nets
   images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
-  ours = np.asarray(jax.jit(lambda p, x: odin.odin_score(net, p, x, temperature, eps))(
-      net.params, images))
+  ours = np.asarray(kernel(net.params, images, temperature, eps))
   theirs = torch_odin.odin_score(ref, torch.from_numpy(images).permute(0, 3, 1, 2),
                                  net.mean, net.std, temperature, eps).numpy()
   assert ours.shape == theirs.shape == (6,)
@@ -56,7 +58,7 @@ def test_torch_odin_matches_dlsr_jax(nets, temperature, eps):
 
 def test_torch_odin_step_matches_perturb(nets):
   """x' itself: the signed-gradient step agrees pixel for pixel (up to near-zero gradients)."""
-  net, ref = nets
+  net, ref, _ = nets
   images = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
   x01 = images.astype(np.float32) / 255.0
   ours = np.asarray(jax.jit(lambda p, x: odin.perturb(net, p, x, 1000.0, 0.01))(
