@@ -1,0 +1,335 @@
+"""Classifier training step and ODIN scoring: dlsr_jax versus equivalent PyTorch code.
+
+One run, one machine, the same weights on both sides (a torch-initialised model,
+saved and read by `dlsr_jax.models.load`):
+
+  a. train step at --batch_size (random uint8 images and labels): the step the
+     training loop runs (`training.loop`'s jit of `objectives.cross_entropy`'s
+     step: `fold_in(loop_key, state.step)`, random crop + flip, BN train mode,
+     SGD Nesterov 0.9 + weight decay 5e-4 + cosine LR, state donated) vs
+     `reference.torch_classifier.TorchClassifierTrainer` (the same recipe, crop
+     and flip done in torch on the batch tensor), eager;
+  b. ODIN scoring (T=1000, eps=0.0014) at --odin_batch: the jitted
+     `detectors.odin.odin_score` (as `odin.make` jits it) vs
+     `reference.torch_odin.odin_score` (`tests/torch_odin_test.py` checks they
+     agree).
+
+Each case: a first call (compile), warm-up, then timed calls of all cases of one
+model and part interleaved (A B A B ...), so load from other processes hits every
+case alike. Inputs are already on the device. Reported: median ms per call,
+images/s, and ratio = torch median / JAX median (> 1: dlsr_jax is faster).
+
+  python -m benchmarks.bench_classifier                          # CPU, ~10 min on 2 cores
+  python -m benchmarks.bench_classifier --models=cifar_resnet20 --reps=3 --warmup=1   # smoke
+  python -m benchmarks.bench_classifier --device=cuda --reps=50 --warmup=5  # GPU box
+
+Torch runs with as many intra-op threads as there are cores (--threads) and,
+by default, OMP_WAIT_POLICY=PASSIVE: on a CPU shared with other work, spinning
+OpenMP threads lose their core and torch slows down many-fold (see
+`bench_lfdn.py`). JAX uses XLA's own CPU thread pool (all cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import os
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+if __package__ in (None, ""):   # run as a script: make the repo root importable
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common  # noqa: E402
+
+MODELS = ("cifar_resnet20", "resnet18_32x32")
+ODIN_T, ODIN_EPS = 1000.0, 0.0014
+TOTAL_STEPS = 150 * 390          # the cosine's length (the paper recipe); irrelevant to speed
+
+
+@dataclasses.dataclass
+class Case:
+  """A benchmarked callable: `run()`, `sync(out)`, and `check(out)` on the last result."""
+  impl: str
+  variant: str
+  run: Callable[[], Any]
+  sync: Callable[[Any], Any]
+  check: Callable[[Any], None]
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--models", default=",".join(MODELS), help="comma list of: " + ",".join(MODELS))
+  p.add_argument("--parts", default="train,odin", help="comma list of: train,odin")
+  p.add_argument("--odin_models", default=None,
+                 help="models for the ODIN part (default: --models)")
+  p.add_argument("--batch_size", type=int, default=128, help="train batch")
+  p.add_argument("--odin_batch", type=int, default=256, help="ODIN scoring batch")
+  p.add_argument("--warmup", type=int, default=3, help="untimed calls, the compiling one included")
+  p.add_argument("--reps", type=int, default=10, help="timed calls per case")
+  p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
+                 help="torch device (JAX uses its default backend)")
+  p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: all cores)")
+  p.add_argument("--omp_wait_policy", default="PASSIVE", choices=["PASSIVE", "ACTIVE", "unset"],
+                 help="OMP_WAIT_POLICY for torch's OpenMP threads, set before torch loads")
+  p.add_argument("--torch_channels_last", action="store_true",
+                 help="also time torch in channels_last memory format (oneDNN's NHWC path)")
+  p.add_argument("--jax_precision", default=None,
+                 help="also time JAX under jax.default_matmul_precision(this), e.g. bfloat16")
+  p.add_argument("--xla_flags", default=None, help="appended to XLA_FLAGS before jax starts")
+  p.add_argument("--json_out", default=None,
+                 help="default: benchmarks/logs/bench_classifier_<device>.json ('' = none)")
+  args = p.parse_args(argv)
+  bad = [m for m in args.models.split(",") + (args.odin_models or "").split(",")
+         if m and m not in MODELS]
+  if bad:
+    p.error(f"unknown models {bad}; valid: {', '.join(MODELS)}")
+  return args
+
+
+# ------------------------------------------------------------------ setup
+
+
+def _precision_ctx(precision: Optional[str]):
+  import contextlib
+
+  import jax
+  return jax.default_matmul_precision(precision) if precision else contextlib.nullcontext()
+
+
+def _torch_sync(device: str) -> Callable[[Any], None]:
+  import torch
+  return (lambda _: torch.cuda.synchronize()) if device == "cuda" else (lambda _: None)
+
+
+def _check_finite(what: str, value) -> None:
+  if not np.all(np.isfinite(np.asarray(value, np.float32))):
+    raise FloatingPointError(f"{what} is not finite")
+
+
+def build_models(name: str, device: str):
+  """(dlsr_jax Net, torch model on `device`) with the same torch-initialised weights."""
+  import torch
+  from dlsr_jax import models
+  from reference import torch_resnet_cifar
+  torch.manual_seed(0)
+  ref = (torch_resnet_cifar.CifarResNet(20) if name == "cifar_resnet20"
+         else torch_resnet_cifar.ResNet18(10))
+  with tempfile.TemporaryDirectory() as d:
+    path = os.path.join(d, f"{name}.pth")
+    torch.save(ref.state_dict(), path)
+    net = models.load(name, path)
+  return net, ref.to(device)
+
+
+def image_batches(n: int, batch: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+  """`n` random (uint8 NHWC images [batch, 32, 32, 3], int32 labels [batch]) pairs."""
+  rng = np.random.default_rng(seed)
+  return [(rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8),
+           rng.integers(0, 10, (batch,), dtype=np.int32)) for _ in range(n)]
+
+
+# ------------------------------------------------------------------ train step
+
+
+def jax_train(net, batches, precision: Optional[str] = None) -> Case:
+  """The loop's jitted, donated step (`training.loop._jitted`) of cross-entropy training."""
+  import jax
+  from dlsr_jax import parallel
+  from dlsr_jax.objectives import cross_entropy
+  from dlsr_jax.training import loop, optim
+  obj = cross_entropy.make(net, optim.sgd(optim.SGDConfig(), TOTAL_STEPS))
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  init_fn, step_fn = loop._jitted(obj.init, obj.step, mesh)   # exactly what `loop.fit` runs
+  init_key, loop_key = jax.random.split(jax.random.key(0))
+  loop_key = parallel.global_to_sharded(loop_key, parallel.replicated(mesh))
+  xs = [{"in": {"x": parallel.host_to_global(x, mesh), "y": parallel.host_to_global(y, mesh)}}
+        for x, y in batches]
+  box = {"state": init_fn(init_key), "i": 0}
+
+  def run():
+    with _precision_ctx(precision):
+      box["state"], metrics = step_fn(box["state"], xs[box["i"] % len(xs)], loop_key)
+    box["i"] += 1
+    return metrics
+
+  name = "jit, donated" + (f", precision={precision}" if precision else "")
+  return Case("jax", name, run, jax.block_until_ready,
+              lambda m: _check_finite("JAX loss", m["loss"]))
+
+
+def torch_train(net, model, batches, device: str, channels_last: bool = False) -> Case:
+  import copy
+
+  import torch
+  from reference import torch_classifier
+  tr = torch_classifier.TorchClassifierTrainer(copy.deepcopy(model), net.mean, net.std,
+                                               TOTAL_STEPS, channels_last=channels_last)
+  xs = [(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(device),
+         torch.from_numpy(y).long().to(device)) for x, y in batches]
+  box = {"i": 0}
+
+  def run():
+    out = tr.step(*xs[box["i"] % len(xs)])
+    box["i"] += 1
+    return out
+
+  return Case("torch", "eager" + (", channels_last" if channels_last else ""), run,
+              _torch_sync(device), lambda out: _check_finite("torch loss", out[0].item()))
+
+
+# ------------------------------------------------------------------ ODIN
+
+
+def jax_odin(net, batches, precision: Optional[str] = None) -> Case:
+  """`odin_score` jitted as `detectors.odin.make` jits it (net bound, params an argument)."""
+  import jax
+  from dlsr_jax.detectors import odin
+  kernel = jax.jit(functools.partial(odin.odin_score, net, clip=False))
+  params = jax.device_put(net.params)
+  xs = [jax.device_put(x) for x, _ in batches]
+  box = {"i": 0}
+
+  def run():
+    with _precision_ctx(precision):
+      out = kernel(params, xs[box["i"] % len(xs)], ODIN_T, ODIN_EPS)
+    box["i"] += 1
+    return out
+
+  name = "jit" + (f", precision={precision}" if precision else "")
+  return Case("jax", name, run, jax.block_until_ready, lambda s: _check_finite("JAX ODIN", s))
+
+
+def torch_odin(net, model, batches, device: str, channels_last: bool = False) -> Case:
+  import copy
+
+  import torch
+  from reference import torch_odin as ref_odin
+  fmt = torch.channels_last if channels_last else torch.contiguous_format
+  model = copy.deepcopy(model).eval().to(memory_format=fmt)
+  xs = [torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=fmt).to(device)
+        for x, _ in batches]
+  box = {"i": 0}
+
+  def run():
+    out = ref_odin.odin_score(model, xs[box["i"] % len(xs)], net.mean, net.std, ODIN_T, ODIN_EPS)
+    box["i"] += 1
+    return out
+
+  return Case("torch", "eager" + (", channels_last" if channels_last else ""), run,
+              _torch_sync(device), lambda s: _check_finite("torch ODIN", s.cpu().numpy()))
+
+
+# ------------------------------------------------------------------ driver
+
+
+def measure(part: str, model: str, batch: int, cases: Sequence[Case], warmup: int,
+            reps: int) -> list[dict[str, Any]]:
+  """Times `cases` interleaved; ratio = first torch case / row (> 1: faster than torch)."""
+  timings = common.time_interleaved([(c.run, c.sync) for c in cases], warmup, reps)
+  rows = []
+  for c, t in zip(cases, timings):
+    c.check(t.last)
+    t.last = None
+    rows.append({"part": part, "model": model, "impl": c.impl, "variant": c.variant,
+                 "batch": batch, "first_call_s": t.first_ms / 1e3, "median_ms": t.median_ms,
+                 "min_ms": t.min_ms, "images_per_s": batch / t.median_ms * 1e3,
+                 "times_ms": t.times_ms})
+  base = next(r for r in rows if r["impl"] == "torch")
+  for r in rows:
+    r["ratio"] = base["median_ms"] / r["median_ms"]
+  print(common.format_table(rows, ["part", "model", "impl", "variant", "median_ms",
+                                   "images_per_s", "ratio"]), flush=True)
+  return rows
+
+
+def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Per part and model: the default JAX case vs the default torch case."""
+  out = []
+  for part, model in dict.fromkeys((r["part"], r["model"]) for r in rows):
+    sel = [r for r in rows if r["part"] == part and r["model"] == model]
+    j = next(r for r in sel if r["impl"] == "jax")
+    t = next(r for r in sel if r["impl"] == "torch")
+    out.append({"part": part, "model": model, "batch": j["batch"], "jax_ms": j["median_ms"],
+                "torch_ms": t["median_ms"], "jax_images_per_s": j["images_per_s"],
+                "torch_images_per_s": t["images_per_s"],
+                "ratio_torch_over_jax": t["median_ms"] / j["median_ms"]})
+  return out
+
+
+def main(argv: Sequence[str]) -> int:
+  args = parse_args(argv)
+  t_start = time.time()
+  machine = common.machine_info()
+  if args.xla_flags:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave GPU memory to torch
+  if args.omp_wait_policy != "unset":
+    os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
+  import jax
+  import torch
+  tdev = args.device
+  if tdev == "auto":
+    tdev = "cuda" if torch.cuda.is_available() else "cpu"
+  if tdev == "cuda" and not torch.cuda.is_available():
+    raise SystemExit("--device=cuda but torch.cuda.is_available() is False")
+  threads = args.threads or common.num_cores()
+  torch.set_num_threads(threads)
+  machine.update(xla_flags=os.environ.get("XLA_FLAGS", ""),
+                 omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "unset"))
+  versions = common.package_versions(["jax", "jaxlib", "flax", "optax", "torch", "numpy"])
+  versions.update(jax_backend=jax.default_backend(), jax_devices=[str(d) for d in jax.devices()],
+                  torch_device=tdev, torch_threads=torch.get_num_threads())
+  print(f"jax {versions['jax']} on {jax.default_backend()}; torch {versions['torch']} on {tdev}, "
+        f"{threads} threads, OMP_WAIT_POLICY={machine['omp_wait_policy']}; "
+        f"load average {machine['load_average']}", flush=True)
+  parts = args.parts.split(",")
+  train_models = args.models.split(",") if "train" in parts else []
+  odin_models = (args.odin_models or args.models).split(",") if "odin" in parts else []
+  rows: list[dict[str, Any]] = []
+  for name in dict.fromkeys(train_models + odin_models):
+    net, model = build_models(name, tdev)
+    if name in train_models:
+      b = image_batches(2, args.batch_size, seed=1)
+      cases = [jax_train(net, b), torch_train(net, model, b, tdev)]
+      if args.jax_precision:
+        cases.append(jax_train(net, b, args.jax_precision))
+      if args.torch_channels_last:
+        cases.append(torch_train(net, model, b, tdev, channels_last=True))
+      rows += measure("train", name, args.batch_size, cases, args.warmup, args.reps)
+      del cases
+    if name in odin_models:
+      b = image_batches(2, args.odin_batch, seed=2)
+      cases = [jax_odin(net, b), torch_odin(net, model, b, tdev)]
+      if args.jax_precision:
+        cases.append(jax_odin(net, b, args.jax_precision))
+      if args.torch_channels_last:
+        cases.append(torch_odin(net, model, b, tdev, channels_last=True))
+      rows += measure("odin", name, args.odin_batch, cases, args.warmup, args.reps)
+      del cases
+  summ = summary(rows)
+  info = {"machine": machine, "versions": versions, "args": vars(args),
+          "load_average_end": common.load_average(), "wall_s": time.time() - t_start}
+  print(f"\n== summary (ratio > 1: dlsr_jax is faster); load average at end "
+        f"{info['load_average_end']}, wall {info['wall_s']:.0f} s ==")
+  print(common.format_table(summ, ["part", "model", "batch", "jax_ms", "torch_ms",
+                                   "jax_images_per_s", "torch_images_per_s",
+                                   "ratio_torch_over_jax"]))
+  json_out = args.json_out
+  if json_out is None:
+    json_out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "logs",
+                            f"bench_classifier_{tdev}.json")
+  if json_out:
+    common.save_json(json_out, {**info, "results": rows, "summary": summ})
+    print(f"wrote {json_out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
