@@ -55,6 +55,7 @@ class ArrayStore:
     self.sources = dict(sources)
     self.nets: dict[str, Net] = {}
     self.kinds: dict[str, str] = {build.BACKBONE: build.BACKBONE}
+    self._weights: dict[str, str] = {}   # net -> hash of its params (part of the cache key)
     self.timing: dict[str, dict] = {}
     self.computed: collections.Counter = collections.Counter()
     self._shard_train = shard_train
@@ -73,6 +74,7 @@ class ArrayStore:
 
   def add_net(self, name: str, kind: str, net: Net) -> None:
     self.nets[name], self.kinds[name] = net, kind
+    self._weights[name] = cache_lib.params_digest(net.params)
 
   def image_set(self, name: str) -> data.ImageSet:
     if name not in self._images:
@@ -125,8 +127,8 @@ class ArrayStore:
     model = self.nets[net]
     x = self._array(build.BACKBONE, set_name,
                     "features" if self.kinds[net] == "head" else "images")
-    keys = {k: cache_lib.net_key(net, cache_lib.params_digest(model.params),
-                                 self.sources[set_name], cache_lib.images_digest(x), k)
+    keys = {k: cache_lib.net_key(net, self._weights[net], self.sources[set_name],
+                                 cache_lib.images_digest(x), k)
             for k in NET_ARRAYS}
     hits = {k: self._net_cache.load_arrays(key) for k, key in keys.items()}
     if all(h is not None for h in hits.values()):
