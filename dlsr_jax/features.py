@@ -13,18 +13,16 @@ average, computed here without materialising the resized map.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
-import os
-import tempfile
 from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dlsr_jax import cache as cache_lib
 from dlsr_jax.backbones.base import Backbone, preprocess_images
+from dlsr_jax.cache import images_digest
 from dlsr_jax.data import batching
 from dlsr_jax.typedefs import Params
 
@@ -145,14 +143,6 @@ def extract(backbone: Backbone, images: np.ndarray, batch_size: int = 64,
   return out, bounds
 
 
-def images_digest(images: np.ndarray) -> str:
-  """Short content hash of an image array (part of the cache key)."""
-  h = hashlib.sha256()
-  h.update(str(images.shape).encode())
-  h.update(np.ascontiguousarray(images).tobytes())
-  return h.hexdigest()[:16]
-
-
 def cache_key(backbone: Backbone, spec: FeatureSpec, dataset: str, digest: str) -> dict:
   """Everything the cached features depend on.
 
@@ -172,36 +162,17 @@ def cache_key(backbone: Backbone, spec: FeatureSpec, dataset: str, digest: str) 
   }
 
 
-class FeatureCache:
-  """On-disk cache of extracted features: `<dir>/<dataset-slug>-<hash>.npz`."""
-
-  def __init__(self, directory: str):
-    self.directory = directory
-
-  def path(self, key: dict) -> str:
-    blob = json.dumps(key, sort_keys=True).encode()
-    digest = hashlib.sha256(blob).hexdigest()[:20]
-    slug = "".join(c if c.isalnum() else "_" for c in str(key.get("dataset", "data")))[:60]
-    return os.path.join(self.directory, f"{slug}-{digest}.npz")
+class FeatureCache(cache_lib.ArrayCache):
+  """On-disk cache of extracted features: `<dir>/<dataset-slug>-<hash>.npz` ("z", "boundaries")."""
 
   def load(self, key: dict) -> Optional[tuple[np.ndarray, tuple[int, ...]]]:
-    p = self.path(key)
-    if not os.path.exists(p):
+    arrays = self.load_arrays(key)
+    if arrays is None:
       return None
-    with np.load(p) as f:
-      stored = json.loads(str(f["key"]))
-      if stored != key:
-        raise ValueError(f"feature cache file {p} holds a different key: {stored}")
-      return f["z"], tuple(int(b) for b in f["boundaries"])
+    return arrays["z"], tuple(int(b) for b in arrays["boundaries"])
 
   def save(self, key: dict, z: np.ndarray, boundaries: Sequence[int]) -> str:
-    os.makedirs(self.directory, exist_ok=True)
-    p = self.path(key)
-    fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".npz.tmp")
-    with os.fdopen(fd, "wb") as fh:
-      np.savez(fh, z=z, boundaries=np.asarray(boundaries), key=json.dumps(key, sort_keys=True))
-    os.replace(tmp, p)
-    return p
+    return self.save_arrays(key, {"z": z, "boundaries": np.asarray(boundaries)})
 
 
 def select_layers(z_all: np.ndarray, backbone: Backbone, layers: Sequence[int]

@@ -22,6 +22,8 @@ Keys of a net block (defaults: the CIFAR recipe, SPEC 4.2):
   ema_decay:       > 0: also keep an EMA of the params and return it (0 = none).
   log_every_steps: metrics interval (100); checkpoint_every_steps: mid-epoch
                    checkpoints (0 = epoch ends only).
+  hidden, dropout: model settings passed to `models.load` (mlp_head: hidden width; mlp_head
+                   and wrn40_2: dropout); absent = the model's default.
 
 The run lives in `workdir` (orbax checkpoints + metrics); re-running the same
 call resumes from the latest checkpoint, and a finished run returns at once.
@@ -49,13 +51,15 @@ DEFAULTS = dict(model="cifar_resnet20", init_from="", num_classes=10, seed=0, ep
                 batch_size=128, learning_rate=0.1, momentum=0.9, nesterov=True,
                 weight_decay=5e-4, weight_decay_on="all", augment=True, ema_decay=0.0,
                 log_every_steps=100, checkpoint_every_steps=0)
+MODEL_SETTINGS = ("hidden", "dropout")   # passed to `models.load` when present
 
 
 def net_config(**overrides) -> ml_collections.ConfigDict:
   """A net block with the defaults above, `overrides` applied (unknown keys rejected)."""
-  unknown = sorted(set(overrides) - set(DEFAULTS))
+  unknown = sorted(set(overrides) - set(DEFAULTS) - set(MODEL_SETTINGS))
   if unknown:
-    raise ValueError(f"unknown net config keys {unknown}; valid: {sorted(DEFAULTS)}")
+    raise ValueError(f"unknown net config keys {unknown}; valid: "
+                     f"{sorted(DEFAULTS) + list(MODEL_SETTINGS)}")
   return ml_collections.ConfigDict({**DEFAULTS, **overrides})
 
 
@@ -71,8 +75,9 @@ def load_net(nc, num_features: Optional[int] = None) -> Net:
     num_features: heads only: the width C of the features [N, C].
   """
   weights = _get(nc, "init_from") or None
+  settings = {k: nc[k] for k in MODEL_SETTINGS if k in nc}
   return models.load(_get(nc, "model"), weights, num_classes=_get(nc, "num_classes"),
-                     seed=_get(nc, "seed"), num_features=num_features)
+                     seed=_get(nc, "seed"), num_features=num_features, **settings)
 
 
 def fit_config(nc) -> loop.FitConfig:

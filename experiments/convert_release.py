@@ -20,7 +20,7 @@ step in the written config and the printed flags). Each is a
 set to the EMA's update count (else epoch + 1), and a freshly initialised
 optimizer state of `--config`'s optimizer: the release's AdamW moments are
 not converted, so resuming training from these checkpoints restarts the
-optimizer. The config written to `<workdir>/config.json` has the inferred LFDN
+optimizer. The config written to `<workdir>/<row>/config.json` has the inferred LFDN
 sizes and `eval.release_compat = True`. The features the config extracts must
 have the checkpoint's C dimensions (release: EfficientNet-B4, five levels,
 C = 720).
@@ -39,7 +39,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "The config evaluate will use (path[:variant]).", lock_config=True)
 _FINAL = flags.DEFINE_string("final", None, "The release's last checkpoint-<epoch>.pth.")
 _FIRST = flags.DEFINE_string("first", None, "The release's checkpoint-0.pth (for the LR score).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where to write the checkpoints (must be new).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "The evaluation workdir: the checkpoints go to "
+                                "<workdir>/<row>/ (must be new).")
+_ROW = flags.DEFINE_string("row", "dlsr", "The DLSR detector row (c.detectors.<row>) whose "
+                           "LFDN this is.")
 _WEIGHTS = flags.DEFINE_enum("weights", "ema", ["ema", "raw"],
                              "Which weights become ema_params (the ones scoring uses).")
 
@@ -141,11 +144,12 @@ def convert(c, workdir: str, final: str, first: Optional[str] = None,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  s = convert(_CONFIG.value, _WORKDIR.value, _FINAL.value, _FIRST.value, _WEIGHTS.value)
+  row_dir = os.path.join(_WORKDIR.value, _ROW.value)
+  s = convert(_CONFIG.value, row_dir, _FINAL.value, _FIRST.value, _WEIGHTS.value)
   m = s["model"]
   print(f"LFDN: C={m.features} W={m.width} E={m.embed_dim} N={m.num_blocks} "
         f"time_embedding={m.use_time_embedding}; {s['weights']} weights; epochs "
-        f"{s['epochs']} -> steps {s['steps']} (first epoch, final) in {_WORKDIR.value}")
+        f"{s['epochs']} -> steps {s['steps']} (first epoch, final) in {row_dir}")
   if s["schedule_matches"] is False:
     print("WARNING: the checkpoint's alphas_cumprod differs from --config's schedule")
   if _FIRST.value is None:

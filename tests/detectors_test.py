@@ -208,7 +208,7 @@ def test_knn_matches_brute_force_kth_distance(k):
 # ------------------------------------------------------------------ make --
 def test_make_unknown_type_lists_available():
   with pytest.raises(ValueError, match=r"unknown detector type 'nope'; available: "
-                                       r"energy, knn, mahalanobis, msp, odin"):
+                                       r"dlsr, energy, knn, mahalanobis, maxlogit, msp, odin"):
     detectors.make("nope")
   with pytest.raises(ValueError, match="available"):
     detectors.make("base")
@@ -244,3 +244,28 @@ def test_package_import_is_lazy():
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        check=True).stdout
   assert out.strip() == "['dlsr_jax.detectors', 'dlsr_jax.detectors.base']"
+
+
+def test_maxlogit_hand_case():
+  logits = np.array([[1.0, 3.0, -2.0], [0.5, 0.5, 0.5]], np.float32)
+  det = detectors.make("maxlogit")
+  assert det.reads == ("logits",) and det.fit({"logits": logits}, KEY) is None
+  np.testing.assert_allclose(det.score(None, {"logits": logits}, KEY)["maxlogit"], [-3.0, -0.5])
+
+
+def test_odin_on_head_features_steps_the_features():
+  """input="features": x' = z - eps * sign(grad_z loss) through the head (hand-checked)."""
+  from dlsr_jax import models  # pylint: disable=g-import-not-at-top
+  from dlsr_jax.detectors import odin  # pylint: disable=g-import-not-at-top
+  head = models.load("linear_head", num_features=4, num_classes=3, seed=1)
+  z = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+  det = detectors.make("odin", net=head, temperature=2.0, eps=0.1, input="features")
+  assert det.reads == ("features",)
+  got = det.score(None, {"features": z}, KEY)["odin"]
+  zp = odin.perturb(head, head.params, z, 2.0, 0.1)
+  assert np.all(np.abs(np.abs(np.asarray(zp) - z) - 0.1) < 1e-6)
+  logits, _ = head.apply(head.params, zp)
+  want = -np.max(np.asarray(jax.nn.softmax(np.asarray(logits) / 2.0, axis=-1)), axis=-1)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  with pytest.raises(ValueError, match="input must be"):
+    detectors.make("odin", net=head, input="pixels")

@@ -29,25 +29,43 @@ def quickstart_dir(tmp_path_factory):
   return wd, proc
 
 
-def test_quickstart_writes_every_output(quickstart_dir):
+HEAD_ROWS = ("head_msp", "head_odin", "head_energy", "head_mahalanobis", "head_knn")
+
+
+def test_quickstart_writes_one_table_with_every_row(quickstart_dir):
   wd, proc = quickstart_dir
   for name in ("results.json", "results.md", "results.csv", "scores.npz", "config.json",
                "roc_hist_mse.png", "roc_hist_mfsim.png", "roc_hist_lr_mse.png",
-               "roc_hist_knn.png", "auroc_vs_k.png"):
+               "roc_hist_knn.png", "auroc_vs_k.png", "dlsr/config.json",
+               "head/net_config.json", *[f"roc_hist_{r}.png" for r in HEAD_ROWS]):
     assert (wd / name).exists(), name
+  assert (wd / "dlsr" / "checkpoints").is_dir() and (wd / "head" / "checkpoints").is_dir()
   res = json.loads((wd / "results.json").read_text())
   assert res["ks"] == [2, 3]
-  assert set(res["metrics"]) == {"mse", "mfsim", "lr_mse", "lr_mfsim", "mahalanobis", "knn"}
+  assert set(res["metrics"]) == {"mse", "mfsim", "lr_mse", "lr_mfsim", "mahalanobis", "knn",
+                                 *HEAD_ROWS}
+  assert res["rows"]["head_odin"] == {"row": "head_odin", "detector": "odin", "net": "head",
+                                      "score": "odin"}
+  assert res["rows"]["lr_mse"] == {"row": "dlsr", "detector": "dlsr", "net": "backbone",
+                                   "score": "lr_mse"}
   assert set(res["metrics"]["knn"]) == {"-"} and set(res["metrics"]["mse"]) == {"2", "3"}
-  assert res["timing"]["scoring"]["images_per_s"] > 0
+  assert 0.0 <= res["accuracy"]["head"] <= 1.0
+  assert res["timing"]["rows"]["dlsr"]["images_per_s"] > 0
   for score in res["metrics"].values():
     for rows in score.values():
-      assert set(rows) == {"letters", "photos", "noise", "average"}
+      assert set(rows) == {"digits59", "letters", "photos", "noise", "group:near",
+                           "group:far", "average"}
       for m in rows.values():
         assert all(0.0 <= v <= 1.0 for v in m.values())
   scores = np.load(wd / "scores.npz")
   assert scores["id/mfsim"].shape == (2, 48) and scores["noise/mse"].shape == (2, 48)
-  assert "DLSR-MFsim" in proc.stdout and "total" in proc.stdout
+  assert scores["id/head_energy"].shape == (1, 48)
+  lines = (wd / "results.csv").read_text().splitlines()
+  assert lines[0].startswith("net,detector,type,score,key,k,ood_set,auroc")
+  assert "head,head_msp,msp,msp,head_msp,,digits59," in "\n".join(lines)
+  assert "backbone,dlsr,dlsr,mse,mse,2,noise," in "\n".join(lines)
+  assert len(lines) == 1 + (4 * 2 + 2 + len(HEAD_ROWS)) * 7
+  assert "| head | head_msp | msp |" in proc.stdout and "total" in proc.stdout
 
 
 def test_evaluate_reuses_cache_and_takes_overrides(quickstart_dir, tmp_path):
@@ -58,9 +76,9 @@ def test_evaluate_reuses_cache_and_takes_overrides(quickstart_dir, tmp_path):
            labels=np.zeros(9, np.int64))
   out = tmp_path / "eval"
   _run("experiments.evaluate", f"--config={TINY}", f"--workdir={wd}", f"--outdir={out}",
-       f"--config.data.extra_ood=extra=npz:{npz},itself=offline:digits:test",
+       f"--config.data.extra_ood=extra=npz:{npz},itself=offline:digits04:test",
        "--config.data.ood.photos=offline:noise", "--config.eval.ks=(3,)",
-       "--config.eval.lr=False", "--config.eval.baselines=")
+       "--config.eval.lr=False", "--config.eval.rows=dlsr")
   res = json.loads((out / "results.json").read_text())
   assert res["ks"] == [3] and set(res["metrics"]) == {"mse", "mfsim"}
   # Sanity: the ID test set evaluated against itself (its own noise draws) is at chance.
@@ -88,11 +106,11 @@ def test_evaluate_without_checkpoint_says_so(tmp_path):
 def test_seeds_train_one_lfdn_each_and_evaluate_reports_mean_and_std(tmp_path):
   wd, out = tmp_path / "wd", tmp_path / "eval"
   seeds = ["--config.seeds=(0,1)", "--config.eval.ks=(3,)", "--config.eval.lr=False",
-           "--config.eval.baselines=mahalanobis"]
+           "--config.eval.rows=dlsr,mahalanobis"]
   _run("experiments.train", f"--config={TINY}", f"--workdir={wd}", *seeds)
   for s in (0, 1):
-    assert (wd / f"seed_{s}" / "checkpoints").is_dir()
-    assert json.loads((wd / f"seed_{s}" / "config.json").read_text())["seed"] == s
+    assert (wd / "dlsr" / f"seed_{s}" / "checkpoints").is_dir()
+    assert json.loads((wd / "dlsr" / f"seed_{s}" / "config.json").read_text())["seed"] == s
   assert len(list((wd / "feature_cache").iterdir())) >= 1   # one cache for both seeds
   _run("experiments.evaluate", f"--config={TINY}", f"--workdir={wd}", f"--outdir={out}", *seeds)
   res = json.loads((out / "results.json").read_text())

@@ -250,6 +250,7 @@ def test_convert_command_end_to_end(tmp_path):
   assert "steps (10, 50)" in proc.stdout and "WARNING" not in proc.stdout
   flags = proc.stdout.split("evaluate with the same --config and: ")[1].split()
   assert "--config.eval.release_compat=True" in flags
+  wd = wd / "dlsr"   # the default DLSR row's directory
   assert (wd / "config.json").exists()
 
   c = quickstart.get_config("tiny")  # what evaluate builds from --config and the flags

@@ -11,6 +11,9 @@ deterministic (fixed seeds) and built in well under a second or two:
     the first ``round(0.7 * n_class)`` go to ``train``, the rest to ``test``
     (1258 train / 539 test, both in increasing original index order);
     ``all`` = all 1797 in original order.
+  * ``digits04`` / ``digits59`` -- the same images and splits restricted to the classes
+    0-4 / 5-9 (labels kept: 0..4 / 5..9); e.g. ID = ``offline:digits04:train|test`` and
+    near-OOD = ``offline:digits59:test`` (the quickstart).
   * ``letters`` -- NotMNIST-style letters A-J (labels 0..9) rendered with PIL from
     the TrueType fonts matplotlib ships (DejaVu Sans/Serif/Mono in all their
     variants, STIX General, Computer Modern), random font, size 20..33 px,
@@ -32,6 +35,7 @@ default; not guaranteed disjoint).  The default split of every set is ``test``.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable, Dict, Optional, Tuple
 
@@ -85,11 +89,14 @@ def digits_split_indices() -> Dict[str, np.ndarray]:
   return {"train": train, "test": test, "all": np.arange(y.size, dtype=np.int64)}
 
 
-def _digits(split: str, num: Optional[int]) -> Tuple[np.ndarray, np.ndarray]:
+def _digits(split: str, num: Optional[int],
+            classes: Optional[Tuple[int, ...]] = None) -> Tuple[np.ndarray, np.ndarray]:
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
   d = load_digits()
   idx = digits_split_indices()[split]
+  if classes is not None:
+    idx = idx[np.isin(d.target[idx], classes)]
   if num is not None:
     idx = idx[:num]
   small = np.clip(np.round(d.images[idx] * (255.0 / 16.0)), 0, 255).astype(np.uint8)
@@ -192,6 +199,8 @@ def _noise(split: str, num: Optional[int]) -> Tuple[np.ndarray, np.ndarray]:
 NAMES: Dict[str, Tuple[Callable[[str, Optional[int]], Tuple[np.ndarray, np.ndarray]],
                        Tuple[str, ...]]] = {
     "digits": (_digits, ("train", "test", "all")),
+    "digits04": (functools.partial(_digits, classes=(0, 1, 2, 3, 4)), ("train", "test", "all")),
+    "digits59": (functools.partial(_digits, classes=(5, 6, 7, 8, 9)), ("train", "test", "all")),
     "letters": (_letters, ("train", "test")),
     "photos": (_photos, ("train", "test")),
     "noise": (_noise, ("train", "test")),
@@ -202,7 +211,7 @@ def load(name: str, split: Optional[str] = None, *, num: Optional[int] = None) -
   """Builds one offline image set.
 
   Args:
-    name: one of `NAMES` ("digits", "letters", "photos", "noise").
+    name: one of `NAMES` ("digits", "digits04", "digits59", "letters", "photos", "noise").
     split: a split of that set (see the module docstring); None = "test".
     num: number of images (synthetic sets: how many to draw, default 500;
       digits: keep the first `num` of the split).

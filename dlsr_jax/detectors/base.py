@@ -4,6 +4,12 @@ A detector is fitted once on the ID training set and then scores any data set; a
 HIGHER for more OOD-looking inputs. Detector types are the modules of this package, found by
 name with importlib (no registry): `make("energy", temperature=2.0)` calls
 `dlsr_jax.detectors.energy.make(temperature=2.0)`.
+
+Context arguments: besides its settings, a module's `make` may take parameters with these
+names, which the experiment glue (`experiments/build.py`) fills in from the row's network:
+`net` (the classifier `Net`, e.g. ODIN), `layout` (the `FeatureLayout` of "features"),
+`workdir` (a directory of its own: a detector taking it trains in `fit` and is trained by
+`experiments.train`, e.g. DLSR), `seed` and `write_metrics` (a training metrics callback).
 """
 
 from __future__ import annotations
@@ -18,13 +24,34 @@ from typing import Any, Callable, Mapping, Optional
 import jax
 import numpy as np
 
-__all__ = ["Detector", "SetArrays", "available", "check_arrays", "make"]
+__all__ = ["CONTEXT_ARGS", "Detector", "FeatureLayout", "SetArrays", "available",
+           "check_arrays", "make"]
 
 # Row-aligned arrays of ONE data set: "features" [N, C], "logits" [N, K], "pre_logits" [N, D],
 # "confidence" [N], "images" [N, H, W, 3] uint8, "labels" [N], "ids" [N].
 SetArrays = Mapping[str, np.ndarray]
 PyTree = Any
 _NOT_DETECTORS = ("base",)   # modules of this package that are not detector types
+CONTEXT_ARGS = ("net", "layout", "workdir", "seed", "write_metrics")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureLayout:
+  """The levels of a "features" array [N, C]: their names and widths, in column order.
+
+  Attributes:
+    names: level names, e.g. ("level1", ..., "level5").
+    channels: the width of each level; sum(channels) = C.
+  """
+  names: tuple[str, ...]
+  channels: tuple[int, ...]
+
+  def __post_init__(self):
+    object.__setattr__(self, "names", tuple(self.names))
+    object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+    if len(self.names) != len(self.channels) or not self.names:
+      raise ValueError(f"FeatureLayout: {len(self.names)} names for "
+                       f"{len(self.channels)} channel counts")
 
 
 def check_arrays(arrays: SetArrays, needed: tuple[str, ...], detector: str, call: str) -> None:

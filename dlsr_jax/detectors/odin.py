@@ -5,6 +5,10 @@ pseudo-label y = argmax f(normalise(x)) (unscaled logits); loss = CE(f(normalise
 x' = x - eps * sign(d loss / d x) with the gradient taken through the normalisation (so eps is
 in [0, 1] pixel units) and a zero gradient counting as +1; score = -max softmax(f(x') / T).
 x' is not clipped to [0, 1] unless `clip=True` (the paper's code does not clip).
+
+`input="features"` runs ODIN on a head over cached backbone features: the same step is taken
+on the head's input features (eps then in feature units, not pixels: the backbone is not
+differentiated), reading "features" instead of "images".
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 from dlsr_jax.data import batching
 from dlsr_jax.detectors import base
 
-__all__ = ["Net", "make", "odin_score", "perturb"]
+__all__ = ["Net", "make", "odin_features_score", "odin_score", "perturb"]
 
 Params = Any
 
@@ -92,6 +96,18 @@ def odin_score(net: Net, params: Params, images: jax.Array, temperature: float |
   return -jnp.max(jax.nn.softmax(_logits(net, params, x) / t, axis=-1), axis=-1)
 
 
+def odin_features_score(net: Net, params: Params, z: jax.Array,
+                        temperature: float | jax.Array, eps: float | jax.Array) -> jax.Array:
+  """ODIN on a head's input features [B, C] (eps in feature units); not jitted.
+
+  Returns:
+    [B] float32 scores -max softmax(head(z') / T), z' = z - eps * sign(grad_z loss).
+  """
+  z = perturb(net, params, jnp.asarray(z, jnp.float32), temperature, eps)
+  t = jnp.asarray(temperature, jnp.float32)
+  return -jnp.max(jax.nn.softmax(_logits(net, params, z) / t, axis=-1), axis=-1)
+
+
 def _positive(name: str, value: Any, allow_zero: bool = False) -> float:
   ok = not isinstance(value, bool) and isinstance(value, (int, float, np.floating)) and (
       value >= 0 if allow_zero else value > 0)
@@ -102,7 +118,7 @@ def _positive(name: str, value: Any, allow_zero: bool = False) -> float:
 
 
 def make(net: Net, temperature: float = 1000.0, eps: float = 0.0014, batch_size: int = 256,
-         clip: bool = False) -> base.Detector:
+         clip: bool = False, input: str = "images") -> base.Detector:
   """ODIN on a classifier that reads images.
 
   Args:
@@ -111,9 +127,11 @@ def make(net: Net, temperature: float = 1000.0, eps: float = 0.0014, batch_size:
     eps: the input step in [0, 1] pixel units, >= 0 (paper, CIFAR-10: 0.0014).
     batch_size: images per jitted call (the last batch is padded).
     clip: clip the perturbed pixels to [0, 1] (default False, as in the paper's code).
+    input: "images" (the net reads images) or "features" (a head on cached features: the
+      step is taken on the features, eps in feature units; `clip` must be False).
 
   Returns:
-    A `Detector` reading ("images",) with score {"odin": [N]}.
+    A `Detector` reading (input,) with score {"odin": [N]}.
   """
   for attr in ("params", "normalise", "apply"):
     if not hasattr(net, attr):
@@ -126,8 +144,14 @@ def make(net: Net, temperature: float = 1000.0, eps: float = 0.0014, batch_size:
     raise ValueError(f"odin: batch_size must be a positive int, got {batch_size!r}")
   if not isinstance(clip, bool):
     raise ValueError(f"odin: clip must be a bool, got {clip!r}")
+  if input not in ("images", "features") or (input == "features" and clip):
+    raise ValueError(f"odin: input must be 'images' or 'features' (without clip), got "
+                     f"{input!r}")
   # The net's functions are bound here; its params stay a traced argument.
-  kernel = jax.jit(functools.partial(odin_score, net, clip=clip))
+  if input == "images":
+    kernel = jax.jit(functools.partial(odin_score, net, clip=clip))
+  else:
+    kernel = jax.jit(functools.partial(odin_features_score, net))
 
   def fit(arrays: base.SetArrays, key: jax.Array) -> None:
     del arrays, key   # nothing to fit
@@ -135,12 +159,14 @@ def make(net: Net, temperature: float = 1000.0, eps: float = 0.0014, batch_size:
 
   def score(state: None, arrays: base.SetArrays, key: jax.Array) -> dict[str, np.ndarray]:
     del state, key
-    images = np.asarray(arrays["images"])
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+    images = np.asarray(arrays[input])
+    if input == "features":
+      images = images.astype(np.float32)
+    elif images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f"odin: images must be uint8 [N, H, W, 3], got {images.dtype} "
                        f"{images.shape}")
     params = jax.device_put(net.params)
     out = batching.map_padded(lambda x: kernel(params, x, t, step), images, batch_size)
     return {"odin": np.asarray(out, np.float32)}
 
-  return base.Detector(name="odin", reads=("images",), fit=fit, score=score)
+  return base.Detector(name="odin", reads=(input,), fit=fit, score=score)

@@ -9,7 +9,7 @@ from typing import Mapping, Optional
 
 from dlsr_jax.evaluation import table
 
-__all__ = ["markdown", "summary_table", "write_results"]
+__all__ = ["markdown", "overview_table", "summary_table", "write_results"]
 
 
 def markdown(results: Mapping) -> str:
@@ -21,6 +21,12 @@ def markdown(results: Mapping) -> str:
             "better: (ID+) = OOD accepted at 95% ID kept (DLSR release); (OOD+) = ID "
             "rejected at 95% OOD caught (OpenOOD v1.5). AUPR = average precision.", ""]
   std = results.get("metrics_std")
+  acc = {n: a for n, a in results.get("accuracy", {}).items() if a is not None}
+  if acc:
+    lines += ["ID test top-1 accuracy of the classifier nets: " + ", ".join(
+        f"`{n}` {100 * a:.2f}%" for n, a in acc.items()), ""]
+  if "rows" in results:
+    lines += ["## Every row: AUROC (%) per OOD set", "", overview_table(results), ""]
   if std is not None:
     lines += [f"Mean +- standard deviation over {len(results.get('seeds', []))} training "
               f"seeds {results.get('seeds', '')}.", ""]
@@ -28,7 +34,7 @@ def markdown(results: Mapping) -> str:
   rule = "|---|" + "---:|" * len(table.METRIC_COLUMNS)
   for score, by_k in results["metrics"].items():
     for k, rows in by_k.items():
-      title = table.SCORE_TITLES.get(score, score) + ("" if k == table.NO_K else f", k = {k}")
+      title = table.score_title(results, score) + ("" if k == table.NO_K else f", k = {k}")
       lines += [f"## {title}", "", header, rule]
       for name, m in rows.items():
         if name == "average":
@@ -44,6 +50,25 @@ def markdown(results: Mapping) -> str:
   summary = summary_table(results)
   if summary:
     lines += ["## Average AUROC (%) by score and k", "", summary, ""]
+  return "\n".join(lines)
+
+
+def overview_table(results: Mapping) -> str:
+  """ONE table: a line per (net, row, score, k); AUROC per OOD set, average, FPR95 (ID+)."""
+  std = results.get("metrics_std")
+  first = next(iter(results["metrics"].values()))
+  sets = [n for n in next(iter(first.values())) if n != "average"]
+  lines = ["| net | row | score | k | " + " | ".join(f"`{n}`" for n in sets)
+           + " | **average** | FPR95 (ID+) |", "|---|---|---|---:|" + "---:|" * (len(sets) + 2)]
+  for key, by_k in results["metrics"].items():
+    meta = results["rows"][key]
+    for k, rows in by_k.items():
+      sd = std[key][k] if std is not None else None
+      cells = [_cell(rows[n]["auroc"], sd and sd[n]["auroc"]) for n in sets + ["average"]]
+      cells.append(_cell(rows["average"]["fpr95_id_positive"],
+                         sd and sd["average"]["fpr95_id_positive"]))
+      lines.append(f"| {meta['net']} | {meta['row']} | {meta['score']} | "
+                   f"{'' if k == table.NO_K else k} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
@@ -64,7 +89,7 @@ def summary_table(results: Mapping) -> str:
     std = results.get("metrics_std", {}).get(score)
     cells = [_cell(by_k[k]["average"]["auroc"], std and std[k]["average"]["auroc"])
              if k in by_k else "" for k in ks]
-    lines.append(f"| {table.SCORE_TITLES.get(score, score)} | " + " | ".join(cells) + " |")
+    lines.append(f"| {table.score_title(results, score)} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 

@@ -1,10 +1,13 @@
 """The results schema: metrics per score type, k and OOD set; seed means; CSV rows.
 
 `results` layout (what `experiments.evaluate` writes to results.json):
-  {"id_set": str, "ood_sets": [str], "ks": [int],
-   "metrics": {score: {str(k): {ood_set | "average": {metric: float}}}},
-   "settings": {...}, "timing": {...}}
-Metric values are fractions; tables print percentages.
+  {"id_set": str, "ood_sets": {name: source}, "ks": [int],
+   "metrics": {key: {str(k) | "-": {ood_set | "group:g" | "average": {metric: float}}}},
+   "rows": {key: {"row", "detector", "net", "score"}},   # one key per row and score
+   "accuracy": {net: ID test top-1}, "settings": {...}, "timing": {...}}
+A key is a row's score ("mse", "knn", "head_msp", "ae_mse"; see `result_keys`); "-" marks a
+score that does not depend on a noise level k. Metric values are fractions; tables print
+percentages.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ METRIC_COLUMNS = (
     ("fpr95_id_positive", "FPR95 (ID+)"),
     ("fpr95_ood_positive", "FPR95 (OOD+)"),
 )
-SCORE_TITLES = {"mse": "DLSR-MSE", "mfsim": "DLSR-MFsim", "lr_mse": "DLSR-LR (MSE)",
+SCORE_TITLES = {"msp": "MSP", "odin": "ODIN", "energy": "Energy", "maxlogit": "Max logit",
+                "mse": "DLSR-MSE", "mfsim": "DLSR-MFsim", "lr_mse": "DLSR-LR (MSE)",
                 "lr_mfsim": "DLSR-LR (MFsim)", "mahalanobis": "Mahalanobis",
                 "knn": "KNN (cosine)", "ae_mse": "AutoEncoder-MSE",
                 "ae_mfsim": "AutoEncoder-MFsim", "last_mse": "Last layer only-MSE",
@@ -112,14 +116,72 @@ def mean_and_std(runs: Sequence[Mapping]) -> tuple[dict, dict]:
 
 
 def csv_rows(results: Mapping) -> list[dict]:
-  """Flat rows (score, k, ood_set, metrics...) of a results dict."""
+  """Flat rows of a results dict: (net, detector, score, k, ood_set, metrics...) with row
+  metadata (`results["rows"]`), else (score, k, ood_set, metrics...); k is "" when k-free."""
   rows = []
   std = results.get("metrics_std")
+  meta = results.get("rows")
   for score, by_k in results["metrics"].items():
     for k, sets in by_k.items():
       for name, m in sets.items():
-        row = {"score": score, "k": k, "ood_set": name, **m}
+        if meta is None:
+          row = {"score": score, "k": k, "ood_set": name, **m}
+        else:
+          r = meta[score]
+          row = {"net": r["net"], "detector": r["row"], "type": r["detector"],
+                 "score": r["score"], "key": score, "k": "" if k == NO_K else k,
+                 "ood_set": name, **m}
         if std is not None:
           row.update({f"{c}_std": v for c, v in std[score][k][name].items()})
         rows.append(row)
   return rows
+
+
+# ------------------------------------------------------------- detector rows --
+def split_score(name: str) -> tuple[str, Optional[int]]:
+  """"mse@3" -> ("mse", 3); "knn" -> ("knn", None)."""
+  base, sep, k = name.partition("@")
+  if sep and not k.lstrip("-").isdigit():
+    raise ValueError(f"score name {name!r}: the part after '@' must be an int k")
+  return base, (int(k) if sep else None)
+
+
+def result_keys(row: str, detector_type: str, names: Sequence[str]) -> dict[str, str]:
+  """{base score name: results key} of one row's scores.
+
+  A row with one k-free score is keyed by the row name ("knn", "head_msp"); a row with
+  several scores by the score names ("mse", "lr_mfsim") when the row is named after its
+  type, else by "<row>_<score>" ("ae_mse").
+  """
+  parsed = [split_score(n) for n in names]
+  bases = list(dict.fromkeys(b for b, _ in parsed))
+  if len(bases) == 1 and all(k is None for _, k in parsed):
+    return {bases[0]: row}
+  return {b: b if row == detector_type else f"{row}_{b}" for b in bases}
+
+
+def row_metrics(scores: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]],
+                id_set: str, groups: Optional[Mapping[str, Sequence[str]]] = None) -> dict:
+  """Metrics of every results key and k.
+
+  Args:
+    scores: {key: {str(k) or NO_K: {set name: [N]}}}; `id_set` names the ID test set.
+    groups: optional {group: [ood set, ...]} averaged as "group:<name>" rows.
+
+  Returns:
+    {key: {str(k) or "-": {ood set | "group:g" | "average": metrics}}}.
+  """
+  return {key: {k: metrics_table(by_set[id_set],
+                                 {n: s for n, s in by_set.items() if n != id_set}, groups)
+                for k, by_set in by_k.items()}
+          for key, by_k in scores.items()}
+
+
+def score_title(results: Mapping, key: str) -> str:
+  """A key's title: "DLSR-MSE", or "KNN [knn on backbone]" for a configured row."""
+  meta = results.get("rows", {}).get(key)
+  base = meta["score"] if meta else key
+  title = SCORE_TITLES.get(base, base)
+  if meta and (meta["row"] != meta["detector"] or meta["net"] != "backbone"):
+    title += f" [{meta['row']}: {meta['detector']} on {meta['net']}]"
+  return title

@@ -1,7 +1,31 @@
-"""Defaults shared by every DLSR config. Override any key from the command line:
+"""Defaults shared by every config. Override any key from the command line:
 
   python -m experiments.train --config=experiments/configs/cifar10_lite0.py \
       --workdir=wd --config.optim.learning_rate=3e-4 --config.data.ood.svhn=folder:/data/SVHN
+
+Methods are chosen by two blocks (read only by `experiments/build.py`, which checks every
+entry before any work):
+
+  c.nets.<name> = dict(kind="classifier" | "head", model=..., weights=PATH | "",
+                       init_from="<net name>" | "", epochs=..., **training keys)
+      kind="classifier": a `dlsr_jax.models` image model ("cifar_resnet20", "resnet18_32x32",
+        "wrn40_2", ...) on the 32x32 images; kind="head": "linear_head" / "mlp_head" on the
+        cached backbone features ("features", the `c.layers` levels), trained on the ID train
+        features with the ID labels. weights: a weights file to start from ("" = random init
+        from `seed`); init_from: start from another configured net's trained weights.
+        epochs=0: no training (the weights as loaded). The other keys are the training
+        recipe of `experiments/classifiers.py` (num_classes, batch_size, learning_rate, ...).
+        `experiments.train` trains each net (in init_from order) in <workdir>/<name>/.
+  c.detectors.<row> = dict(type="<module of dlsr_jax.detectors>", net="backbone" | "<net>",
+                           **settings)
+      type defaults to the row name; net defaults to "backbone" (the frozen pretrained
+      backbone: arrays "features", "images", "labels"); a classifier or head net adds
+      "logits" and "pre_logits". The settings are the keyword arguments of that module's
+      `make`. DLSR is `type="dlsr"` (`dlsr_row(c, **overrides)`: its settings follow the
+      c.model / c.schedule / c.optim / c.train / c.eval blocks unless overridden, e.g.
+      `dlsr_row(c, use_time_embedding=False)` = the AutoEncoder ablation,
+      `dlsr_row(c, levels=("level5",))` = the last-level ablation); its LFDN trains in
+      <workdir>/<row>/ (<workdir>/<row>/seed_<s>/ with `seeds`).
 """
 
 import ml_collections
@@ -93,12 +117,53 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.lr = True              # also the LR score (needs the lr_reference_steps checkpoint)
   c.eval.lr_orientation = "first_minus_final"
   c.eval.plots = True
-  # Feature-level baselines on the same cached features (ID train set fitted):
-  # comma-separated subset of "mahalanobis,knn"; "" = none.
-  c.eval.baselines = "mahalanobis,knn"
+  # Settings of the default mahalanobis and knn rows (backbone features, ID train fitted).
   # Per-layer z-scoring makes every layer's slice sum to zero, so the feature
   # covariance is singular by construction (rank <= C - number of layers): a
   # small shrinkage is needed (test features lie in the same subspace).
   c.eval.mahalanobis_shrinkage = 0.01
   c.eval.knn_k = 50
+  # Which rows of c.detectors to run: "" = every row; else comma-separated row names
+  # (e.g. --config.eval.rows=dlsr for DLSR alone).
+  c.eval.rows = ""
+
+  # Methods (see the module docstring): classifier nets and detector rows.
+  c.nets = ml_collections.ConfigDict()
+  c.detectors = ml_collections.ConfigDict()
+  c.detectors.dlsr = dlsr_row(c)
+  c.detectors.mahalanobis = ml_collections.ConfigDict(dict(
+      net="backbone", shrinkage=c.eval.get_ref("mahalanobis_shrinkage")))
+  c.detectors.knn = ml_collections.ConfigDict(dict(net="backbone", k=c.eval.get_ref("knn_k")))
   return c
+
+
+# DLSR setting -> (config block, key) it follows.
+_DLSR_REFS = {
+    **{k: ("model", k) for k in ("width", "embed_dim", "num_blocks", "dropout",
+                                 "use_time_embedding", "dtype")},
+    "schedule_kind": ("schedule", "kind"),
+    **{k: ("schedule", k) for k in ("num_steps", "beta_start", "beta_end")},
+    **{k: ("optim", k) for k in ("learning_rate", "weight_decay", "warmup_steps",
+                                 "grad_clip_norm", "ema_decay")},
+    **{k: ("train", k) for k in ("batch_size", "num_epochs", "log_every_steps",
+                                 "checkpoint_every_epochs", "checkpoint_every_steps",
+                                 "lr_reference_steps", "keep_steps")},
+    **{k: ("eval", k) for k in ("ks", "stride", "eta", "release_compat", "num_draws",
+                                "k_strategy", "lr", "lr_orientation")},
+    "eval_batch_size": ("eval", "batch_size"),
+}
+
+
+def dlsr_row(c: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
+  """A DLSR detector row whose settings follow c.model/schedule/optim/train/eval.
+
+  Each setting not in `overrides` is a reference to its block's key, so
+  `--config.model.width=256` changes every DLSR row that does not override it.
+  """
+  row = ml_collections.ConfigDict({"type": "dlsr", "net": "backbone"})
+  for name, (block, key) in _DLSR_REFS.items():
+    if name not in overrides:
+      row[name] = c[block].get_ref(key)
+  for name, value in overrides.items():
+    row[name] = value
+  return row

@@ -1,0 +1,150 @@
+"""Per-(net, data set) arrays, each computed at most once and cached on disk.
+
+`ArrayStore.get(net, set, keys)` returns the asked arrays of one data set as seen by one net:
+"images" and "labels" straight from the data, "features" of the frozen backbone (the feature
+cache), "logits" / "pre_logits" of a classifier or head net (an `ArrayCache` keyed by the net's
+name, a hash of its params, the data set and its content digest, and the array name). Every
+array is memoised, so a second row reading it costs nothing.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from typing import Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+from absl import logging
+
+from dlsr_jax import cache as cache_lib
+from dlsr_jax import data, features
+from dlsr_jax.data import batching
+from dlsr_jax.models.net import Net
+from experiments import build, pipeline
+
+NET_ARRAYS = ("logits", "pre_logits")
+
+
+def forward(net: Net, x: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
+  """{"logits" [N, K], "pre_logits" [N, D]} of `net` on uint8 images or features [N, C]."""
+  prep = net.preprocess if net.resolution is not None else (lambda v: v)
+
+  @jax.jit
+  def fn(params, xb):
+    logits, out = net.apply(params, prep(xb))
+    return {"logits": logits.astype(np.float32), "pre_logits": out["pre_logits"]}
+
+  out = batching.map_padded(lambda xb: fn(net.params, xb), x, batch_size, full_batches=True)
+  return {k: np.asarray(v, np.float32) for k, v in out.items()}
+
+
+class ArrayStore:
+  """The arrays of every (net, data set) pair of one run.
+
+  Attributes:
+    sources: {set name: data source} ("train", "id" and every OOD set).
+    nets: {net name: `Net`} of the classifier and head nets (set once trained / restored).
+    timing: per data set: loading and feature extraction info.
+    computed: counts of (net, set, "forward" | "features") computations (for tests).
+  """
+
+  def __init__(self, c, workdir: str, sources: Mapping[str, str], shard_train: bool = False):
+    self.c = c
+    self.sources = dict(sources)
+    self.nets: dict[str, Net] = {}
+    self.kinds: dict[str, str] = {build.BACKBONE: build.BACKBONE}
+    self._weights: dict[str, str] = {}   # net -> hash of its params (part of the cache key)
+    self.timing: dict[str, dict] = {}
+    self.computed: collections.Counter = collections.Counter()
+    self._shard_train = shard_train
+    self._backbone = None
+    self._images: dict[str, data.ImageSet] = {}
+    self._memo: dict[tuple[str, str, str], np.ndarray] = {}
+    self._feature_cache = features.FeatureCache(pipeline.cache_dir(c, workdir))
+    self._net_cache = cache_lib.ArrayCache(os.path.join(pipeline.cache_dir(c, workdir),
+                                                        "nets"))
+
+  @property
+  def backbone(self):
+    if self._backbone is None:
+      self._backbone = pipeline.load_backbone(self.c)
+    return self._backbone
+
+  def add_net(self, name: str, kind: str, net: Net) -> None:
+    self.nets[name], self.kinds[name] = net, kind
+    self._weights[name] = cache_lib.params_digest(net.params)
+
+  def image_set(self, name: str) -> data.ImageSet:
+    if name not in self._images:
+      t0 = time.time()
+      self._images[name] = pipeline.load_source(self.c, self.sources[name])
+      self.timing.setdefault(name, {})["load_s"] = round(time.time() - t0, 3)
+    return self._images[name]
+
+  def get(self, net: str, set_name: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
+    """The arrays `keys` of data set `set_name` as net `net` sees them."""
+    return {k: self._array(net, set_name, k) for k in keys}
+
+  def _array(self, net: str, set_name: str, key: str) -> np.ndarray:
+    owner = net if key in NET_ARRAYS else build.BACKBONE   # raw data and features are shared
+    memo = (owner, set_name, key)
+    if memo not in self._memo:
+      if key == "images":
+        self._memo[memo] = self.image_set(set_name).images
+      elif key == "labels":
+        self._memo[memo] = self.image_set(set_name).labels
+      elif key == "features":
+        self._memo[memo] = self._features(set_name)
+      elif key in NET_ARRAYS:
+        self._memo.update({(owner, set_name, k): v
+                           for k, v in self._net_arrays(owner, set_name).items()})
+      else:
+        raise ValueError(f"unknown array {key!r}")
+    return self._memo[memo]
+
+  def _features(self, set_name: str) -> np.ndarray:
+    self.computed[(build.BACKBONE, set_name, "features")] += 1
+    shard = self._shard_train and set_name == "train"
+    if shard and jax.process_count() > 1:   # each process extracts only its shard
+      z, _, info = pipeline.source_features(self.c, self.backbone, self.sources[set_name],
+                                            self._feature_cache, shard=True)
+    else:
+      images = self.image_set(set_name).images
+      t0 = time.time()
+      z, _, cached = features.extract_cached(
+          self.backbone, images, self.sources[set_name], self._feature_cache,
+          self.c.feature_batch_size, pipeline.feature_spec(self.c))
+      info = {"num_images": int(images.shape[0]), "features_s": round(time.time() - t0, 3),
+              "cached": cached}
+    self.timing.setdefault(set_name, {}).update(info)
+    logging.info("features of %s: %s (%s)", set_name, z.shape, info)
+    return z
+
+  def _net_arrays(self, net: str, set_name: str) -> dict[str, np.ndarray]:
+    """logits and pre_logits of `net` on a set, through the disk cache."""
+    model = self.nets[net]
+    x = self._array(build.BACKBONE, set_name,
+                    "features" if self.kinds[net] == "head" else "images")
+    keys = {k: cache_lib.net_key(net, self._weights[net], self.sources[set_name],
+                                 cache_lib.images_digest(x), k)
+            for k in NET_ARRAYS}
+    hits = {k: self._net_cache.load_arrays(key) for k, key in keys.items()}
+    if all(h is not None for h in hits.values()):
+      return {k: h["array"] for k, h in hits.items()}
+    self.computed[(net, set_name, "forward")] += 1
+    out = forward(model, x, self.c.eval.get("classifier_batch_size", 256))
+    if jax.process_index() == 0:
+      for k, key in keys.items():
+        self._net_cache.save_arrays(key, {"array": out[k]})
+    return out
+
+
+def accuracy(store: ArrayStore, net: str, set_name: str = "id") -> Optional[float]:
+  """Top-1 accuracy of a classifier net on a labelled set (None without labels)."""
+  labels = store.get(net, set_name, ["labels"])["labels"]
+  if labels.size == 0 or np.any(labels < 0):
+    return None
+  logits = store.get(net, set_name, ["logits"])["logits"]
+  return float(np.mean(np.argmax(logits, -1) == labels))

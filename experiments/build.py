@@ -1,0 +1,226 @@
+"""The ONLY reader of `c.nets` and `c.detectors`: checks every entry, returns plain dataclasses.
+
+`build(c)` validates before any extraction or training: each net's kind, model, weights file
+and `init_from` (known, no cycle); each detector row's type (a module of `dlsr_jax.detectors`),
+net (the backbone or a configured net), settings (by constructing the detector once) and the
+arrays it reads (a detector reading "logits" needs a classifier or head net). Detector types
+are found by module name; the context arguments a module's `make` takes (`net`, `layout`,
+`workdir`, `seed`, `write_metrics`) are filled in by `make_detector`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import importlib
+import os
+from typing import Any, Mapping, Optional
+
+from dlsr_jax import backbones, detectors, models
+from dlsr_jax.detectors.base import CONTEXT_ARGS, Detector, FeatureLayout
+from dlsr_jax.models.net import Net
+from experiments import classifiers
+
+BACKBONE = "backbone"
+# The arrays each kind of net provides per data set.
+PROVIDES = {
+    "backbone": ("features", "images", "labels"),
+    "classifier": ("logits", "pre_logits", "images", "labels"),
+    "head": ("logits", "pre_logits", "features", "images", "labels"),
+}
+_NET_KEYS = ("kind", "weights", "init_from")
+
+
+@dataclasses.dataclass(frozen=True)
+class NetSpec:
+  """One network. `recipe` is the `experiments/classifiers.py` block (init_from = weights)."""
+  name: str
+  kind: str
+  model: str = ""
+  weights: str = ""
+  init_from: str = ""
+  recipe: Optional[Mapping[str, Any]] = None
+
+  @property
+  def trains(self) -> bool:
+    return bool(self.recipe and self.recipe["epochs"])
+
+
+@dataclasses.dataclass(frozen=True)
+class RowSpec:
+  """One detector row: its type, net, settings and what it reads."""
+  name: str
+  type: str
+  net: str
+  settings: Mapping[str, Any]
+  reads: tuple[str, ...]
+  fit_reads: tuple[str, ...]
+  context: tuple[str, ...]
+
+  @property
+  def trains(self) -> bool:
+    """True for detectors whose fit trains a network in a workdir of their own (DLSR)."""
+    return "workdir" in self.context
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """Every net (in training order, the backbone first) and every selected row."""
+  nets: Mapping[str, NetSpec]
+  rows: Mapping[str, RowSpec]
+  layout: FeatureLayout
+  seeds: tuple[int, ...]
+
+
+def _plain(value: Any) -> Any:
+  if hasattr(value, "to_dict"):
+    value = value.to_dict()
+  if isinstance(value, Mapping):
+    return {k: _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return tuple(_plain(v) for v in value)
+  return value
+
+
+def needed_nets(plan: Plan) -> list[str]:
+  """The nets the selected rows read, with their init_from ancestors, in training order."""
+  need = set()
+  for row in plan.rows.values():
+    name = row.net
+    while name and name not in need:
+      need.add(name)
+      name = plan.nets[name].init_from
+  return [n for n in plan.nets if n in need]
+
+
+def feature_layout(c) -> FeatureLayout:
+  """The levels of the "features" array (`c.layers` of `c.backbone`), by name."""
+  cfg = backbones.config(c.backbone)
+  layers = tuple(c.layers) or cfg.default_layers
+  bad = [i for i in layers if not 0 <= i < len(cfg.level_names)]
+  if bad:
+    raise ValueError(f"layers {list(layers)}: {c.backbone} has levels "
+                     f"0..{len(cfg.level_names) - 1}")
+  return FeatureLayout(names=tuple(cfg.level_names[i] for i in layers),
+                       channels=tuple(cfg.level_channels[i] for i in layers))
+
+
+def _net_spec(name: str, block: Mapping[str, Any]) -> NetSpec:
+  kind = block.get("kind", "")
+  if kind not in ("classifier", "head"):
+    raise ValueError(f"c.nets.{name}: kind must be 'classifier' or 'head', got {kind!r}")
+  model = block.get("model", "")
+  if model not in models.names():
+    raise ValueError(f"c.nets.{name}: unknown model {model!r}; valid: "
+                     f"{', '.join(models.names())}")
+  recipe = {k: v for k, v in block.items() if k not in _NET_KEYS}
+  weights = str(block.get("weights", "") or "")
+  try:
+    recipe = classifiers.net_config(**recipe, init_from=weights).to_dict()
+  except ValueError as e:
+    raise ValueError(f"c.nets.{name}: {e}") from None
+  if weights and not os.path.isfile(weights):
+    raise FileNotFoundError(f"c.nets.{name}: weights file not found: {weights}")
+  return NetSpec(name=name, kind=kind, model=model, weights=weights,
+                 init_from=str(block.get("init_from", "") or ""), recipe=recipe)
+
+
+def _training_order(specs: Mapping[str, NetSpec]) -> list[str]:
+  order, seen = [], set()
+
+  def visit(name, path):
+    if name in seen:
+      return
+    if name in path:
+      raise ValueError(f"c.nets: init_from cycle {' -> '.join(path + (name,))}")
+    src = specs[name].init_from
+    if src:
+      if src not in specs:
+        raise ValueError(f"c.nets.{name}: init_from {src!r} is not a configured net; "
+                         f"configured nets: {sorted(specs)}")
+      if specs[src].model != specs[name].model:
+        raise ValueError(f"c.nets.{name}: init_from {src!r} is a {specs[src].model}, "
+                         f"not a {specs[name].model}")
+      visit(src, path + (name,))
+    seen.add(name)
+    order.append(name)
+
+  for name in specs:
+    visit(name, ())
+  return order
+
+
+def placeholder_net(spec: NetSpec, layout: FeatureLayout) -> Net:
+  """The net with its starting weights (or a random init): for checking detector settings."""
+  return classifiers.load_net(spec.recipe, num_features=sum(layout.channels)
+                              if spec.kind == "head" else None)
+
+
+def make_detector(row: RowSpec, plan: Plan, *, net: Optional[Net] = None,
+                  workdir: Optional[str] = None, seed: int = 0,
+                  write_metrics=None) -> Detector:
+  """Constructs a row's detector with its context arguments."""
+  context = {"net": net, "layout": plan.layout, "workdir": workdir, "seed": seed,
+             "write_metrics": write_metrics}
+  return detectors.make(row.type, **row.settings, **{k: context[k] for k in row.context})
+
+
+def _row_spec(name: str, block: Mapping[str, Any], nets: Mapping[str, NetSpec],
+              layout: FeatureLayout) -> RowSpec:
+  block = dict(block)
+  type_, net = block.pop("type", name), block.pop("net", BACKBONE)
+  types = detectors.available()
+  if type_ not in types:
+    raise ValueError(f"c.detectors.{name}: unknown detector type {type_!r}; available "
+                     f"(modules of dlsr_jax.detectors): {', '.join(types)}")
+  if net != BACKBONE and net not in nets:
+    raise ValueError(f"c.detectors.{name}: unknown net {net!r}; configured nets: "
+                     f"{[BACKBONE, *nets]}")
+  module = importlib.import_module(f"dlsr_jax.detectors.{type_}")
+  params = inspect.signature(module.make).parameters
+  context = tuple(a for a in CONTEXT_ARGS if a in params)
+  clash = sorted(set(block) & set(CONTEXT_ARGS))
+  if clash:
+    raise ValueError(f"c.detectors.{name}: {clash} are set by the evaluation, not the config")
+  if "net" in context and net == BACKBONE:
+    raise ValueError(f"c.detectors.{name}: detector {type_!r} runs a classifier; set net= "
+                     f"one of the configured nets {sorted(nets)}")
+  spec = RowSpec(name, type_, net, block, (), (), context)
+  plan = Plan({}, {}, layout, ())
+  try:
+    det = make_detector(spec, plan, workdir=os.path.join("unused", name),
+                        net=placeholder_net(nets[net], layout) if "net" in context else None)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"c.detectors.{name} ({type_}): {e}") from None
+  kind = BACKBONE if net == BACKBONE else nets[net].kind
+  missing = [a for a in (*det.reads, *det.fit_reads) if a not in PROVIDES[kind]]
+  if missing:
+    raise ValueError(f"c.detectors.{name}: detector {type_!r} reads {sorted(set(missing))}, "
+                     f"which net {net!r} ({kind}) does not provide (it provides "
+                     f"{', '.join(PROVIDES[kind])}); set net= a classifier or head net")
+  return dataclasses.replace(spec, reads=det.reads, fit_reads=det.fit_reads)
+
+
+def build(c) -> Plan:
+  """Checks and converts `c.nets`, `c.detectors` (the rows selected by `c.eval.rows`)."""
+  layout = feature_layout(c)
+  blocks = _plain(c.get("nets") or {})
+  if BACKBONE in blocks:
+    raise ValueError(f"c.nets.{BACKBONE}: the name is reserved for the frozen backbone")
+  specs = {n: _net_spec(n, b) for n, b in blocks.items()}
+  nets = {BACKBONE: NetSpec(BACKBONE, BACKBONE)}
+  nets.update({n: specs[n] for n in _training_order(specs)})
+  rows = _plain(c.get("detectors") or {})
+  wanted = [r.strip() for r in str(c.eval.get("rows", "") or "").split(",") if r.strip()]
+  unknown = [r for r in wanted if r not in rows]
+  if unknown:
+    raise ValueError(f"eval.rows names unknown rows {unknown}; configured rows: {sorted(rows)}")
+  if not rows:
+    raise ValueError("no detector rows configured (c.detectors)")
+  selected = [_row_spec(n, rows[n], specs, layout) for n in (wanted or rows)]
+  order = list(nets)
+  selected = {r.name: r for r in sorted(selected, key=lambda r: order.index(r.net))}
+  seeds = tuple(int(s) for s in (c.get("seeds") or ()))
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f"seeds must be distinct, got {list(seeds)}")
+  return Plan(nets=nets, rows=selected, layout=layout, seeds=seeds)

@@ -1,0 +1,134 @@
+"""Training and fitting what a `build.Plan` names: classifier nets, then detector rows.
+
+Each classifier / head net trains (or resumes, or is restored when finished) in
+`<workdir>/<net>/`, in `init_from` order; each detector row whose fit trains (DLSR) lives in
+`<workdir>/<row>/` (`<workdir>/<row>/seed_<s>/` with `c.seeds`). `experiments.train` and
+`experiments.evaluate` run the same code: a finished run is restored, not retrained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zlib
+from typing import Any, Optional
+
+import jax
+from absl import logging
+
+from dlsr_jax.detectors.base import Detector
+from experiments import arrays, build, classifiers, pipeline
+
+
+def sources(c, with_ood: bool = True) -> dict[str, str]:
+  """{"train": ID train source, "id": ID test source, OOD set: source, ...}."""
+  out = {"train": c.data.train, "id": c.data.test}
+  if with_ood:
+    out.update(pipeline.ood_sources(c))
+  return out
+
+
+def net_workdir(workdir: str, name: str) -> str:
+  return os.path.join(workdir, name)
+
+
+def row_workdir(workdir: str, row: str, seed: Optional[int]) -> str:
+  base = os.path.join(workdir, row)
+  return base if seed is None else os.path.join(base, f"seed_{seed}")
+
+
+def _has_checkpoint(wd: str) -> bool:
+  d = os.path.join(wd, "checkpoints")
+  return os.path.isdir(d) and bool(os.listdir(d))
+
+
+def require_trained(plan: build.Plan, workdir: str) -> None:
+  """Raises FileNotFoundError naming every net / row that `experiments.train` must train."""
+  missing = [net_workdir(workdir, n) for n in build.needed_nets(plan)
+             if plan.nets[n].trains and not _has_checkpoint(net_workdir(workdir, n))]
+  for row in plan.rows.values():
+    if row.trains:
+      missing += [row_workdir(workdir, row.name, s) for s in (plan.seeds or (None,))
+                  if not _has_checkpoint(row_workdir(workdir, row.name, s))]
+  if missing:
+    raise FileNotFoundError(f"no checkpoint in {missing}: run experiments.train with this "
+                            "--workdir first")
+
+
+def prepare_nets(plan: build.Plan, workdir: str, store: arrays.ArrayStore,
+                 names: Optional[list[str]] = None) -> dict[str, dict]:
+  """Trains / resumes / restores the classifier and head nets; adds them to `store`.
+
+  Args:
+    names: the nets to prepare, in training order (default: every net of the plan).
+
+  Returns:
+    {net: {"model", "kind", "weights"}} for the results.
+  """
+  info = {}
+  for name in plan.nets if names is None else names:
+    spec = plan.nets[name]
+    if spec.kind == build.BACKBONE:
+      continue
+    net = build.placeholder_net(spec, plan.layout)
+    if spec.init_from:
+      net = dataclasses.replace(net, params=store.nets[spec.init_from].params)
+    if spec.trains:
+      x = store.get(build.BACKBONE, "train",
+                    ["features" if spec.kind == "head" else "images"]).popitem()[1]
+      y = store.get(build.BACKBONE, "train", ["labels"])["labels"]
+      wd = net_workdir(workdir, name)
+      logging.info("net %s: training / restoring in %s", name, wd)
+      net = classifiers.train_classifier(net, x, y, spec.recipe, wd)
+    store.add_net(name, spec.kind, net)
+    info[name] = {"model": spec.model, "kind": spec.kind,
+                  "weights": spec.weights or (f"net {spec.init_from}" if spec.init_from
+                                              else net.weights_id),
+                  "epochs": int(spec.recipe["epochs"])}
+  return info
+
+
+def fit_key(c, row: str) -> jax.Array:
+  return jax.random.fold_in(jax.random.key(c.eval.seed), zlib.crc32(row.encode()) & 0x7FFFFFFF)
+
+
+def fit_row(c, plan: build.Plan, row: build.RowSpec, store: arrays.ArrayStore, workdir: str,
+            seed: Optional[int]) -> tuple[Detector, Any]:
+  """Makes a row's detector (with its trained net) and fits it on the ID train arrays."""
+  wd = row_workdir(workdir, row.name, seed) if row.trains else None
+  writer = None
+  if wd is not None:
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+    cs = c if seed is None else _with_seed(c, seed)
+    pipeline.write_config(cs, wd)
+    writer = metric_writers.create_default_writer(wd, just_logging=jax.process_index() > 0)
+  try:
+    det = build.make_detector(row, plan, net=store.nets.get(row.net), workdir=wd,
+                              seed=c.seed if seed is None else seed,
+                              write_metrics=writer and writer.write_scalars)
+    state = det.fit(store.get(row.net, "train", row.fit_reads), fit_key(c, row.name))
+  finally:
+    if writer is not None:
+      writer.flush()
+  return det, state
+
+
+def _with_seed(c, seed: int):
+  cs = c.copy_and_resolve_references()
+  with cs.unlocked():
+    cs.seed, cs.seeds = seed, ()
+  return cs
+
+
+def run_train(c, workdir: str) -> build.Plan:
+  """Trains every classifier net (init_from order) and every training row of `c`."""
+  plan = build.build(c)
+  pipeline.write_config(c, workdir)
+  store = arrays.ArrayStore(c, workdir, sources(c, with_ood=False), shard_train=True)
+  prepare_nets(plan, workdir, store)
+  for row in plan.rows.values():
+    if row.trains:
+      for seed in plan.seeds or (None,):
+        logging.info("row %s: training in %s", row.name, row_workdir(workdir, row.name, seed))
+        fit_row(c, plan, row, store, workdir, seed)
+  return plan

@@ -1,0 +1,111 @@
+"""experiments.build: every net and detector row is checked before any work; cache keys."""
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from dlsr_jax import cache as cache_lib
+from dlsr_jax import features
+from experiments import build, evaluation
+from experiments.configs import quickstart
+
+
+def _config(**rows):
+  c = quickstart.get_config("tiny")
+  for name, row in rows.items():
+    c.detectors[name] = ml_collections.ConfigDict(row)
+  return c
+
+
+def test_quickstart_plan_rows_nets_and_reads():
+  plan = build.build(_config())
+  assert list(plan.nets) == ["backbone", "head"] and plan.nets["head"].trains
+  assert plan.layout.names == ("level1", "level2", "level3", "level4", "level5")
+  rows = plan.rows
+  assert list(rows)[:3] == ["dlsr", "knn", "mahalanobis"]   # backbone rows first
+  assert rows["dlsr"].trains and not rows["knn"].trains
+  assert rows["head_mahalanobis"].fit_reads == ("pre_logits", "labels")
+  assert rows["head_odin"].reads == ("features",) and rows["head_odin"].context == ("net",)
+  assert rows["dlsr"].settings["ks"] == (2, 3)   # follows c.eval.ks
+
+
+@pytest.mark.parametrize("row,match", [
+    (dict(type="nope"), r"unknown detector type 'nope'; available .*energy.*msp.*odin"),
+    (dict(type="msp", net="ce"), r"unknown net 'ce'; configured nets: \['backbone', 'head'\]"),
+    (dict(type="msp"), r"reads \['logits'\], which net 'backbone' \(backbone\) does not provide"),
+    (dict(type="odin"), "runs a classifier; set net="),
+    (dict(type="knn", k=0), r"c.detectors.bad \(knn\): knn: k must be a positive int"),
+    (dict(type="energy", net="head", temp=2.0), "accepted settings: temperature"),
+    (dict(type="dlsr", levels=("level9",)), "levels .* among the features' levels"),
+    (dict(type="dlsr", width2=3), "unknown settings \\['width2'\\]"),
+    (dict(type="knn", workdir="x"), "set by the evaluation"),
+])
+def test_bad_rows_fail_with_clear_errors(row, match):
+  with pytest.raises(ValueError, match=match):
+    build.build(_config(bad=row))
+
+
+@pytest.mark.parametrize("net,match", [
+    (dict(kind="pretrained", model="mlp_head"), "kind must be 'classifier' or 'head'"),
+    (dict(kind="classifier", model="vgg"), "unknown model 'vgg'"),
+    (dict(kind="classifier", model="cifar_resnet20", lr=0.1), "unknown net config keys"),
+    (dict(kind="classifier", model="cifar_resnet20", init_from="x"), "init_from 'x' is not a"),
+    (dict(kind="classifier", model="cifar_resnet20", weights="/no/w.th"), "/no/w.th"),
+])
+def test_bad_nets_fail_with_clear_errors(net, match):
+  c = _config()
+  c.nets.bad = ml_collections.ConfigDict(net)
+  with pytest.raises((ValueError, FileNotFoundError), match=match):
+    build.build(c)
+
+
+def test_init_from_order_and_cycles():
+  c = _config()
+  c.nets.b = ml_collections.ConfigDict(dict(kind="classifier", model="cifar_resnet20",
+                                            init_from="a"))
+  c.nets.a = ml_collections.ConfigDict(dict(kind="classifier", model="cifar_resnet20"))
+  assert list(build.build(c).nets) == ["backbone", "a", "b", "head"]
+  c.nets.a.init_from = "b"
+  with pytest.raises(ValueError, match="init_from cycle"):
+    build.build(c)
+
+
+def test_eval_rows_selects_and_rejects_unknown_rows():
+  c = _config()
+  c.eval.rows = "knn,head_msp"
+  assert list(build.build(c).rows) == ["knn", "head_msp"]
+  c.eval.rows = "knn,nope"
+  with pytest.raises(ValueError, match="unknown rows \\['nope'\\]"):
+    build.build(c)
+
+
+def test_evaluate_validates_before_any_extraction(tmp_path, monkeypatch):
+  def no_work(*args, **kwargs):
+    raise AssertionError("features extracted before the config was checked")
+  monkeypatch.setattr(features, "extract", no_work)
+  with pytest.raises(ValueError, match="unknown detector type"):
+    evaluation.run_evaluate(_config(bad=dict(type="nope")), str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="run experiments.train"):
+    evaluation.run_evaluate(_config(), str(tmp_path))   # nothing trained yet: says so
+
+
+def test_array_cache_round_trip_and_keys(tmp_path):
+  cache = cache_lib.ArrayCache(str(tmp_path))
+  key = cache_lib.net_key("head", "params-x", "offline:digits:test", "abc", "logits")
+  assert key == {"net": "head", "weights": "params-x", "dataset": "offline:digits:test",
+                 "images": "abc", "array": "logits"}
+  assert cache.load_arrays(key) is None
+  path = cache.save_arrays(key, {"array": np.arange(3.0)})
+  assert "head_offline_digits_test_logits" in path
+  np.testing.assert_array_equal(cache.load_arrays(key)["array"], np.arange(3.0))
+  assert cache.path({**key, "array": "pre_logits"}) != path
+
+
+def test_params_digest_depends_on_values_and_structure():
+  p = {"a": jnp.ones(3), "b": {"c": jnp.zeros((2, 2))}}
+  d = cache_lib.params_digest(p)
+  assert d == cache_lib.params_digest({"a": np.ones(3, np.float32),
+                                      "b": {"c": np.zeros((2, 2), np.float32)}})
+  assert d != cache_lib.params_digest({"a": jnp.ones(3) * 2, "b": {"c": jnp.zeros((2, 2))}})
+  assert d != cache_lib.params_digest({"x": jnp.ones(3), "b": {"c": jnp.zeros((2, 2))}})
