@@ -23,6 +23,7 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from dlsr_jax.backbones.base import Backbone, preprocess_images
 from dlsr_jax.data import batching
@@ -31,6 +32,7 @@ from dlsr_jax.typedefs import Params
 POOLINGS = ("gap", "dlsr")
 ZSCORE_EPS = 1e-5
 
+MIN_RESOLUTION = 32   # every backbone's last level is 1/32 of the input
 
 @dataclasses.dataclass(frozen=True)
 class FeatureSpec:
@@ -42,6 +44,10 @@ class FeatureSpec:
   def __post_init__(self):
     if self.pooling not in POOLINGS:
       raise ValueError(f"unknown pooling {self.pooling!r}; expected one of {POOLINGS}")
+    if self.resolution is not None and (not isinstance(self.resolution, int)
+                                        or self.resolution < MIN_RESOLUTION):
+      raise ValueError(f"feature resolution must be an int >= {MIN_RESOLUTION} (the backbones "
+                       f"downsample {MIN_RESOLUTION}x) or None, got {self.resolution!r}")
 
 
 def resolve_layers(backbone: Backbone, layers: Optional[Sequence[int]]) -> tuple[int, ...]:
@@ -185,14 +191,30 @@ class FeatureCache:
     return os.path.join(self.directory, f"{slug}-{digest}.npz")
 
   def load(self, key: dict) -> Optional[tuple[np.ndarray, tuple[int, ...]]]:
+    """The cached (z, boundaries) of `key`; None if absent, damaged or non-finite.
+
+    A damaged file (truncated, not an npz) or one holding NaN/inf features is
+    reported with its path in a warning and treated as a miss, so the features
+    are extracted again and the file is replaced.
+    """
     p = self.path(key)
     if not os.path.exists(p):
       return None
-    with np.load(p) as f:
-      stored = json.loads(str(f["key"]))
-      if stored != key:
-        raise ValueError(f"feature cache file {p} holds a different key: {stored}")
-      return f["z"], tuple(int(b) for b in f["boundaries"])
+    try:
+      with np.load(p) as f:
+        stored = json.loads(str(f["key"]))
+        z, bounds = f["z"], tuple(int(b) for b in f["boundaries"])
+    except Exception as e:  # pylint: disable=broad-except  # zip, npy, json, key errors
+      logging.warning("feature cache file %s is damaged (%s: %s): extracting the features "
+                      "again", p, type(e).__name__, e)
+      return None
+    if stored != key:
+      raise ValueError(f"feature cache file {p} holds a different key: {stored}")
+    if not np.all(np.isfinite(z)):
+      logging.warning("feature cache file %s holds %d NaN/inf values: extracting the "
+                      "features again", p, int(np.sum(~np.isfinite(z))))
+      return None
+    return z, bounds
 
   def save(self, key: dict, z: np.ndarray, boundaries: Sequence[int]) -> str:
     os.makedirs(self.directory, exist_ok=True)
