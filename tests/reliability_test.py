@@ -202,7 +202,8 @@ def test_restore_ema_falls_back_to_the_newest_intact_step(tmp_path, caplog):
   _damage(tmp_path / "checkpoints" / "6", "manifest_truncated")
   caplog.set_level("WARNING")
   ema = pipeline.restore_ema(c, str(tmp_path), 8)
-  assert "checkpoint step 6 in" in caplog.text and "falling back to checkpoint step 3" in caplog.text
+  assert "checkpoint step 6 in" in caplog.text
+  assert "falling back to checkpoint step 3" in caplog.text
   for a, b in zip(jax.tree.leaves(first.ema_params), jax.tree.leaves(ema)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert _steps(tmp_path / "checkpoints") == [3, 6]      # evaluation moves nothing
