@@ -163,3 +163,28 @@ def save_json(path: str, obj: Any) -> None:
   os.makedirs(parent, exist_ok=True)
   with open(path, "w") as fh:
     json.dump(obj, fh, indent=2, default=str)
+
+
+def machine() -> str:
+  """One line: CPU, cores, JAX platform and device count, library versions."""
+  import flax  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  return (f"{cpu_model()}, {os.cpu_count()} cores, {jax.devices()[0].platform} "
+          f"({jax.device_count()} device); Python {platform.python_version()}, "
+          f"jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}, "
+          f"numpy {numpy.__version__}")
+
+
+def write_section(path: str, name: str, body: str) -> None:
+  """Replaces (or appends) the `name` section of a shared Markdown file."""
+  begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+  text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
+  block = f"{begin}\n{body.rstrip()}\n{end}"
+  if begin in text and end in text:
+    text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+  else:
+    text = text.rstrip() + "\n\n" + block + "\n"
+  with open(path, "w") as f:
+    f.write(text)

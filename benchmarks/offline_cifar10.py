@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import os
-import platform
 import time
 
 import jax
@@ -28,6 +27,7 @@ from dlsr_jax import features, scoring
 from dlsr_jax.evaluation import metrics, report, table
 from experiments import evaluation, launch, pipeline
 from experiments.configs import common
+from benchmarks.common import machine, write_section
 
 _DATA = flags.DEFINE_string("data_dir", None, "Folder with the .npz data sets.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/dlsr_bench_cifar10", "Work directory.")
@@ -365,33 +365,6 @@ def lr_table(lr: dict) -> str:
           cells.append(f"{100 * v.mean():.2f} ± {100 * v.std():.2f}")
       lines.append(f"| {step} | `{orient}` | " + " | ".join(cells) + " |")
   return "\n".join(lines)
-
-
-def machine() -> str:
-  cpu = "unknown CPU"
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  import flax, optax, numpy
-  return (f"{cpu}, {os.cpu_count()} cores, {jax.devices()[0].platform} "
-          f"({jax.device_count()} device); Python {platform.python_version()}, "
-          f"jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}, "
-          f"numpy {numpy.__version__}")
-
-
-def write_section(path: str, name: str, body: str) -> None:
-  """Replaces (or appends) the `name` section of a shared Markdown file."""
-  begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
-  text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
-  block = f"{begin}\n{body.rstrip()}\n{end}"
-  if begin in text and end in text:
-    text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
-  else:
-    text = text.rstrip() + "\n\n" + block + "\n"
-  with open(path, "w") as f:
-    f.write(text)
 
 
 def main(argv):

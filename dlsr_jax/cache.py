@@ -16,6 +16,7 @@ from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
+from absl import logging
 
 __all__ = ["ArrayCache", "images_digest", "net_key", "params_digest"]
 
@@ -57,15 +58,32 @@ class ArrayCache:
     return os.path.join(self.directory, f"{slug}-{digest}.npz")
 
   def load_arrays(self, key: Mapping[str, Any]) -> Optional[dict[str, np.ndarray]]:
-    """The arrays stored under `key`, or None."""
+    """The arrays stored under `key`; None if absent, damaged or holding NaN/inf.
+
+    A damaged file (truncated, not an npz) or one with non-finite floating-point
+    arrays is reported with its path in a warning and treated as a miss, so the
+    arrays are computed again and the file is replaced. A file holding another
+    key is an error.
+    """
     p = self.path(key)
     if not os.path.exists(p):
       return None
-    with np.load(p) as f:
-      stored = json.loads(str(f["key"]))
-      if stored != json.loads(json.dumps(key)):
-        raise ValueError(f"cache file {p} holds a different key: {stored}")
-      return {name: f[name] for name in f.files if name != "key"}
+    try:
+      with np.load(p) as f:
+        stored = json.loads(str(f["key"]))
+        arrays = {name: f[name] for name in f.files if name != "key"}
+    except Exception as e:  # pylint: disable=broad-except  # zip, npy, json, key errors
+      logging.warning("cache file %s is damaged (%s: %s): computing it again", p,
+                      type(e).__name__, e)
+      return None
+    if stored != json.loads(json.dumps(key)):
+      raise ValueError(f"cache file {p} holds a different key: {stored}")
+    bad = sum(int(np.sum(~np.isfinite(a))) for a in arrays.values()
+              if np.issubdtype(a.dtype, np.floating))
+    if bad:
+      logging.warning("cache file %s holds %d NaN/inf values: computing it again", p, bad)
+      return None
+    return arrays
 
   def save_arrays(self, key: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> str:
     """Stores `arrays` under `key`; returns the file's path."""

@@ -29,6 +29,7 @@ from dlsr_jax.typedefs import Params
 POOLINGS = ("gap", "dlsr")
 ZSCORE_EPS = 1e-5
 
+MIN_RESOLUTION = 32   # every backbone's last level is 1/32 of the input
 
 @dataclasses.dataclass(frozen=True)
 class FeatureSpec:
@@ -40,6 +41,10 @@ class FeatureSpec:
   def __post_init__(self):
     if self.pooling not in POOLINGS:
       raise ValueError(f"unknown pooling {self.pooling!r}; expected one of {POOLINGS}")
+    if self.resolution is not None and (not isinstance(self.resolution, int)
+                                        or self.resolution < MIN_RESOLUTION):
+      raise ValueError(f"feature resolution must be an int >= {MIN_RESOLUTION} (the backbones "
+                       f"downsample {MIN_RESOLUTION}x) or None, got {self.resolution!r}")
 
 
 def resolve_layers(backbone: Backbone, layers: Optional[Sequence[int]]) -> tuple[int, ...]:
@@ -166,7 +171,7 @@ class FeatureCache(cache_lib.ArrayCache):
   """On-disk cache of extracted features: `<dir>/<dataset-slug>-<hash>.npz` ("z", "boundaries")."""
 
   def load(self, key: dict) -> Optional[tuple[np.ndarray, tuple[int, ...]]]:
-    arrays = self.load_arrays(key)
+    arrays = self.load_arrays(key)   # None if absent, damaged or non-finite (warned)
     if arrays is None:
       return None
     return arrays["z"], tuple(int(b) for b in arrays["boundaries"])

@@ -4,8 +4,8 @@
 `training.loop.fit` with the LFDN's init (`train.create_train_state`) and step
 (`train.make_x0_step`) on the one stream {"in": {"z": features}}; exact
 resume, mid-epoch and reference checkpoints and SIGTERM preemption are the
-loop's (see `dlsr_jax.training.loop`). `FitConfig` and `Preempted` are
-re-exported from there.
+loop's (see `dlsr_jax.training.loop`), and so are the divergence checks.
+`FitConfig`, `Diverged` and `Preempted` are re-exported from there.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 from dlsr_jax import lfdn, parallel, schedule, train
 from dlsr_jax.training import loop
 from dlsr_jax.training.checkpoint import Checkpointer
-from dlsr_jax.training.loop import FitConfig, _is_checkpoint_step  # noqa: F401
+from dlsr_jax.training.loop import Diverged, FitConfig, _is_checkpoint_step  # noqa: F401
 from dlsr_jax.training.preemption import Preempted, _PreemptionWatch  # noqa: F401
 
 
@@ -79,8 +79,10 @@ def fit(features: np.ndarray, model_cfg: lfdn.LFDNConfig, optim_cfg: train.Optim
     The final `TrainState` (use `ema_params` for scoring).
 
   Raises:
-    Preempted: on SIGTERM (with a checkpointer), after saving the current step.
-    FloatingPointError: if a logged loss is not finite.
+    Preempted: on SIGTERM or a first Ctrl-C (with a checkpointer), after saving the
+      current step.
+    Diverged: (a FloatingPointError) if the loss or the state became NaN/inf; the
+      message names the step and the last good checkpoint (none non-finite is saved).
   """
   features = np.asarray(features, np.float32)
   _check_features(features)

@@ -77,14 +77,20 @@ def hide_accelerators_from_tf() -> None:
   tf.config.set_visible_devices([], "GPU")
 
 
-def preempted_message(step: int, workdir: str) -> str:
-  return (f"PREEMPTED: training stopped on SIGTERM at step {step}; a checkpoint was saved "
+def preempted_message(step: int, workdir: str, reason: str = "SIGTERM") -> str:
+  return (f"PREEMPTED: training stopped on {reason} at step {step}; a checkpoint was saved "
           f"in {workdir}. Re-run the same command to resume from it.")
 
 
-def exit_preempted(step: int, workdir: str) -> None:
-  """Reports a preemption (process 0 prints) and exits with PREEMPTED_EXIT_CODE."""
-  msg = preempted_message(step, workdir)
+def exit_preempted(step: int, workdir: str, reason: str = "SIGTERM") -> None:
+  """Reports a preemption (process 0 prints) and exits with PREEMPTED_EXIT_CODE.
+
+  Args:
+    step: the step of the saved checkpoint.
+    workdir: where it was saved.
+    reason: what stopped the run ("SIGTERM" or "Ctrl-C": `Preempted.reason`).
+  """
+  msg = preempted_message(step, workdir, reason)
   logging.warning(msg)
   if jax.process_index() == 0:
     print(msg, flush=True)

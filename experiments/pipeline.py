@@ -20,6 +20,7 @@ from dlsr_jax import (backbones, data, diffusion, features, lfdn, multihost, par
 from dlsr_jax import train as train_lib
 from dlsr_jax import trainer
 from dlsr_jax.training.checkpoint import Checkpointer
+from experiments import workdir as workdir_lib
 
 
 # ----------------------------------------------------------------- configs --
@@ -154,10 +155,8 @@ def feature_boundaries(c, backbone) -> tuple[int, ...]:
 
 # ------------------------------------------------------------------- train --
 def write_config(c, workdir: str) -> None:
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(c.to_json_best_effort(indent=2))
+  """Records `c` in `workdir/config.json`; raises if it differs in a guarded key."""
+  workdir_lib.record_config(c, workdir)
 
 
 def seed_runs(c, workdir: str) -> list[tuple[object, str]]:
@@ -181,12 +180,14 @@ def seed_runs(c, workdir: str) -> list[tuple[object, str]]:
   return runs
 
 
+@workdir_lib.guarded   # validates c, locks workdir, checks and records config.json
 def run_train(c, workdir: str):
   """Trains every classifier net and training detector row of `c` (`runner.run_train`)."""
   from experiments import runner  # pylint: disable=g-import-not-at-top
   return runner.run_train(c, workdir)
 
 
+@workdir_lib.guarded
 def train_on_features(c, workdir: str, z: np.ndarray) -> train_lib.TrainState:
   """Trains (or resumes) the LFDN of config `c` in `workdir` on features `z` [N, C]."""
   from clu import metric_writers

@@ -267,6 +267,7 @@ def test_tfds_unprepared_fails_fast_without_download(tmp_path, monkeypatch, no_n
   assert time.time() - t < 10.0
   msg = str(e.value)
   assert "svhn_cropped" in msg and str(tmp_path) in msg and "tfds build" in msg
+  assert "--config.data.tfds_data_dir=DIR" in msg and " (--tfds_data_dir)" not in msg
   with pytest.raises(ValueError, match="unknown TFDS dataset 'no_such_dataset_xyz'"):
     data.load_images("tfds:no_such_dataset_xyz:test", tfds_data_dir=str(tmp_path))
   with pytest.raises(ValueError, match="tfds:NAME:SPLIT"):

@@ -216,7 +216,7 @@ def main(argv=None) -> None:
     first = ckpt.restore_reference(state, ckpt.reference_steps()[0])
   except trainer.Preempted as e:
     ckpt.close()
-    launch.exit_preempted(e.step, args.workdir)
+    launch.exit_preempted(e.step, args.workdir, e.reason)
   ckpt.close()
   if args.out and jax.process_index() == 0:
     np.savez(args.out, **flat(state, "final"), **flat(first, "first"))

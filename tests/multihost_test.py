@@ -87,7 +87,7 @@ def test_two_processes_train_like_one(env, reference):
   wd = env["root"] / "pair"
   # Only process 0 wrote metrics; both processes wrote the checkpoints collectively.
   assert sorted(p.name for p in wd.glob("metrics.*")) == ["metrics.0.jsonl"]
-  assert fit_worker.checkpoint_steps(wd / "checkpoints") == [TOTAL]
+  assert fit_worker.checkpoint_steps(wd / "checkpoints") == [N // BATCH, TOTAL]   # last 2
   assert fit_worker.checkpoint_steps(wd / "checkpoints_lr_reference") == [N // BATCH]
   # The collective checkpoint holds the whole state: restore it here, on 4 devices.
   model_cfg = lfdn.LFDNConfig(**fit_worker.MODEL)
@@ -118,7 +118,7 @@ def test_sigterm_on_one_host_stops_both_at_one_step_then_resume(env, reference):
   assert rcs == [launch.PREEMPTED_EXIT_CODE] * 2, tails
   step = int(tails[0].split("training stopped on SIGTERM at step ")[1].split(";")[0])
   assert N // BATCH < step < TOTAL
-  assert fit_worker.checkpoint_steps(env["root"] / name / "checkpoints") == [step]
+  assert fit_worker.checkpoint_steps(env["root"] / name / "checkpoints") == [N // BATCH, step]
   got = _run_pair(env, name, ".resumed", checkpoint_every_epochs=100)   # both restart
   _assert_matches(got, reference)
 

@@ -105,13 +105,30 @@ def test_sigterm_saves_exits_with_message_and_rerun_is_exact(env):
   step = int(out.split("training stopped on SIGTERM at step ")[1].split(";")[0])
   assert "Re-run the same command to resume" in out
   assert STEPS_PER_EPOCH < step < TOTAL
-  assert fit_worker.checkpoint_steps(ckpt_dir) == [step]   # saved at the preemption step
+  # saved at the preemption step; the first epoch's is kept too (the last two are)
+  assert fit_worker.checkpoint_steps(ckpt_dir) == [STEPS_PER_EPOCH, step]
   assert _logged_steps(env["root"] / name) == list(range(1, step + 1))
   got = _run(env, name, **flags)      # resumes at `step`: every step logged exactly once
   assert _logged_steps(env["root"] / name) == list(range(1, TOTAL + 1))
   # (d) the LR reference checkpoint (one epoch here) (LR score) survived preemption and resume.
   assert fit_worker.checkpoint_steps(env["root"] / name / "checkpoints_lr_reference") == [3]
   _assert_same_state(got, env["ref"])
+
+
+def test_ctrl_c_saves_and_exits_like_sigterm(env):
+  name, log = "ctrl_c", env["root"] / "ctrl_c.log"
+  flags = dict(checkpoint_every_epochs=100, step_delay=0.15)
+  ckpt_dir = env["root"] / name / "checkpoints"
+  proc = fit_worker.start(_cmd(env, name, **flags), log, env["cache"])
+  fit_worker.wait_for_checkpoint(ckpt_dir, STEPS_PER_EPOCH, proc, log, TIMEOUT)
+  proc.send_signal(signal.SIGINT)
+  rc = fit_worker.finish(proc, log, 60)
+  out = fit_worker.log_tail(log)
+  assert rc == launch.PREEMPTED_EXIT_CODE, out
+  assert "Ctrl-C received: checkpointing after this step" in out
+  step = int(out.split("training stopped on Ctrl-C at step ")[1].split(";")[0])
+  assert "KeyboardInterrupt" not in out and "Traceback" not in out
+  assert fit_worker.checkpoint_steps(ckpt_dir) == [STEPS_PER_EPOCH, step]
 
 
 def test_experiments_train_reports_preemption_and_exits_143(monkeypatch, tmp_path, capsys):

@@ -68,9 +68,21 @@ def _read_image(path: str) -> np.ndarray:
   from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
   try:
     with Image.open(path) as im:
+      if im.mode.startswith("I"):     # 16-bit (or 32-bit int) grayscale: scale, not clip
+        return _scale_to_uint8(np.asarray(im), im.mode, path)
       return np.asarray(im.convert("RGB"), dtype=np.uint8)
   except (OSError, UnidentifiedImageError, ValueError) as e:
     raise ValueError(f"cannot read image file {path}: {e}") from e
+
+
+def _scale_to_uint8(a: np.ndarray, mode: str, path: str) -> np.ndarray:
+  """A 16-bit grayscale image [H, W] (PIL mode I;16* or I) as [H, W, 3] uint8."""
+  a = a.astype(np.int64)
+  if a.min() < 0 or a.max() > 65535:
+    raise ValueError(f"image file {path}: mode {mode} values outside 0..65535 "
+                     f"({a.min()}..{a.max()}); convert it to 8 or 16 bits first")
+  gray = ((a * 255 + 32767) // 65535).astype(np.uint8)    # 65535 -> 255, rounded
+  return np.repeat(gray[..., None], 3, axis=-1)
 
 
 def load(path: str, image_size: Optional[int], limit: Optional[int],

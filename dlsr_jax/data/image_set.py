@@ -73,6 +73,8 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
 
 def stack_images(images: Sequence[np.ndarray], image_size: Optional[int], what: str) -> np.ndarray:
   """Stacks [H, W, 3] images, resizing to image_size (None: sizes must agree)."""
+  if not len(images):
+    raise ValueError(f"{what}: no images")
   if image_size is not None:
     return np.stack([resize_image(im, image_size) for im in images])
   shapes = sorted({im.shape[:2] for im in images})

@@ -71,6 +71,11 @@ def count_images(source: str, *, tfds_data_dir: Optional[str] = None,
   return n if limit is None else min(n, limit)
 
 
+def _check_not_empty(images: np.ndarray, source: str) -> None:
+  if images.shape[0] == 0:
+    raise ValueError(f"data source {source!r} contains no images")
+
+
 def load_images(source: str, *, image_size: Optional[int] = None,
                 tfds_data_dir: Optional[str] = None, limit: Optional[int] = None,
                 image_key: str = "image", rows: Optional[Tuple[int, int]] = None) -> ImageSet:
@@ -106,6 +111,7 @@ def load_images(source: str, *, image_size: Optional[int] = None,
   if scheme == "npz":
     images, labels = npz.load(rest, limit)
     images, labels = _take_rows(images, labels, rows, source)
+    _check_not_empty(images, source)
     if image_size is not None:
       images = stack_images(list(images), image_size, source)
   elif scheme == "folder":
@@ -119,11 +125,11 @@ def load_images(source: str, *, image_size: Optional[int] = None,
     if limit is not None:
       images, labels = images[:limit], labels[:limit]
     images, labels = _take_rows(images, labels, rows, source)
+    _check_not_empty(images, source)
     if image_size is not None:
       images = stack_images(list(images), image_size, source)
   else:
     raise ValueError(f"unknown data source scheme {scheme!r} in {source!r}; "
                      f"valid schemes: {', '.join(s + ':' for s in SCHEMES)}")
-  if images.shape[0] == 0:
-    raise ValueError(f"data source {source!r} contains no images")
+  _check_not_empty(images, source)
   return ImageSet(images=np.ascontiguousarray(images), labels=labels, name=source)

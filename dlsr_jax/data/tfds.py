@@ -45,7 +45,8 @@ def _dataset(spec: str, data_dir: Optional[str], image_key: str):
         f"TFDS dataset {name!r} is not prepared in {where}; this code never "
         f"downloads. On a machine with network access run `tfds build {name}` "
         f"(or tfds.load({name!r}) once) and copy the data dir here, then pass "
-        f"tfds_data_dir (--tfds_data_dir) pointing to it") from e
+        f"the data dir with --config.data.tfds_data_dir=DIR (experiments) or "
+        f"tfds_data_dir=DIR (load_images)") from e
   spec_el = ds.element_spec
   if image_key not in spec_el:
     raise ValueError(f"TFDS dataset {name!r} has no feature {image_key!r} "

@@ -55,6 +55,7 @@ Definitions (n_id ID scores, n_ood OOD scores):
 
 from __future__ import annotations
 
+import warnings
 from typing import Dict, Tuple
 
 import numpy as np
@@ -88,6 +89,10 @@ def _validate(id_scores: ArrayLike, ood_scores: ArrayLike) -> Tuple[np.ndarray, 
   """Validates both score sets; raises ValueError naming the problem."""
   s_id = _as_scores(id_scores, "id_scores")
   s_ood = _as_scores(ood_scores, "ood_scores")
+  if min(s_id.size, s_ood.size) < 2:
+    warnings.warn(f"OOD metrics of {s_id.size} ID and {s_ood.size} OOD score(s): with a set of "
+                  "one input AUROC is 0, 0.5 or 1 by chance and the other metrics are "
+                  "meaningless; use more inputs", RuntimeWarning, stacklevel=3)
   lo = min(s_id.min(), s_ood.min())
   hi = max(s_id.max(), s_ood.max())
   if lo == hi:

@@ -14,6 +14,15 @@ A step becomes visible (`latest_step`) only once it is completely written
 mid-save resumes from the previous step. In a multi-process job every process
 constructs the `Checkpointer` and calls `save`/`restore_*` with the same
 arguments (collectively) on a directory all of them can see.
+
+Damage and divergence: `restore_latest` tries the newest step first and falls
+back, with a warning, to the newest step that reads back completely and holds
+only finite values (a damaged file, a deleted manifest or `_METADATA`, a NaN
+state written by an older version). With `set_aside=True` (training) the
+rejected steps are moved to `checkpoints_set_aside/` (never deleted), so the
+run continues from the good step and numbers its new checkpoints after it. A
+step that cannot be read raises `CheckpointError`, one message naming the
+folder and the step, without orbax's traceback.
 """
 
 from __future__ import annotations
@@ -22,11 +31,41 @@ import os
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from absl import logging
 
 LATEST_DIR = "checkpoints"
 REFERENCE_DIR = "checkpoints_lr_reference"
 LEGACY_REFERENCE_DIR = "checkpoints_first_epoch"   # read only
+SET_ASIDE_DIR = "checkpoints_set_aside"
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint step cannot be restored (damaged, incomplete or non-finite)."""
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """Scalar bool: every floating leaf of `tree` is finite (no host sync; jit-friendly)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _summary(e: BaseException) -> str:
+  """The first line of an (orbax / TensorStore) error, for a one-line message."""
+  lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+  return f"{type(e).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def _restore_step(manager: ocp.CheckpointManager, step: int, target: Any) -> Any:
+  """`manager`'s `step` restored into `target`; `CheckpointError` if it cannot be read."""
+  try:
+    return manager.restore(step, args=ocp.args.StandardRestore(abstract_like(target)))
+  except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds
+    raise CheckpointError(
+        f"checkpoint step {step} in {manager.directory} cannot be restored (damaged, "
+        f"incomplete or from another model/optimizer: {_summary(e)})") from None
 
 
 def abstract_like(state: Any, sharding: Optional[jax.sharding.Sharding] = None) -> Any:
@@ -40,8 +79,9 @@ def abstract_like(state: Any, sharding: Optional[jax.sharding.Sharding] = None) 
 class Checkpointer:
   """Latest + reference-step checkpoints of a training run in `workdir`."""
 
-  def __init__(self, workdir: str, max_to_keep: int = 1):
+  def __init__(self, workdir: str, max_to_keep: int = 2):
     workdir = os.path.abspath(workdir)
+    self.workdir = workdir
     opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
     self.latest = ocp.CheckpointManager(os.path.join(workdir, LATEST_DIR), options=opts)
     ref_dir = os.path.join(workdir, REFERENCE_DIR)
@@ -69,12 +109,58 @@ class Checkpointer:
     """Steps of the kept reference checkpoints, ascending."""
     return sorted(self.reference.all_steps())
 
-  def restore_latest(self, target: Any) -> Optional[Any]:
-    """Latest state restored into `target`'s structure, or None if there is none."""
-    step = self.latest.latest_step()
-    if step is None:
+  def restore_latest(self, target: Any, set_aside: bool = False) -> Optional[Any]:
+    """The newest good state restored into `target`'s structure; None if there is none.
+
+    Steps are tried newest first; a step that cannot be read or holds NaN/inf
+    is skipped with a warning naming it (and, with `set_aside`, moved to
+    `checkpoints_set_aside/<step>` so that training can continue from the good
+    step; collective in a multi-process job).
+
+    Raises:
+      CheckpointError: if there are steps and none of them is good.
+    """
+    steps = sorted(self.latest.all_steps(), reverse=True)
+    problems = []
+    for step in steps:
+      try:
+        state = _restore_step(self.latest, step, target)
+      except CheckpointError as e:
+        problem = str(e)
+      else:
+        if bool(jax.device_get(all_finite(state))):
+          if problems:
+            logging.warning("falling back to checkpoint step %d in %s", step,
+                            self.latest.directory)
+          if problems and set_aside:
+            self._set_aside([s for s in steps if s > step])
+          return state
+        problem = (f"checkpoint step {step} in {self.latest.directory} holds NaN/inf "
+                   "values (a diverged run)")
+      problems.append(problem)
+      logging.warning("%s: trying an earlier step", problem)
+    if not problems:
       return None
-    return self.latest.restore(step, args=ocp.args.StandardRestore(abstract_like(target)))
+    raise CheckpointError(
+        f"no usable checkpoint in {self.latest.directory}:\n  " + "\n  ".join(problems) +
+        "\nMove that folder aside to start this run over, or train in a new --workdir.")
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Moves `steps` of `checkpoints/` to `checkpoints_set_aside/` (process 0 moves)."""
+    dest = os.path.join(self.workdir, SET_ASIDE_DIR)
+    src = str(self.latest.directory)
+    if jax.process_index() == 0:
+      os.makedirs(dest, exist_ok=True)
+      for step in steps:
+        to, i = os.path.join(dest, str(step)), 1
+        while os.path.exists(to):
+          to, i = os.path.join(dest, f"{step}.{i}"), i + 1
+        os.replace(os.path.join(src, str(step)), to)
+        logging.warning("moved the unusable checkpoint step %d to %s", step, to)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices("checkpoint_set_aside")
+    self.latest.reload()
 
   def restore_reference(self, target: Any, step: int) -> Any:
     """The reference checkpoint of `step` (e.g. the LR score's early model)."""
@@ -85,7 +171,7 @@ class Checkpointer:
           f"{steps or 'none'}): the LR score needs a run that trained past "
           f"train.lr_reference_steps with that setting; set it to one of the kept steps "
           "or retrain")
-    return self.reference.restore(step, args=ocp.args.StandardRestore(abstract_like(target)))
+    return _restore_step(self.reference, step, target)
 
   def wait(self) -> None:
     self.latest.wait_until_finished()

@@ -20,9 +20,16 @@ a stream is a fixed function of (seed, stream, e, i) (`data.train_batch_indices`
 resuming from any checkpoint (epoch end, every `checkpoint_every_steps`, a
 preemption) replays exactly what an uninterrupted run computes.
 
-Preemption: while `fit` runs with a checkpointer, SIGTERM makes it finish the
-current step, save a checkpoint and raise `Preempted` (see
+Preemption: while `fit` runs with a checkpointer, SIGTERM (or a first Ctrl-C)
+makes it finish the current step, save a checkpoint and raise `Preempted` (see
 `training.preemption`); re-running the same training resumes from there.
+
+Divergence: the jitted step also carries an on-device int32, the first step
+whose loss or updated state holds a NaN/inf (0 while all is finite), so no step
+syncs with the host. The loop reads it at every log and checkpoint boundary:
+a non-finite state is never saved, and `fit` raises `Diverged` naming that step
+and the last good checkpoint (the checkpointer keeps the last two, plus the
+reference steps). A resume restores the newest finite, readable checkpoint.
 """
 
 from __future__ import annotations
@@ -34,11 +41,12 @@ import zlib
 from typing import Any, Callable, Mapping, Optional, Union
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 from dlsr_jax import data, parallel
-from dlsr_jax.training.checkpoint import Checkpointer
+from dlsr_jax.training.checkpoint import Checkpointer, all_finite
 from dlsr_jax.training.preemption import Preempted, _PreemptionWatch
 
 PyTree = Any
@@ -119,6 +127,30 @@ class FitConfig:
     return frozenset({*([] if ref is None else [ref]), *map(int, self.keep_steps)})
 
 
+class Diverged(FloatingPointError):
+  """The loss or the training state became NaN/inf; nothing non-finite was saved.
+
+  Attributes:
+    step: the first step (update count) whose loss or state was not finite.
+    last_good_step: the newest checkpoint (all finite), or None.
+  """
+
+  def __init__(self, step: int, seen_at: int, checkpointer: Optional[Checkpointer]):
+    self.step = step
+    self.last_good_step = None if checkpointer is None else checkpointer.latest_step()
+    if checkpointer is None:
+      where = "no checkpoints are written by this run"
+    elif self.last_good_step is None:
+      where = f"there is no checkpoint yet in {checkpointer.latest.directory}"
+    else:
+      where = (f"the last good checkpoint is step {self.last_good_step} in "
+               f"{checkpointer.latest.directory}; re-running resumes from it")
+    super().__init__(
+        f"training diverged: the loss or the training state became NaN/inf at step {step} "
+        f"(seen at step {seen_at}); no non-finite state was saved and {where}. Lower "
+        "optim.learning_rate or set optim.grad_clip_norm before re-running.")
+
+
 class _Stream:
   """One stream's deterministic, per-process batches (permutations cached per epoch)."""
 
@@ -166,12 +198,15 @@ def _jitted(init: InitFn, step: StepFn, mesh) -> tuple[Callable, Callable]:
   """(jitted init, jitted keyed step); reused by every `fit` with the same functions."""
   rep, dat = parallel.replicated(mesh), parallel.data_sharded(mesh)
 
-  def keyed_step(state, batch, loop_key):
-    return step(state, batch, jax.random.fold_in(loop_key, state.step))
+  def keyed_step(state, batch, loop_key, bad_step):
+    new, metrics = step(state, batch, jax.random.fold_in(loop_key, state.step))
+    finite = all_finite((new, metrics.get("loss", 0.0)))
+    bad_step = jnp.where((bad_step == 0) & ~finite, state.step + 1, bad_step)
+    return new, metrics, bad_step
 
   return (jax.jit(init, out_shardings=rep),
-          jax.jit(keyed_step, in_shardings=(rep, dat, rep), out_shardings=(rep, rep),
-                  donate_argnums=(0,)))
+          jax.jit(keyed_step, in_shardings=(rep, dat, rep, rep),
+                  out_shardings=(rep, rep, rep), donate_argnums=(0,)))
 
 
 def _is_checkpoint_step(step: int, steps_per_epoch: int, cfg: FitConfig) -> bool:
@@ -189,7 +224,7 @@ def _restore(checkpointer: Optional[Checkpointer], state: PyTree,
   """The latest checkpoint (if any); re-saves a lost reference checkpoint if it can."""
   if checkpointer is None:
     return state
-  restored = checkpointer.restore_latest(state)
+  restored = checkpointer.restore_latest(state, set_aside=True)
   if restored is None:
     return state
   step = int(jax.device_get(restored.step))
@@ -212,6 +247,16 @@ def _log_metrics(step: int, start: int, t0: float, metrics: dict,
   m["steps_per_sec"] = (step - start) / max(time.time() - t0, 1e-9)
   if write_metrics is not None:
     write_metrics(step, m)
+
+
+def _check_finite(bad_step: jax.Array, done: int,
+                  checkpointer: Optional[Checkpointer]) -> None:
+  """Raises `Diverged` if the on-device flag names a non-finite step (one host sync)."""
+  bad = int(jax.device_get(bad_step))
+  if bad:
+    if checkpointer is not None:
+      checkpointer.wait()
+    raise Diverged(bad, done, checkpointer)
 
 
 def fit(init: InitFn, step: StepFn, streams: Streams, cfg: FitConfig,
@@ -241,8 +286,11 @@ def fit(init: InitFn, step: StepFn, streams: Streams, cfg: FitConfig,
     The final state.
 
   Raises:
-    Preempted: on SIGTERM (with a checkpointer), after saving the current step.
-    FloatingPointError: if a logged loss is not finite.
+    Preempted: on SIGTERM or a first Ctrl-C (with a checkpointer), after saving
+      the current step.
+    Diverged: (a FloatingPointError) if the loss or the state became NaN/inf,
+      raised at the next log or checkpoint boundary, before any save.
+    CheckpointError: if the workdir's checkpoints exist and none can be restored.
   """
   if IN not in streams:
     raise ValueError(f"fit needs an {IN!r} stream, got {sorted(streams)}")
@@ -271,25 +319,31 @@ def fit(init: InitFn, step: StepFn, streams: Streams, cfg: FitConfig,
     bar = tqdm(total=total, initial=start, unit="step",
                desc=progress if isinstance(progress, str) else "train")
   t0, saved = time.time(), start
+  bad_step = parallel.global_to_sharded(jnp.zeros((), jnp.int32), parallel.replicated(mesh))
   try:
     with _PreemptionWatch(checkpointer is not None, start) as watch:
       for s in range(start, total):
         batch = {f.name: f.batch(s) for f in feeds}
-        state, metrics = step_fn(state, batch, loop_key)
+        state, metrics, bad_step = step_fn(state, batch, loop_key, bad_step)
         done = s + 1
         if bar is not None:
           bar.update(1)
-        if done % cfg.log_every_steps == 0 or done == total:
+        log = done % cfg.log_every_steps == 0 or done == total
+        if log:
+          _check_finite(bad_step, done, checkpointer)
           _log_metrics(done, start, t0, metrics, write_metrics if main else None)
         preempted = watch.requested(done)
         if checkpointer is not None and done != saved and (  # preempted => checkpointer
             preempted or done in kept or _is_checkpoint_step(done, steps_per_epoch, cfg)):
+          if not log:
+            _check_finite(bad_step, done, checkpointer)
           checkpointer.save(done, state, reference=done in kept)
           saved = done
         if preempted and done < total:
           checkpointer.wait()
-          logging.warning("preempted: stopped at step %d of %d", done, total)
-          raise Preempted(done)
+          logging.warning("preempted (%s): stopped at step %d of %d", watch.reason, done,
+                          total)
+          raise Preempted(done, watch.reason)
   finally:
     if bar is not None:
       bar.close()

@@ -1,10 +1,12 @@
-"""Preemption: stop training cleanly on SIGTERM after saving a checkpoint.
+"""Preemption: stop training cleanly on SIGTERM or Ctrl-C after saving a checkpoint.
 
-With one process a Python SIGTERM handler is installed while the loop runs
-(the previous handler is restored after). In a multi-process job JAX's
+With one process Python handlers for SIGTERM and SIGINT are installed while the
+loop runs (the previous handlers are restored after): the first signal makes
+the loop save the current step and raise `Preempted`; a second Ctrl-C raises
+`KeyboardInterrupt` at once (no save). In a multi-process job JAX's
 preemption service (on by default with `jax.distributed`) catches SIGTERM on
 any host and `reached_preemption_sync_point` makes every process stop at the
-same step.
+same step (Ctrl-C there keeps Python's default: KeyboardInterrupt, no save).
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ from absl import logging
 
 
 class Preempted(Exception):
-  """Training stopped on SIGTERM after saving a checkpoint at `step`."""
+  """Training stopped on SIGTERM or Ctrl-C (`reason`) after saving a checkpoint at `step`."""
 
-  def __init__(self, step: int):
-    self.step = step
-    super().__init__(f"preempted: checkpoint saved at step {step}; re-run the same "
-                     "training to resume from it")
+  def __init__(self, step: int, reason: str = "SIGTERM"):
+    self.step, self.reason = step, reason
+    super().__init__(f"preempted ({reason}): checkpoint saved at step {step}; re-run the "
+                     "same training to resume from it")
 
 
 class _PreemptionWatch:
@@ -34,12 +36,18 @@ class _PreemptionWatch:
     self.start_step = start_step
     self.use_sync_point = False
     self._signalled = False
-    self._old_handler: Any = None
-    self._installed = False
+    self.reason = "SIGTERM"
+    self._old_handlers: dict[int, Any] = {}
 
   def _handler(self, signum, frame):  # pylint: disable=unused-argument
+    ctrl_c = signum == signal.SIGINT
+    if ctrl_c and self._signalled:
+      raise KeyboardInterrupt("second Ctrl-C: stopped at once, without a checkpoint")
     if not self._signalled:
-      logging.warning("SIGTERM received: checkpointing after this step, then stopping")
+      self.reason = "Ctrl-C" if ctrl_c else "SIGTERM"
+      logging.warning("%s received: checkpointing after this step, then stopping%s",
+                      self.reason, " (Ctrl-C again stops at once, without saving)"
+                      if ctrl_c else "")
     self._signalled = True
 
   def _sync_point_available(self) -> bool:
@@ -63,15 +71,14 @@ class _PreemptionWatch:
     elif threading.current_thread() is not threading.main_thread():
       logging.warning("fit runs outside the main thread: SIGTERM will not checkpoint")
     else:
-      self._old_handler = signal.signal(signal.SIGTERM, self._handler)
-      self._installed = True
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._old_handlers[sig] = signal.signal(sig, self._handler)
     return self
 
   def __exit__(self, *exc) -> None:
-    if self._installed:   # None: the old handler was not set from Python
-      old = signal.SIG_DFL if self._old_handler is None else self._old_handler
-      signal.signal(signal.SIGTERM, old)
-      self._installed = False
+    for sig, old in self._old_handlers.items():   # None: not set from Python
+      signal.signal(sig, signal.SIG_DFL if old is None else old)
+    self._old_handlers = {}
 
   def requested(self, step: int) -> bool:
     """Call once per step, with the step count, on every process."""

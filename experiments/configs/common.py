@@ -138,7 +138,7 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 # DLSR setting -> (config block, key) it follows.
-_DLSR_REFS = {
+DLSR_REFS = {
     **{k: ("model", k) for k in ("width", "embed_dim", "num_blocks", "dropout",
                                  "use_time_embedding", "dtype")},
     "schedule_kind": ("schedule", "kind"),
@@ -161,7 +161,7 @@ def dlsr_row(c: ml_collections.ConfigDict, **overrides) -> ml_collections.Config
   `--config.model.width=256` changes every DLSR row that does not override it.
   """
   row = ml_collections.ConfigDict({"type": "dlsr", "net": "backbone"})
-  for name, (block, key) in _DLSR_REFS.items():
+  for name, (block, key) in DLSR_REFS.items():
     if name not in overrides:
       row[name] = c[block].get_ref(key)
   for name, value in overrides.items():

@@ -1,0 +1,209 @@
+"""Training faults: divergence, damaged checkpoints, Ctrl-C. Nothing good on disk is lost."""
+
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dlsr_jax import lfdn, parallel, schedule, train, trainer
+from dlsr_jax.training import checkpoint, loop
+from dlsr_jax.training.checkpoint import SET_ASIDE_DIR, Checkpointer, CheckpointError
+from dlsr_jax.training.state import TrainState
+
+MESH = parallel.make_mesh(jax.devices()[:1])
+SCHED = schedule.make_schedule()
+CFG = lfdn.LFDNConfig(features=8, width=16, embed_dim=8, num_blocks=2)
+X = {"in": {"x": np.ones((8, 3), np.float32)}}       # batch 4: 2 steps an epoch
+
+
+def _toy(nan_at: int = 0):
+  """(init, step): w += 1 each step; the state turns NaN at step `nan_at` (0: never)."""
+
+  def init(key):
+    del key
+    return TrainState(step=jnp.zeros((), jnp.int32), params={"w": jnp.zeros(3)}, opt_state=())
+
+  def step(state, batch, key):
+    del key
+    w = state.params["w"] + jnp.mean(batch["in"]["x"])
+    w = jnp.where(state.step + 1 == nan_at, jnp.nan, w)
+    return state.replace(step=state.step + 1, params={"w": w}), {"loss": jnp.sum(w)}
+
+  return init, step
+
+
+def _cfg(epochs=5, **kw):
+  return loop.FitConfig(batch_size=4, num_epochs=epochs, checkpoint_every_steps=2,
+                        checkpoint_every_epochs=100, log_every_steps=100,
+                        lr_reference_steps=None, **kw)
+
+
+def _steps(path):
+  return sorted(int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(path) else []
+
+
+def test_nan_at_step_5_stops_before_saving_it_and_rerun_resumes_from_step_4(tmp_path):
+  ck = Checkpointer(str(tmp_path))
+  with pytest.raises(loop.Diverged) as err:
+    loop.fit(*_toy(nan_at=5), X, _cfg(), ck, mesh=MESH, progress=False)
+  msg = str(err.value)
+  assert "NaN/inf at step 5 (seen at step 6)" in msg, msg
+  assert f"last good checkpoint is step 4 in {tmp_path}/checkpoints" in msg, msg
+  assert err.value.step == 5 and err.value.last_good_step == 4
+  assert isinstance(err.value, FloatingPointError)
+  assert _steps(tmp_path / "checkpoints") == [2, 4]          # the last two, both finite
+  ck.close()
+  ck = Checkpointer(str(tmp_path))                             # re-run, no NaN this time
+  final = loop.fit(*_toy(), X, _cfg(), ck, mesh=MESH, progress=False)
+  ck.close()
+  assert int(final.step) == 10 and float(final.params["w"][0]) == 10.0
+  assert _steps(tmp_path / "checkpoints") == [8, 10]
+
+
+def test_learning_rate_1e30_keeps_the_good_checkpoint_and_resume_continues(tmp_path):
+  z = np.random.default_rng(0).normal(size=(48, 8)).astype(np.float32)   # 3 steps an epoch
+  good, bad = train.OptimConfig(learning_rate=1e-3), train.OptimConfig(learning_rate=1e30)
+  fit1 = trainer.FitConfig(batch_size=16, num_epochs=1, seed=3, lr_reference_steps=0)
+  fit3 = trainer.FitConfig(batch_size=16, num_epochs=3, seed=3, lr_reference_steps=0)
+  full = trainer.fit(z, CFG, good, SCHED, fit3, None, mesh=MESH, progress=False)
+  ck = Checkpointer(str(tmp_path))
+  first = trainer.fit(z, CFG, good, SCHED, fit1, ck, mesh=MESH, progress=False)
+  with pytest.raises(trainer.Diverged, match=r"NaN/inf at step [45] \(seen at step 6\).*"
+                     r"last good checkpoint is step 3") as err:
+    trainer.fit(z, CFG, bad, SCHED, fit3, ck, mesh=MESH, progress=False)
+  assert err.value.last_good_step == 3
+  assert _steps(tmp_path / "checkpoints") == [3] and ck.reference_steps() == [3]
+  kept = ck.restore_latest(first)
+  for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(kept)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  resumed = trainer.fit(z, CFG, good, SCHED, fit3, ck, mesh=MESH, progress=False)
+  ck.close()
+  for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_non_finite_checkpoint_is_never_resumed_from(tmp_path):
+  ck = Checkpointer(str(tmp_path))
+  state = loop.fit(*_toy(), X, _cfg(epochs=2), ck, mesh=MESH, progress=False)   # 2, 4
+  nan_state = state.replace(step=jnp.int32(6), params={"w": jnp.full(3, jnp.nan)})
+  ck.save(6, nan_state)      # as an older version would have written it
+  ck.close()
+  ck = Checkpointer(str(tmp_path))
+  final = loop.fit(*_toy(), X, _cfg(epochs=4), ck, mesh=MESH, progress=False)
+  ck.close()
+  assert int(final.step) == 8 and float(final.params["w"][0]) == 8.0
+  assert _steps(tmp_path / SET_ASIDE_DIR) == [6]       # moved aside, not deleted
+  assert _steps(tmp_path / "checkpoints") == [6, 8]
+
+
+def _damage(step_dir, how: str) -> None:
+  d = os.path.join(step_dir, "default")
+  if how == "metadata_deleted":
+    os.remove(os.path.join(d, "_METADATA"))
+  elif how == "manifest_truncated":
+    with open(os.path.join(d, "manifest.ocdbt"), "r+b") as f:
+      f.truncate(7)
+  elif how == "manifest_deleted":
+    os.remove(os.path.join(d, "manifest.ocdbt"))
+  elif how == "array_file_corrupted":
+    for data_dir in (os.path.join(d, "d"), os.path.join(d, "ocdbt.process_0", "d")):
+      for name in os.listdir(data_dir):        # the arrays (small ones inline in the nodes)
+        with open(os.path.join(data_dir, name), "r+b") as f:
+          f.seek(24)
+          f.write(b"\xff" * 64)
+  else:
+    raise ValueError(how)
+
+
+@pytest.mark.parametrize("how", ["metadata_deleted", "manifest_truncated", "manifest_deleted",
+                                 "array_file_corrupted"])
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_step(tmp_path, how, caplog):
+  ck = Checkpointer(str(tmp_path))
+  state = loop.fit(*_toy(), X, _cfg(epochs=2), ck, mesh=MESH, progress=False)   # 2, 4
+  ck.close()
+  _damage(tmp_path / "checkpoints" / "4", how)
+  ck = Checkpointer(str(tmp_path))
+  with pytest.raises(CheckpointError) as err:      # one clear message, no orbax traceback
+    checkpoint._restore_step(ck.latest, 4, state)
+  assert f"checkpoint step 4 in {tmp_path}/checkpoints cannot be restored" in str(err.value)
+  assert err.value.__cause__ is None and err.value.__suppress_context__
+  caplog.set_level("WARNING")
+  restored = ck.restore_latest(state)              # evaluation: read only
+  assert int(restored.step) == 2 and float(restored.params["w"][0]) == 2.0
+  assert "falling back to checkpoint step 2" in caplog.text
+  assert _steps(tmp_path / "checkpoints") == [2, 4]
+  final = loop.fit(*_toy(), X, _cfg(epochs=3), ck, mesh=MESH, progress=False)  # training
+  ck.close()
+  assert int(final.step) == 6 and float(final.params["w"][0]) == 6.0
+  assert _steps(tmp_path / SET_ASIDE_DIR) == [4] and _steps(tmp_path / "checkpoints") == [4, 6]
+
+
+def test_no_readable_checkpoint_is_one_clear_error(tmp_path):
+  ck = Checkpointer(str(tmp_path))
+  state = loop.fit(*_toy(), X, _cfg(epochs=1), ck, mesh=MESH, progress=False)   # 2
+  ck.close()
+  _damage(tmp_path / "checkpoints" / "2", "metadata_deleted")
+  ck = Checkpointer(str(tmp_path))
+  with pytest.raises(CheckpointError, match=r"no usable checkpoint in .*checkpoints:\n  "
+                     r"checkpoint step 2 .*cannot be restored.*\nMove that folder aside"):
+    loop.fit(*_toy(), X, _cfg(epochs=2), ck, mesh=MESH, progress=False)
+  assert _steps(tmp_path / "checkpoints") == [2]    # nothing moved or deleted
+  with pytest.raises(FileNotFoundError, match="no reference checkpoint of step 2"):
+    ck.restore_reference(state, 2)
+  ck.close()
+
+
+def test_ctrl_c_saves_and_stops_like_sigterm_and_a_second_one_aborts(tmp_path):
+  ck = Checkpointer(str(tmp_path))
+
+  def ctrl_c_at_3(step, _):
+    if step == 3:
+      os.kill(os.getpid(), signal.SIGINT)
+
+  old = signal.getsignal(signal.SIGINT)
+  cfg = loop.FitConfig(batch_size=4, num_epochs=5, log_every_steps=1,
+                       checkpoint_every_epochs=100, lr_reference_steps=None)
+  with pytest.raises(loop.Preempted, match=r"preempted \(Ctrl-C\): checkpoint saved at step 3"):
+    loop.fit(*_toy(), X, cfg, ck, mesh=MESH, write_metrics=ctrl_c_at_3, progress=False)
+  assert signal.getsignal(signal.SIGINT) is old and ck.latest_step() == 3
+
+  def twice_at_5(step, _):
+    if step == 5:
+      os.kill(os.getpid(), signal.SIGINT)
+      os.kill(os.getpid(), signal.SIGINT)
+
+  with pytest.raises(KeyboardInterrupt, match="second Ctrl-C"):
+    loop.fit(*_toy(), X, cfg, ck, mesh=MESH, write_metrics=twice_at_5, progress=False)
+  assert signal.getsignal(signal.SIGINT) is old
+  ck.wait()
+  assert _steps(tmp_path / "checkpoints") == [2, 3]      # step 2 = first epoch, 3 = Ctrl-C
+  final = loop.fit(*_toy(), X, cfg, ck, mesh=MESH, progress=False)
+  ck.close()
+  assert int(final.step) == 10 and float(final.params["w"][0]) == 10.0
+
+
+def test_restore_ema_falls_back_to_the_newest_intact_step(tmp_path, caplog):
+  from experiments import pipeline  # pylint: disable=g-import-not-at-top
+  from experiments.configs import quickstart  # pylint: disable=g-import-not-at-top
+  c = quickstart.get_config("tiny")           # batch 16: 3 steps an epoch, 2 epochs
+  z = np.random.default_rng(0).normal(size=(48, 8)).astype(np.float32)
+  ck = Checkpointer(str(tmp_path))
+  trainer.fit(z, pipeline.model_config(c, 8), pipeline.optim_config(c), SCHED,
+              pipeline.fit_config(c), ck, mesh=MESH, progress=False)
+  target = train.create_train_state(pipeline.model_config(c, 8),
+                                    train.make_optimizer(pipeline.optim_config(c)),
+                                    jax.random.key(0))
+  first = ck.restore_reference(target, 3)
+  ck.close()
+  assert _steps(tmp_path / "checkpoints") == [3, 6]
+  _damage(tmp_path / "checkpoints" / "6", "manifest_truncated")
+  caplog.set_level("WARNING")
+  ema = pipeline.restore_ema(c, str(tmp_path), 8)
+  assert "checkpoint step 6 in" in caplog.text
+  assert "falling back to checkpoint step 3" in caplog.text
+  for a, b in zip(jax.tree.leaves(first.ema_params), jax.tree.leaves(ema)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert _steps(tmp_path / "checkpoints") == [3, 6]      # evaluation moves nothing
