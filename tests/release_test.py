@@ -231,7 +231,9 @@ def test_malicious_args_are_refused(tmp_path):
 
 
 def test_convert_command_end_to_end(tmp_path):
-  from experiments import convert_release, pipeline
+  # experiments.convert_release is only run as a command: importing it here would define its
+  # absl flags in the test process, where other tests import other entry points.
+  from experiments import pipeline
   from experiments.configs import quickstart
 
   final, first = tmp_path / "checkpoint-4.pth", tmp_path / "checkpoint-0.pth"
@@ -269,5 +271,8 @@ def test_convert_command_end_to_end(tmp_path):
       w = want[release.torch_name(names)]
       np.testing.assert_array_equal(np.asarray(v), w.T if names[-1] == "kernel" else w)
 
-  with pytest.raises(FileExistsError, match="already has checkpoints"):
-    convert_release.convert(c, str(wd), str(final))
+  again = subprocess.run(
+      [sys.executable, "-m", "experiments.convert_release",
+       "--config=experiments/configs/quickstart.py:tiny", f"--final={final}",
+       f"--workdir={wd.parent}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert again.returncode != 0 and "already has checkpoints" in again.stderr
