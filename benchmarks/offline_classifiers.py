@@ -241,9 +241,9 @@ def main(argv):
 Measured {time.strftime('%Y-%m-%d')} on {machine()}.
 Command: `python -m benchmarks.offline_classifiers --data_dir=../shared/data --weights_dir=../shared/weights/cifar10_resnet`
 
-- ID test {ID_TEST} ({out['sizes']['id']} pixel-exact images), fit set {ID_TRAIN} ({out['sizes']['train']} images with labels: class means, covariance, KNN bank); far OOD iSUN, MNIST, Fashion-MNIST, DTD; near CIFAR-100 (916). Sizes: {out['sizes']}.
+- ID test {ID_TEST} ({out['sizes']['id']} pixel-exact images), fit set {ID_TRAIN} ({out['sizes']['train']} images with labels: class means, covariance, KNN bank); far OOD iSUN, MNIST, Fashion-MNIST, DTD; near CIFAR-100. Sizes: {out['sizes']}.
 - ResNet-20 / ResNet-56: the published CIFAR-10 weights (`../shared/weights/cifar10_resnet`, BSD-2), ImageNet mean/std at 32x32, eval mode. ODIN T = {_T.value:g}, eps = {_EPS.value:g} (the ICLR defaults; not tuned here, no validation OOD set used).
-- Lite0 + linear head: a linear classifier on the cached Lite0 features (224x224 input, 5 levels, C = 512; the offline_cifar10 cache) trained {_HEAD_EPOCHS.value} epochs with SGD Nesterov 0.9, lr {_HEAD_LR.value:g} cosine, wd 5e-4, batch 128 on the 5,170 labelled exact training images. Its ODIN row is temperature scaling only (eps = 0): the head's input is a feature vector, not pixels.
+- Lite0 + linear head: a linear classifier on the cached Lite0 features (224x224 input, 5 levels, C = 512; the offline_cifar10 cache) trained {_HEAD_EPOCHS.value} epochs with SGD Nesterov 0.9, lr {_HEAD_LR.value:g} cosine, wd 5e-4, batch 128 on the {out['sizes']['train']} labelled exact training images. Its ODIN row is temperature scaling only (eps = 0): the head's input is a feature vector, not pixels.
 - Lite0 features, no labels: Mahalanobis (single Gaussian, shrinkage 0.01) and KNN (k = 50) on the same features, and the DLSR rows of the offline_cifar10 run (mean of 3 seeds, k = 3, 5,170 exact training images) when that report exists.
 - AUROC (%) OOD positive; FPR95 ID+ = OOD accepted at 95 % ID kept. One run (no training seed except the head's, seed 0).
 
