@@ -271,6 +271,33 @@ def test_convert_command_end_to_end(tmp_path):
       w = want[release.torch_name(names)]
       np.testing.assert_array_equal(np.asarray(v), w.T if names[-1] == "kernel" else w)
 
+  # The converted release model scores (release_compat) as the release's arithmetic does,
+  # run by the independent numpy reference with the torch module as the denoiser.
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import release_reference as ref  # pylint: disable=g-import-not-at-top
+  from dlsr_jax import diffusion, scoring, train  # pylint: disable=g-import-not-at-top
+  params = pipeline.restore_ema(c, str(wd), C)
+  abar = schedule.make_schedule(pipeline.schedule_config(c)).alphas_cumprod
+  bounds = (0, 4, 8, C)
+  cfg = scoring.ScoreConfig(boundaries=bounds, mfsim_skip_first=True,
+                            ddim=diffusion.DDIMConfig(eta=1.0, release_compat=True))
+  z0 = np.random.default_rng(5).normal(size=(6, C)).astype(np.float32)
+  ids, key, k = np.arange(6, dtype=np.int32), jax.random.key(2), 3
+  got = jax.jit(scoring.make_score_fn(train.lfdn_apply_fn(pipeline.model_config(c, C)), abar,
+                                      cfg))(params, z0, ids, jnp.asarray([k], jnp.int32), key)
+  keys = scoring.sample_keys(key, jnp.asarray(ids))
+  split = jax.vmap(jax.random.split)(jax.vmap(lambda kk: jax.random.fold_in(kk, 0))(keys))
+  eps = np.asarray(jax.vmap(lambda kk: jax.random.normal(kk, (C,)))(split[:, 0]))
+  steps = {t: np.asarray(jax.vmap(lambda kk: jax.random.normal(jax.random.fold_in(kk, t),
+                                                                (C,)))(split[:, 1]))
+           for t in range(1, k + 1)}
+  weights = _lfdn_weights(lfdm_final, ema=True)
+  rec = ref.release_reconstruct(lambda z, t: _torch_forward(weights, z.astype(np.float32), t),
+                                z0, k, eps, abar, 1.0, steps)
+  np.testing.assert_allclose(got["mse"][0], ref.mse(z0, rec), rtol=1e-4)
+  np.testing.assert_allclose(got["mfsim"][0], ref.mfsim(z0, rec, bounds, True), rtol=1e-4,
+                             atol=1e-6)
+
   again = subprocess.run(
       [sys.executable, "-m", "experiments.convert_release",
        "--config=experiments/configs/quickstart.py:tiny", f"--final={final}",
