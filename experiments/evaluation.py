@@ -3,9 +3,10 @@
 `run_evaluate` builds the plan (`build.build` checks every net and row first), restores the
 trained nets, fits each row once on the ID train arrays of its net, scores the ID test set and
 every OOD set, and writes results.{json,md,csv}, scores.npz and ROC PNGs. Arrays are computed
-once per (net, set) through `arrays.ArrayStore`. The LFDN-only helpers of the benchmark
-scripts (`load_feature_sets`, `dlsr_scores`, `baseline_scores`, ...) are re-exported from
-`experiments.lfdn_scores`.
+once per (net, set) through `arrays.ArrayStore`. The config is validated and checked against
+the workdir's record (`experiments.workdir`) before any extraction.
+The LFDN-only helpers of the benchmark scripts (`load_feature_sets`, `dlsr_scores`,
+`baseline_scores`, ...) are re-exported from `experiments.lfdn_scores`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import numpy as np
 from absl import logging
 
 from dlsr_jax.evaluation import plots, report, table
-from experiments import arrays, build, pipeline, runner
+from experiments import arrays, build, pipeline, runner, validate
+from experiments import workdir as workdir_lib
 from experiments.lfdn_scores import (assemble_results, baseline_scores,  # noqa: F401
                                      dlsr_scores, load_feature_sets, merge_scores,
                                      score_sets_with_params)
@@ -123,6 +125,8 @@ def run_evaluate(c, workdir: str, outdir: Optional[str] = None) -> dict:
   if not ood_sources(c):
     raise ValueError("no OOD sets configured: set --config.data.extra_ood=NAME=SOURCE")
   parse_groups(c)
+  validate.validate_config(c)                               # before any extraction
+  workdir_lib.check_config(c, workdir, for_eval=True)      # trained with these settings?
   plan = build.build(c)
   runner.require_trained(plan, workdir)
   store = arrays.ArrayStore(c, workdir, runner.sources(c))

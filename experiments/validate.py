@@ -4,7 +4,7 @@
 ConfigDict (batch sizes, k, schedule, resolution, dtypes, names), each with the
 key as given on the command line (`--config.eval.batch_size`) and what is
 allowed, so a typo fails in a second instead of after minutes of extraction.
-`experiments.workdir.guard` (train) calls it first; evaluation should too.
+`experiments.workdir.guard` (train) and `evaluation.run_evaluate` call it first.
 """
 
 from __future__ import annotations
