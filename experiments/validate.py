@@ -117,6 +117,8 @@ def _library_checks(c) -> list[str]:
 
 def validate_config(c) -> None:
   """Raises one ValueError listing every problem of `c`; call before any long work."""
-  found = problems(c)
+  found = list(dict.fromkeys(problems(c)))
+  if len(found) == 1:
+    raise ValueError(f"invalid config: {found[0]}")
   if found:
-    raise ValueError("invalid config:\n  " + "\n  ".join(dict.fromkeys(found)))
+    raise ValueError("invalid config:\n  " + "\n  ".join(found))
