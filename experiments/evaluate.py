@@ -5,10 +5,14 @@ r"""Fits every configured detector row once and scores the ID test set and every
 
 Writes ONE table of every row (results.json, results.md, results.csv with a line per
 (net, detector, score, k, set)), scores.npz (raw per-sample scores), ROC/histogram PNGs and
-the classifier nets' ID test accuracy. Needs `experiments.train` to have run first.
+the classifier nets' ID test accuracy. Needs `experiments.train` to have run first, with the
+same model, schedule, data and feature settings (checked before any work). An earlier
+evaluation's files in the output folder are moved to <outdir>/previous/<timestamp>/ first.
+Known failures (bad config, busy or mismatched workdir, missing data or checkpoint) end with
+one message and exit status 1.
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import evaluation, launch
@@ -24,11 +28,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   launch.setup()
-  results = evaluation.run_evaluate(_CONFIG.value, _WORKDIR.value, _OUTDIR.value)
+  with launch.reported_failures(_WORKDIR.value):   # known failures: one message, exit 1
+    results = evaluation.run_evaluate(_CONFIG.value, _WORKDIR.value, _OUTDIR.value)
   from dlsr_jax.evaluation import report
   print(report.summary_table(results))
-  logging.info("results in %s", _OUTDIR.value or _WORKDIR.value)
+  out = _OUTDIR.value or _WORKDIR.value
+  print(f"results: {len(results.get('files', []))} files in {out} (listed in its results.json;"
+        " an earlier evaluation's are moved to previous/<timestamp>/)")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=launch.parse_flags)

@@ -30,9 +30,10 @@ def main(argv):
   launch.setup()
   c, wd = _CONFIG.value, _WORKDIR.value
   t0 = time.time()
-  pipeline.run_train(c, wd)
-  t1 = time.time()
-  results = evaluation.run_evaluate(c, wd)
+  with launch.reported_failures(wd):   # known failures: one message, exit 1
+    pipeline.run_train(c, wd)
+    t1 = time.time()
+    results = evaluation.run_evaluate(c, wd)
   t2 = time.time()
   from dlsr_jax.evaluation import report
   acc = results["accuracy"]
@@ -45,4 +46,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=launch.parse_flags)

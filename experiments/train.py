@@ -23,7 +23,6 @@ checkpoints are written collectively into the shared --workdir.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dlsr_jax import trainer
 from experiments import launch, pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
@@ -36,12 +35,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   launch.setup()
-  try:
+  with launch.reported_failures(_WORKDIR.value):   # known failures: one message, exit 1
     pipeline.run_train(_CONFIG.value, _WORKDIR.value)
-  except trainer.Preempted as e:
-    launch.exit_preempted(e.step, _WORKDIR.value)
   logging.info("done: checkpoints in %s", _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=launch.parse_flags)

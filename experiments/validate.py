@@ -4,7 +4,7 @@
 ConfigDict (batch sizes, k, schedule, resolution, dtypes, names), each with the
 key as given on the command line (`--config.eval.batch_size`) and what is
 allowed, so a typo fails in a second instead of after minutes of extraction.
-`experiments.workdir.guard` (train) calls it first; evaluation should too.
+`experiments.workdir.guard` (train) and `evaluation.run_evaluate` call it first.
 """
 
 from __future__ import annotations
@@ -117,6 +117,8 @@ def _library_checks(c) -> list[str]:
 
 def validate_config(c) -> None:
   """Raises one ValueError listing every problem of `c`; call before any long work."""
-  found = problems(c)
+  found = list(dict.fromkeys(problems(c)))
+  if len(found) == 1:
+    raise ValueError(f"invalid config: {found[0]}")
   if found:
-    raise ValueError("invalid config:\n  " + "\n  ".join(dict.fromkeys(found)))
+    raise ValueError("invalid config:\n  " + "\n  ".join(found))

@@ -2,6 +2,7 @@
 
 import collections
 import json
+import os
 
 import ml_collections
 import numpy as np
@@ -79,3 +80,59 @@ def test_forward_on_features_and_images():
   out = arrays.forward(head, z, batch_size=2)
   assert out["logits"].shape == (5, 3) and out["pre_logits"].shape == (5, 6)
   np.testing.assert_allclose(out["logits"], np.asarray(head.apply(head.params, z)[0]), rtol=1e-6)
+
+
+def _fake_scores(c, plan, store, workdir, seed, fixed):
+  """Synthetic scores of every configured row: k-free rows and, for "dlsr", mse at eval.ks."""
+  del store, workdir, fixed
+  rng = np.random.default_rng(seed or 0)
+  sets = ["id", *evaluation.ood_sources(c)]
+  draw = lambda: {s: rng.normal(size=6) + (s != "id") for s in sets}
+  scores, meta = {}, {}
+  for row in plan.rows.values():
+    by_k = ({str(k): draw() for k in c.eval.ks} if row.type == "dlsr" else {"-": draw()})
+    key = "mse" if row.type == "dlsr" else row.name
+    scores[key] = by_k
+    meta[key] = {"row": row.name, "detector": row.type, "net": row.net, "score": key}
+  return scores, meta, {r: {} for r in plan.rows}
+
+
+def test_a_second_evaluation_moves_the_first_ones_outputs_aside(config, tmp_path, monkeypatch,
+                                                                caplog):
+  """Issue 10, seen 4: a rerun left the previous run's plots beside the new results."""
+  monkeypatch.setattr(runner, "require_trained", lambda *a: None)
+  monkeypatch.setattr(arrays, "ArrayStore", lambda *a, **k: collections.namedtuple(
+      "Store", "timing backbone")({}, None))
+  monkeypatch.setattr(runner, "prepare_nets", lambda *a, **k: {})
+  monkeypatch.setattr(evaluation.pipeline, "settings_summary", lambda *a: {})
+  monkeypatch.setattr(evaluation.pipeline, "feature_boundaries", lambda *a: ())
+  monkeypatch.setattr(evaluation, "_score_all", _fake_scores)
+  out = tmp_path / "eval"
+  (out / "dlsr").mkdir(parents=True)
+  (out / "config.json").write_text("{}")          # not an evaluation output: stays
+  first = config.copy_and_resolve_references()
+  first.eval.rows, first.eval.ks, first.seeds = "dlsr,knn,mahalanobis", (2, 3), (0, 1)
+  res1 = evaluation.run_evaluate(first, str(tmp_path), str(out))
+  files1 = set(res1["files"])
+  assert {"results.json", "seed_0/scores.npz", "seed_1/roc_hist_knn.png",
+          "seed_0/auroc_vs_k.png"} <= files1
+  second = config.copy_and_resolve_references()
+  second.eval.rows = "knn"
+  caplog.set_level("INFO")
+  res2 = evaluation.run_evaluate(second, str(tmp_path), str(out))
+  files2 = set(res2["files"])
+  assert files2 == {"results.json", "results.md", "results.csv", "scores.npz",
+                    "roc_hist_knn.png"}
+  on_disk = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+  moved = {f for f in on_disk if f.startswith("previous/")}
+  assert on_disk - moved == files2 | {"config.json"}   # nothing of the first run beside it
+  assert json.loads((out / "results.json").read_text())["files"] == sorted(files2)
+  (stamp,) = os.listdir(out / "previous")
+  assert (f"moved the {len(files1)} files of the previous evaluation in {out} to "
+          f"{out}/previous/{stamp}") in caplog.text
+  assert f"this evaluation's 5 files are in {out}" in caplog.text
+  assert moved == {f"previous/{stamp}/{f}" for f in files1}   # every file kept, not deleted
+  assert json.loads((out / "previous" / stamp / "results.json").read_text())["seeds"] == [0, 1]
+  assert (out / "dlsr").is_dir() and not (out / "seed_0").exists()
+  evaluation.run_evaluate(second, str(tmp_path), str(out))        # a third: its own folder
+  assert len(os.listdir(out / "previous")) == 2

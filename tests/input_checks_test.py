@@ -105,3 +105,24 @@ def test_one_image_sets_warn_that_the_metrics_are_meaningless():
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     metrics.auroc([0.1, 0.2], [0.2, 0.3])
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("eval.batch_size", 0, "--config.eval.batch_size=0: must be an int >= 1"),
+    ("eval.ks", (0, 3), "--config.eval.ks=(0, 3): ks must lie in 1..99"),
+    ("schedule.kind", "cosin", "--config.schedule.kind='cosin': must be one of"),
+])
+def test_evaluate_rejects_batch_size_k_and_schedule_before_any_extraction(
+    key, value, message, tmp_path, monkeypatch):
+  """Issue 10, seen 7: these errors came only after minutes of feature extraction."""
+  from experiments import evaluation, pipeline  # pylint: disable=g-import-not-at-top
+
+  def no_work(*args, **kwargs):
+    raise AssertionError("work started before the config was checked")
+
+  monkeypatch.setattr(features, "extract", no_work)
+  monkeypatch.setattr(pipeline, "load_backbone", no_work)
+  monkeypatch.setattr(evaluation.arrays, "ArrayStore", no_work)
+  with pytest.raises(ValueError, match="invalid config:") as err:
+    evaluation.run_evaluate(_config(**{key: value}), str(tmp_path))
+  assert message in str(err.value) and not os.listdir(tmp_path)

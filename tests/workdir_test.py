@@ -133,3 +133,30 @@ def test_seed_runs_are_guarded_too(tmp_path, monkeypatch):
     assert json.loads(open(os.path.join(rwd, "config.json")).read())["seed"] == s
     assert not os.path.exists(os.path.join(rwd, ".lock"))
   assert not (tmp_path / ".lock").exists()
+
+
+def test_evaluating_with_another_schedule_stops_before_any_extraction(tmp_path, monkeypatch,
+                                                                     no_work):
+  """Issue 10, seen 2: evaluating a workdir with another noise schedule printed normal-looking
+  results. Now the evaluation names the differing key before anything is loaded."""
+  from dlsr_jax import features  # pylint: disable=g-import-not-at-top
+  from experiments import evaluation  # pylint: disable=g-import-not-at-top
+
+  def no_extraction(*args, **kwargs):
+    raise WorkStarted("features extracted")
+
+  with pytest.raises(WorkStarted):             # "trained": the guard recorded the config
+    pipeline.run_train(_cfg(), str(tmp_path))
+  monkeypatch.setattr(features, "extract", no_extraction)
+  monkeypatch.setattr(evaluation.arrays, "ArrayStore", no_extraction)
+  monkeypatch.setattr(evaluation.runner, "require_trained", lambda *a: None)
+  out = tmp_path / "eval"
+  with pytest.raises(workdir.WorkdirConfigError) as err:
+    evaluation.run_evaluate(_cfg(**{"schedule.kind": "cosine"}), str(tmp_path), str(out))
+  msg = str(err.value)
+  assert "cannot be evaluated" in msg and "schedule.kind: 'scaled_linear' -> 'cosine'" in msg
+  assert "new --workdir" in msg and not out.exists()
+  with pytest.raises(ValueError, match=r"--config.eval.batch_size=0: must be an int >= 1"):
+    evaluation.run_evaluate(_cfg(**{"eval.batch_size": 0}), str(tmp_path), str(out))
+  with pytest.raises(WorkStarted, match="features extracted"):   # the same settings get past
+    evaluation.run_evaluate(_cfg(**{"eval.ks": (2,)}), str(tmp_path), str(out))

@@ -22,12 +22,15 @@ state written by an older version). With `set_aside=True` (training) the
 rejected steps are moved to `checkpoints_set_aside/` (never deleted), so the
 run continues from the good step and numbers its new checkpoints after it. A
 step that cannot be read raises `CheckpointError`, one message naming the
-folder and the step, without orbax's traceback.
+folder and the step, without orbax's traceback (nor the "Event loop is closed"
+reports of the reads still in flight: `_quiet_closed_loop_callbacks`).
 """
 
 from __future__ import annotations
 
+import logging as logging_lib
 import os
+import sys
 from typing import Any, Optional
 
 import jax
@@ -58,8 +61,41 @@ def _summary(e: BaseException) -> str:
   return f"{type(e).__name__}: {lines[0][:300] if lines else ''}"
 
 
+class _OrbaxTaskErrors(logging_lib.Filter):
+  """Drops asyncio's "Task exception was never retrieved" for orbax's leftover reads."""
+
+  def filter(self, record: logging_lib.LogRecord) -> bool:
+    msg = record.getMessage()
+    return not (msg.startswith("Task exception was never retrieved") and "orbax" in msg)
+
+
+def _quiet_closed_loop_callbacks() -> None:
+  """Drops the reports of a failed restore's leftover reads (the real error is raised).
+
+  When one array of a checkpoint cannot be read, orbax's restore ends and closes its asyncio
+  loop while TensorStore still completes the other reads; each completion calls back into the
+  closed loop, and Python reports every one as an unraisable "Event loop is closed"
+  RuntimeError (about a hundred tracebacks that bury the real error), and asyncio logs the
+  other failed reads as "Task exception was never retrieved". Installed once, before the first
+  restore (chained to the previous `sys.unraisablehook`); any other report passes through.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "quiets_closed_loop", False):
+    return
+
+  def hook(unraisable):
+    e = unraisable.exc_value
+    if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.quiets_closed_loop = True
+  sys.unraisablehook = hook
+  logging_lib.getLogger("asyncio").addFilter(_OrbaxTaskErrors())
+
+
 def _restore_step(manager: ocp.CheckpointManager, step: int, target: Any) -> Any:
   """`manager`'s `step` restored into `target`; `CheckpointError` if it cannot be read."""
+  _quiet_closed_loop_callbacks()
   try:
     return manager.restore(step, args=ocp.args.StandardRestore(abstract_like(target)))
   except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds

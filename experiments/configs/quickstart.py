@@ -13,8 +13,21 @@ import ml_collections
 
 from experiments.configs import common
 
+VARIANTS = ("tiny",)   # `quickstart.py:tiny`: random weights, few images (the smoke test)
+
+
+def parse_variants(arg: str) -> set[str]:
+  """'tiny' -> {"tiny"}; raises ValueError naming an unknown variant and the valid ones."""
+  words = {w.strip() for w in (arg or "").split(",") if w.strip()}
+  unknown = sorted(words - set(VARIANTS))
+  if unknown:
+    raise ValueError(f"unknown quickstart config variant(s) {unknown} in {arg!r}; valid: "
+                     f"{', '.join(VARIANTS)} (comma-separated), or none")
+  return words
+
 
 def get_config(arg: str = ""):
+  variants = parse_variants(arg)
   c = common.get_config()
   c.backbone = "efficientnet_lite0"
   c.weights = "imagenet"
@@ -48,7 +61,7 @@ def get_config(arg: str = ""):
   c.detectors.head_mahalanobis = row("mahalanobis", array="pre_logits",
                                      class_conditional=True, shrinkage=0.01)
   c.detectors.head_knn = row("knn", array="pre_logits", k=c.eval.get_ref("knn_k"))
-  if "tiny" in arg.split(","):  # for the smoke test: random weights, few images
+  if "tiny" in variants:  # for the smoke test: random weights, few images
     c.weights = "none"
     c.resolution = 64
     c.data.limit = 48
