@@ -221,23 +221,9 @@ def lr_reference_step(c) -> int:
 
 def restore_ema(c, workdir: str, num_features: int, reference_step: Optional[int] = None):
   """EMA params of the final checkpoint in `workdir`, or of a kept reference step."""
-  model_cfg = model_config(c, num_features)
-  tx = train_lib.make_optimizer(optim_config(c))
-  rep = parallel.replicated(parallel.make_mesh())
-  target = jax.eval_shape(lambda: train_lib.create_train_state(model_cfg, tx, jax.random.key(0)))
-  target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), target)
-  ckpt = Checkpointer(workdir)
-  try:
-    if reference_step is not None:
-      state = ckpt.restore_reference(target, reference_step)
-    else:
-      state = ckpt.restore_latest(target)
-      if state is None:
-        raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}: "
-                                "run experiments.train with this --workdir first")
-  finally:
-    ckpt.close()
-  return state.ema_params
+  from dlsr_jax.detectors import dlsr  # pylint: disable=g-import-not-at-top
+  return dlsr.restore_ema(workdir, model_config(c, num_features), optim_config(c),
+                          reference_step)
 
 
 # ---------------------------------------------------------------- settings --
