@@ -40,6 +40,8 @@ class Net:
       None for heads.
     weights_id: short string identifying the weights (a file hash prefix, or
       "random-seed<seed>").
+    outputs: the per-example arrays `apply` provides: "logits" and the keys of
+      `out` (["pre_logits"]; a confidence-branch net adds "confidence").
   """
   name: str
   module: nn.Module
@@ -48,6 +50,7 @@ class Net:
   mean: Optional[tuple[float, ...]] = None
   std: Optional[tuple[float, ...]] = None
   weights_id: str = ""
+  outputs: tuple[str, ...] = ("logits", "pre_logits")
 
   def normalise(self, x01: jax.Array) -> jax.Array:
     """Images in [0, 1] -> network input, differentiably (as ODIN needs).

@@ -9,6 +9,21 @@ reads `batch["in"]` and the streams it names (`obj.streams`, e.g.
 outlier exposure, ...): the method supplies `loss_fn`; the optimizer update,
 EMA, BatchNorm statistics and augmentation are done here.
 
+An objective module (`dlsr_jax/objectives/<name>.py`, chosen by a net block's
+`objective="<name>"`, found by module name like the detectors) provides:
+
+  make(net, tx, *, <context>, **settings) -> Objective
+      settings: the method's keyword arguments (set in the net block, e.g.
+        `weight=0.5`); context (filled in by `experiments`, only those `make`
+        names): `augment` (bool: crop + flip of image nets), `ema_decay`
+        (float or None), `data` (the host streams {"in": {"x", "y"}, ...}),
+        `workdir` (the run's folder), `seed` (int).
+  STREAMS = ("outliers",)   optional: streams besides "in"; the net block gives
+      each one's data source under the stream's name (`outliers="npz:..."`)
+      and its batch size as `<stream>_batch_size`.
+  ARRAYS = ("confidence",)  optional: arrays the trained net provides besides
+      "logits" and "pre_logits" (its `Net.outputs`).
+
 `init` starts from given Flax variables (a `Net`'s: fine-tuning, or a fresh
 random init); the key is not used for the weights. The loop jits `init`, so
 the variables become constants of that one compilation (about a second per
@@ -23,6 +38,7 @@ from typing import Any, Callable, Optional
 import jax
 import optax
 
+from dlsr_jax.models.net import Net
 from dlsr_jax.train import ema_decay_at
 from dlsr_jax.training import state as state_lib
 from dlsr_jax.training.state import TrainState
@@ -43,11 +59,25 @@ class Objective:
     streams: data streams it reads besides "in", e.g. ("outliers",).
     init: `init(key) -> TrainState` (the loop jits it).
     step: pure `step(state, batch, step_key) -> (state, metrics)`.
+    net: the network the trained variables belong to (None = the net the
+      objective was made for; a method that adds a head returns the new net).
+    export: `export(state) -> Flax variables` of the trained net for
+      evaluation (None = `state.eval_variables()`; UMAP returns the masked
+      weights, the GAN objective the classifier's alone).
+    finish: `finish(state, workdir)` writes the method's own outputs once
+      training ends (the GAN's sample grid); None = nothing.
   """
   name: str
   streams: tuple[str, ...]
   init: Callable[[jax.Array], TrainState]
   step: Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]
+  net: Optional[Net] = None
+  export: Optional[Callable[[TrainState], dict]] = None
+  finish: Optional[Callable[[TrainState, str], None]] = None
+
+  def variables(self, state: TrainState) -> dict:
+    """The evaluation variables of the trained net (`export`, or the EMA / params)."""
+    return state.eval_variables() if self.export is None else self.export(state)
 
 
 def apply_train(module, variables: dict, x: jax.Array, key: jax.Array
