@@ -24,17 +24,19 @@ from dlsr_jax.data import batching
 from dlsr_jax.models.net import Net
 from experiments import build, pipeline
 
-NET_ARRAYS = ("logits", "pre_logits")
+# Arrays a net computes (the ones a given net provides: `Net.outputs`).
+NET_ARRAYS = ("logits", "pre_logits", "confidence")
 
 
 def forward(net: Net, x: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
-  """{"logits" [N, K], "pre_logits" [N, D]} of `net` on uint8 images or features [N, C]."""
+  """`net.outputs` ("logits" [N, K], "pre_logits" [N, D], ...) on uint8 images or features."""
   prep = net.preprocess if net.resolution is not None else (lambda v: v)
 
   @jax.jit
   def fn(params, xb):
     logits, out = net.apply(params, prep(xb))
-    return {"logits": logits.astype(np.float32), "pre_logits": out["pre_logits"]}
+    out = {"logits": logits, **out}
+    return {k: out[k].astype(np.float32) for k in net.outputs}
 
   out = batching.map_padded(lambda xb: fn(net.params, xb), x, batch_size, full_batches=True)
   return {k: np.asarray(v, np.float32) for k, v in out.items()}
@@ -100,6 +102,9 @@ class ArrayStore:
       elif key in NET_ARRAYS:
         self._memo.update({(owner, set_name, k): v
                            for k, v in self._net_arrays(owner, set_name).items()})
+        if memo not in self._memo:
+          raise ValueError(f"net {owner!r} does not provide {key!r} (it provides "
+                           f"{self.nets[owner].outputs})")
       else:
         raise ValueError(f"unknown array {key!r}")
     return self._memo[memo]
@@ -127,9 +132,12 @@ class ArrayStore:
     model = self.nets[net]
     x = self._array(build.BACKBONE, set_name,
                     "features" if self.kinds[net] == "head" else "images")
+    if any(k not in NET_ARRAYS for k in model.outputs):
+      raise ValueError(f"net {net!r} outputs {model.outputs}; arrays a net may provide: "
+                       f"{NET_ARRAYS}")
     keys = {k: cache_lib.net_key(net, self._weights[net], self.sources[set_name],
                                  cache_lib.images_digest(x), k)
-            for k in NET_ARRAYS}
+            for k in model.outputs}
     hits = {k: self._net_cache.load_arrays(key) for k, key in keys.items()}
     if all(h is not None for h in hits.values()):
       return {k: h["array"] for k, h in hits.items()}

@@ -19,7 +19,9 @@ from typing import Any, Mapping, Optional
 from dlsr_jax import backbones, detectors, models
 from dlsr_jax.detectors.base import CONTEXT_ARGS, Detector, FeatureLayout
 from dlsr_jax.models.net import Net
-from experiments import classifiers
+from dlsr_jax.objectives import base as objectives
+from experiments import classifiers, pipeline
+from experiments.configs import datasets
 
 BACKBONE = "backbone"
 # The arrays each kind of net provides per data set.
@@ -121,6 +123,17 @@ def _net_spec(name: str, block: Mapping[str, Any]) -> NetSpec:
     raise ValueError(f"c.nets.{name}: {e}") from None
   if weights and not os.path.isfile(weights):
     raise FileNotFoundError(f"c.nets.{name}: weights file not found: {weights}")
+  for stream, (source, _) in classifiers.stream_sources(recipe).items():
+    try:
+      datasets.check_source(source)
+    except ValueError as e:
+      raise ValueError(f"c.nets.{name}.{stream}: {e}") from None
+    scheme, path = source.split(":", 1)
+    if scheme in ("npz", "folder") and not os.path.exists(path):
+      raise FileNotFoundError(f"c.nets.{name}.{stream}: {path} not found ({source!r})")
+  if recipe["objective"] != "cross_entropy" and not recipe["epochs"]:
+    raise ValueError(f"c.nets.{name}: objective {recipe['objective']!r} with epochs=0 trains "
+                     "nothing; set epochs")
   return NetSpec(name=name, kind=kind, model=model, weights=weights,
                  init_from=str(block.get("init_from", "") or ""), recipe=recipe)
 
@@ -148,6 +161,12 @@ def _training_order(specs: Mapping[str, NetSpec]) -> list[str]:
   for name in specs:
     visit(name, ())
   return order
+
+
+def provides(spec: NetSpec) -> tuple[str, ...]:
+  """The arrays a configured net provides per data set (its objective may add some)."""
+  extra = objectives.arrays_of(spec.recipe["objective"]) if spec.trains else ()
+  return PROVIDES[spec.kind] + tuple(extra)
 
 
 def placeholder_net(spec: NetSpec, layout: FeatureLayout) -> Net:
@@ -193,12 +212,27 @@ def _row_spec(name: str, block: Mapping[str, Any], nets: Mapping[str, NetSpec],
   except (TypeError, ValueError) as e:
     raise ValueError(f"c.detectors.{name} ({type_}): {e}") from None
   kind = BACKBONE if net == BACKBONE else nets[net].kind
-  missing = [a for a in (*det.reads, *det.fit_reads) if a not in PROVIDES[kind]]
+  provided = PROVIDES[kind] if net == BACKBONE else provides(nets[net])
+  missing = [a for a in (*det.reads, *det.fit_reads) if a not in provided]
   if missing:
     raise ValueError(f"c.detectors.{name}: detector {type_!r} reads {sorted(set(missing))}, "
                      f"which net {net!r} ({kind}) does not provide (it provides "
-                     f"{', '.join(PROVIDES[kind])}); set net= a classifier or head net")
+                     f"{', '.join(provided)}); set net= a classifier or head net"
+                     + (" trained with an objective that provides them"
+                        if net != BACKBONE else ""))
   return dataclasses.replace(spec, reads=det.reads, fit_reads=det.fit_reads)
+
+
+def _check_streams_apart(c, specs: Mapping[str, NetSpec]) -> None:
+  """A training stream (e.g. OE's outliers) must not be a test set of the evaluation."""
+  tests = {"data.test": str(c.data.test)}
+  tests.update({f"data.ood.{k}": str(v) for k, v in pipeline.ood_sources(c).items()})
+  for name, spec in specs.items():
+    for stream, (source, _) in classifiers.stream_sources(spec.recipe).items():
+      clash = [k for k, v in tests.items() if v == source]
+      if clash:
+        raise ValueError(f"c.nets.{name}.{stream} = {source!r} is also the test set "
+                         f"{clash[0]}: training data must be disjoint from the test sets")
 
 
 def build(c) -> Plan:
@@ -208,6 +242,7 @@ def build(c) -> Plan:
   if BACKBONE in blocks:
     raise ValueError(f"c.nets.{BACKBONE}: the name is reserved for the frozen backbone")
   specs = {n: _net_spec(n, b) for n, b in blocks.items()}
+  _check_streams_apart(c, specs)
   nets = {BACKBONE: NetSpec(BACKBONE, BACKBONE)}
   nets.update({n: specs[n] for n in _training_order(specs)})
   rows = _plain(c.get("detectors") or {})

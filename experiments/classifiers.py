@@ -24,6 +24,13 @@ Keys of a net block (defaults: the CIFAR recipe, SPEC 4.2):
                    checkpoints (0 = epoch ends only).
   hidden, dropout: model settings passed to `models.load` (mlp_head: hidden width; mlp_head
                    and wrn40_2: dropout); absent = the model's default.
+  objective:       how the net is trained: a module of `dlsr_jax.objectives`
+                   ("cross_entropy", "outlier_exposure", "unleashing_mask",
+                   "confidence_branch", "gan_outliers"). Its settings are further keys of the
+                   block (the keyword arguments of its `make`, e.g. `weight=0.5`); a stream it
+                   reads besides the ID data is a data source under the stream's name
+                   (`outliers="npz:..."`) with its batch size as `<stream>_batch_size`
+                   (default: batch_size).
 
 The run lives in `workdir` (orbax checkpoints + metrics); re-running the same
 call resumes from the latest checkpoint, and a finished run returns at once.
@@ -33,9 +40,10 @@ SIGTERM raises `dlsr_jax.training.preemption.Preempted` after a checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import jax
 import ml_collections
@@ -43,24 +51,57 @@ import numpy as np
 
 from dlsr_jax import models, parallel
 from dlsr_jax.models.net import Net
-from dlsr_jax.objectives import cross_entropy
+from dlsr_jax.objectives import base as objectives
 from dlsr_jax.training import loop, optim
 from dlsr_jax.training.checkpoint import Checkpointer
 
 DEFAULTS = dict(model="cifar_resnet20", init_from="", num_classes=10, seed=0, epochs=0,
                 batch_size=128, learning_rate=0.1, momentum=0.9, nesterov=True,
                 weight_decay=5e-4, weight_decay_on="all", augment=True, ema_decay=0.0,
-                log_every_steps=100, checkpoint_every_steps=0)
+                log_every_steps=100, checkpoint_every_steps=0, objective="cross_entropy")
 MODEL_SETTINGS = ("hidden", "dropout")   # passed to `models.load` when present
 
 
+def stream_keys(objective: str) -> dict[str, str]:
+  """{stream: its batch-size key} of the streams `objective` reads besides "in"."""
+  return {s: f"{s}_batch_size" for s in objectives.streams_of(objective)}
+
+
 def net_config(**overrides) -> ml_collections.ConfigDict:
-  """A net block with the defaults above, `overrides` applied (unknown keys rejected)."""
-  unknown = sorted(set(overrides) - set(DEFAULTS) - set(MODEL_SETTINGS))
+  """A net block with the defaults above, `overrides` applied (unknown keys rejected).
+
+  Raises:
+    ValueError: an unknown key (naming the valid ones, the objective's settings included),
+      an unknown objective, or a stream of the objective without its data source.
+  """
+  objective = overrides.get("objective", DEFAULTS["objective"])
+  settings = objectives.settings_of(objective)        # raises for an unknown objective
+  streams = stream_keys(objective)
+  valid = [*DEFAULTS, *MODEL_SETTINGS, *settings, *streams, *streams.values()]
+  unknown = sorted(set(overrides) - set(valid))
   if unknown:
-    raise ValueError(f"unknown net config keys {unknown}; valid: "
-                     f"{sorted(DEFAULTS) + list(MODEL_SETTINGS)}")
+    raise ValueError(f"unknown net config keys {unknown} (objective {objective!r}); valid: "
+                     f"{sorted(valid)}")
+  missing = [s for s in streams if not overrides.get(s)]
+  missing += [k for k, d in settings.items() if d is inspect.Parameter.empty
+              and k not in overrides]
+  if missing:
+    raise ValueError(f"objective {objective!r} needs {missing}: set "
+                     + ", ".join(f"{m}=<data source>" if m in streams else f"{m}=..."
+                                 for m in missing))
   return ml_collections.ConfigDict({**DEFAULTS, **overrides})
+
+
+def objective_settings(nc) -> dict[str, Any]:
+  """The objective's own settings in block `nc` (the keyword arguments of its `make`)."""
+  names = objectives.settings_of(_get(nc, "objective"))
+  return {k: nc[k] for k in names if k in nc}
+
+
+def stream_sources(nc) -> dict[str, tuple[str, int]]:
+  """{stream: (data source, global batch size)} of the streams besides "in"."""
+  return {s: (str(nc[s]), int(nc.get(k, _get(nc, "batch_size"))))
+          for s, k in stream_keys(_get(nc, "objective")).items()}
 
 
 def _get(nc, key: str):
@@ -95,8 +136,9 @@ def sgd_config(nc) -> optim.SGDConfig:
 
 
 def train_classifier(net: Net, images: np.ndarray, labels: np.ndarray, nc, workdir: str,
-                     mesh=None) -> Net:
-  """Trains `net` with softmax cross-entropy per block `nc`; resumes from `workdir`.
+                     mesh=None, streams: Optional[Mapping[str, Mapping[str, np.ndarray]]] = None
+                     ) -> Net:
+  """Trains `net` with the block's objective (cross-entropy by default); resumes from `workdir`.
 
   Args:
     net: the starting net (`load_net(nc)`); its variables are the initial ones.
@@ -106,9 +148,11 @@ def train_classifier(net: Net, images: np.ndarray, labels: np.ndarray, nc, workd
     nc: the net block (see the module docstring).
     workdir: the run's directory (checkpoints, metrics, net_config.json).
     mesh: data mesh (default: every device).
+    streams: the objective's other streams, e.g. {"outliers": {"x": uint8 images}}.
 
   Returns:
-    `net` with the trained variables (EMA params if `ema_decay`, BatchNorm statistics).
+    The trained net (the objective's `net`: a method that adds a head returns the new one)
+    with its evaluation variables (EMA params if `ema_decay`, BatchNorm statistics).
 
   Raises:
     Preempted: on SIGTERM, after saving a checkpoint (re-run to resume).
@@ -119,12 +163,21 @@ def train_classifier(net: Net, images: np.ndarray, labels: np.ndarray, nc, workd
   labels = np.asarray(labels).astype(np.int32)
   if labels.shape != (len(images),):
     raise ValueError(f"labels must be [N] = [{len(images)}], got shape {labels.shape}")
+  name = _get(nc, "objective")
+  streams = dict(streams or {})
+  wanted = stream_sources(nc)
+  if sorted(streams) != sorted(wanted):
+    raise ValueError(f"objective {name!r} reads streams {sorted(wanted)} besides 'in'; "
+                     f"got {sorted(streams)}")
+  cfg = dataclasses.replace(cfg, stream_batch_sizes={s: b for s, (_, b) in wanted.items()})
+  data = {"in": {"x": images, "y": labels}, **streams}
   total = (len(images) // cfg.batch_size) * cfg.num_epochs
   tx = optim.sgd(sgd_config(nc), max(total, 1))
   image_net = net.resolution is not None
   ema = _get(nc, "ema_decay") or None
-  obj = cross_entropy.make(net, tx, augment=bool(_get(nc, "augment")) and image_net,
-                           ema_decay=ema)
+  obj = objectives.make(name, net, tx, objective_settings(nc),
+                        augment=bool(_get(nc, "augment")) and image_net, ema_decay=ema,
+                        data=data, workdir=workdir, seed=_get(nc, "seed"))
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "net_config.json"), "w") as f:
@@ -134,11 +187,13 @@ def train_classifier(net: Net, images: np.ndarray, labels: np.ndarray, nc, workd
                                                 just_logging=jax.process_index() > 0)
   ckpt = Checkpointer(workdir)
   try:   # on Preempted too: flush the metrics, finish the checkpoint writes
-    state = loop.fit(obj.init, obj.step, {"in": {"x": images, "y": labels}}, cfg, ckpt,
+    state = loop.fit(obj.init, obj.step, data, cfg, ckpt,
                      mesh=mesh or parallel.make_mesh(),
                      write_metrics=lambda s, m: writer.write_scalars(s, m),
-                     progress=f"train {_get(nc, 'model')}")
+                     progress=f"train {_get(nc, 'model')} ({name})")
   finally:
     writer.flush()
     ckpt.close()
-  return dataclasses.replace(net, params=state.eval_variables())
+  if obj.finish is not None and jax.process_index() == 0:
+    obj.finish(state, workdir)
+  return dataclasses.replace(obj.net or net, params=obj.variables(state))

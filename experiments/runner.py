@@ -79,13 +79,34 @@ def prepare_nets(plan: build.Plan, workdir: str, store: arrays.ArrayStore,
       y = store.get(build.BACKBONE, "train", ["labels"])["labels"]
       wd = net_workdir(workdir, name)
       logging.info("net %s: training / restoring in %s", name, wd)
-      net = classifiers.train_classifier(net, x, y, spec.recipe, wd)
+      net = classifiers.train_classifier(net, x, y, spec.recipe, wd,
+                                         streams=_streams(store, name, spec, x))
     store.add_net(name, spec.kind, net)
     info[name] = {"model": spec.model, "kind": spec.kind,
                   "weights": spec.weights or (f"net {spec.init_from}" if spec.init_from
                                               else net.weights_id),
                   "epochs": int(spec.recipe["epochs"])}
   return info
+
+
+def _streams(store: arrays.ArrayStore, name: str, spec: build.NetSpec,
+             x_in) -> dict[str, dict]:
+  """The objective's other streams (e.g. the outlier images), loaded from their sources."""
+  out = {}
+  for stream, (source, _) in classifiers.stream_sources(spec.recipe).items():
+    set_name = stream_set(name, stream)
+    store.sources[set_name] = source
+    images = store.get(build.BACKBONE, set_name, ["images"])["images"]
+    if images.shape[1:] != x_in.shape[1:]:
+      raise ValueError(f"c.nets.{name}: {stream} {source!r} has images of shape "
+                       f"{images.shape[1:]}, the ID training images {x_in.shape[1:]}")
+    out[stream] = {"x": images}
+  return out
+
+
+def stream_set(net: str, stream: str) -> str:
+  """The data-set name under which a net's extra training stream is loaded."""
+  return f"{net}.{stream}"
 
 
 def fit_key(c, row: str) -> jax.Array:

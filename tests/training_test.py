@@ -14,7 +14,7 @@ import pytest
 
 from dlsr_jax import data, models, parallel
 from dlsr_jax.models.net import Net
-from dlsr_jax.objectives import base, cross_entropy
+from dlsr_jax.objectives import base, cross_entropy, outlier_exposure
 from dlsr_jax.training import loop, optim
 from dlsr_jax.training.checkpoint import Checkpointer
 from dlsr_jax.training.preemption import Preempted
@@ -59,19 +59,8 @@ def _ce_objective():
 
 @functools.cache
 def _oe_objective():
-  """A two-stream toy (outlier exposure): CE on "in" + uniform-target CE on "outliers"."""
-  net = _tiny_net()
-
-  def loss_fn(variables, batch, key):
-    x = jnp.concatenate([batch["in"]["x"], batch["outliers"]["x"]])
-    logits, _, stats = base.apply_train(net.module, variables, net.preprocess(x), key)
-    ce = cross_entropy.loss(logits[:B_IN], batch["in"]["y"])
-    out = logits[B_IN:]
-    oe = jnp.mean(jax.nn.logsumexp(out, -1) - jnp.mean(out, -1))
-    return ce + 0.5 * oe, ({"oe": oe}, stats)
-
-  return base.supervised("oe_toy", loss_fn, _sgd(), net.params, streams=("outliers",),
-                         ema_decay=0.9, augment=cross_entropy.crop_flip_in())
+  """The two-stream objective: outlier exposure (CE on "in" + uniform CE on "outliers")."""
+  return outlier_exposure.make(_tiny_net(), _sgd(), ema_decay=0.9)
 
 
 def _streams(two=False):

@@ -33,6 +33,10 @@ the variables become constants of that one compilation (about a second per
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import inspect
+import pkgutil
+from types import ModuleType
 from typing import Any, Callable, Optional
 
 import jax
@@ -48,6 +52,9 @@ Batch = dict[str, dict[str, jax.Array]]
 # loss_fn(variables, batch, key) -> (loss, (metrics, new batch_stats or None))
 LossFn = Callable[[dict, Batch, jax.Array], tuple[jax.Array, tuple[dict, Optional[PyTree]]]]
 AugmentFn = Callable[[jax.Array, Batch], Batch]
+# The arguments of an objective module's `make` that the caller fills in (never settings).
+CONTEXT_ARGS = ("net", "tx", "augment", "ema_decay", "data", "workdir", "seed")
+_NOT_OBJECTIVES = ("base",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,3 +158,57 @@ def supervised(name: str, loss_fn: LossFn, tx: optax.GradientTransformation,
     return new, {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
 
   return Objective(name=name, streams=tuple(streams), init=init, step=step)
+
+
+def available() -> list[str]:
+  """The objective names: the public modules of `dlsr_jax.objectives` other than `base`."""
+  package = importlib.import_module("dlsr_jax.objectives")
+  return sorted(m.name for m in pkgutil.iter_modules(package.__path__)
+                if not m.name.startswith("_") and m.name not in _NOT_OBJECTIVES)
+
+
+def module(name: str) -> ModuleType:
+  """The objective module `dlsr_jax.objectives.<name>` (ValueError naming the valid ones)."""
+  if name not in available():
+    raise ValueError(f"unknown objective {name!r}; available (modules of "
+                     f"dlsr_jax.objectives): {', '.join(available())}")
+  return importlib.import_module(f"dlsr_jax.objectives.{name}")
+
+
+def settings_of(name: str) -> dict[str, Any]:
+  """{setting: default (inspect.Parameter.empty if required)} of objective `name`'s `make`."""
+  params = inspect.signature(module(name).make).parameters
+  return {k: p.default for k, p in params.items()
+          if k not in CONTEXT_ARGS and k != "name" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+def streams_of(name: str) -> tuple[str, ...]:
+  """The data streams besides "in" that objective `name` reads (its module's STREAMS)."""
+  return tuple(getattr(module(name), "STREAMS", ()))
+
+
+def arrays_of(name: str) -> tuple[str, ...]:
+  """The arrays a net trained with objective `name` adds to logits / pre_logits."""
+  return tuple(getattr(module(name), "ARRAYS", ()))
+
+
+def make(name: str, net: Net, tx: optax.GradientTransformation, settings: dict[str, Any],
+         **context: Any) -> Objective:
+  """`dlsr_jax.objectives.<name>.make(net, tx, **settings, **context)`.
+
+  Args:
+    name: objective module name.
+    net, tx: the network to train and the optimizer.
+    settings: the method's settings (keyword arguments of its `make`).
+    **context: `CONTEXT_ARGS` values; only those the module's `make` names are passed.
+
+  Returns:
+    The `Objective`.
+  """
+  mod = module(name)
+  params = inspect.signature(mod.make).parameters
+  unknown = sorted(set(context) - set(CONTEXT_ARGS))
+  if unknown:
+    raise ValueError(f"unknown context arguments {unknown}; valid: {CONTEXT_ARGS}")
+  passed = {k: v for k, v in context.items() if k in params}
+  return mod.make(net, tx, **settings, **passed)
