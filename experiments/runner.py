@@ -9,7 +9,9 @@ Each classifier / head net trains (or resumes, or is restored when finished) in
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import time
 import zlib
 from typing import Any, Optional
 
@@ -73,6 +75,7 @@ def prepare_nets(plan: build.Plan, workdir: str, store: arrays.ArrayStore,
     net = build.placeholder_net(spec, plan.layout)
     if spec.init_from:
       net = dataclasses.replace(net, params=store.nets[spec.init_from].params)
+    t0 = time.time()
     if spec.trains:
       x = store.get(build.BACKBONE, "train",
                     ["features" if spec.kind == "head" else "images"]).popitem()[1]
@@ -85,7 +88,9 @@ def prepare_nets(plan: build.Plan, workdir: str, store: arrays.ArrayStore,
     info[name] = {"model": spec.model, "kind": spec.kind,
                   "weights": spec.weights or (f"net {spec.init_from}" if spec.init_from
                                               else net.weights_id),
-                  "epochs": int(spec.recipe["epochs"])}
+                  "epochs": int(spec.recipe["epochs"]),
+                  "objective": spec.recipe["objective"] if spec.trains else "",
+                  "seconds": round(time.time() - t0, 3)}
   return info
 
 
@@ -141,12 +146,27 @@ def _with_seed(c, seed: int):
   return cs
 
 
+def record_run(workdir: str, info: dict) -> None:
+  """Appends this call's nets (objective, wall seconds to train or restore) to train_runs.json."""
+  path = os.path.join(workdir, "train_runs.json")
+  runs = []
+  if os.path.exists(path):
+    with open(path) as f:
+      runs = json.load(f)
+  runs.append({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "nets": info})
+  with open(path + ".tmp", "w") as f:
+    json.dump(runs, f, indent=2)
+  os.replace(path + ".tmp", path)
+
+
 def run_train(c, workdir: str) -> build.Plan:
   """Trains every classifier net (init_from order) and every training row of `c`."""
   plan = build.build(c)
   pipeline.write_config(c, workdir)
   store = arrays.ArrayStore(c, workdir, sources(c, with_ood=False), shard_train=True)
-  prepare_nets(plan, workdir, store)
+  info = prepare_nets(plan, workdir, store)
+  if info and jax.process_index() == 0:
+    record_run(workdir, info)
   for row in plan.rows.values():
     if row.trains:
       for seed in plan.seeds or (None,):
