@@ -208,7 +208,8 @@ def test_knn_matches_brute_force_kth_distance(k):
 # ------------------------------------------------------------------ make --
 def test_make_unknown_type_lists_available():
   with pytest.raises(ValueError, match=r"unknown detector type 'nope'; available: "
-                                       r"dlsr, energy, knn, mahalanobis, maxlogit, msp, odin"):
+                                       r"confidence, dlsr, energy, knn, mahalanobis, "
+                                       r"maxlogit, msp, odin"):
     detectors.make("nope")
   with pytest.raises(ValueError, match="available"):
     detectors.make("base")
@@ -251,6 +252,17 @@ def test_maxlogit_hand_case():
   det = detectors.make("maxlogit")
   assert det.reads == ("logits",) and det.fit({"logits": logits}, KEY) is None
   np.testing.assert_allclose(det.score(None, {"logits": logits}, KEY)["maxlogit"], [-3.0, -0.5])
+
+
+def test_confidence_hand_case():
+  z = np.array([0.0, np.log(3.0), -np.log(3.0), 20.0, -800.0, 800.0], np.float32)
+  det = detectors.make("confidence")
+  assert det.reads == ("confidence",) and det.fit({"confidence": z}, KEY) is None
+  got = det.score(None, {"confidence": z}, KEY)["confidence"]
+  assert got.shape == (6,) and got.dtype == np.float64
+  want = [-0.5, -0.75, -0.25, -1.0 / (1.0 + np.exp(-20.0)), -0.0, -1.0]
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
+  assert got[3] > -1.0   # float64: no tie with the saturated float32 sigmoid
 
 
 def test_odin_on_head_features_steps_the_features():

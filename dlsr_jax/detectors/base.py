@@ -87,7 +87,8 @@ class Detector:
     name: the method's name, e.g. "energy".
     reads: the SetArrays keys `score` needs (the evaluator computes only those per set).
     fit: (ID train arrays, key) -> state, any pytree (None for detectors with nothing to fit).
-    score: (state, arrays, key) -> {score name: [N] float32 numpy}.
+    score: (state, arrays, key) -> {score name: [N] float32 numpy} (float64 where float32
+      would tie scores, e.g. "confidence").
     fit_reads: the keys `fit` needs; defaults to `reads`. Differs when fitting needs more than
       scoring, e.g. the class-conditional Mahalanobis needs "labels" on the ID train set only.
   """

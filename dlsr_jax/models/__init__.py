@@ -5,6 +5,7 @@ Usage:
   logits, out = jax.jit(net.apply)(net.params, net.preprocess(images_uint8))
   out["pre_logits"]                                           # [B, 64]
   head = models.load("mlp_head", num_features=720, hidden=512)  # on cached features
+  conf = models.with_confidence_head(net, jax.random.key(0))  # + out["confidence"]
 
 Every module's `__call__(x, train)` returns `(logits, out)` with
 out["pre_logits"]. Names are registered in the explicit dict `_REGISTRY`.
@@ -29,15 +30,16 @@ from dlsr_jax.backbones import weights_id_of
 from dlsr_jax.backbones.convert import CheckpointMismatchError
 from dlsr_jax.backbones.torch_reader import (extract_state_dict, read_safetensors,
                                              read_torch_checkpoint)
+from dlsr_jax.models.confidence import ConfidenceNet, with_confidence_head
 from dlsr_jax.models.heads import LinearHead, MLPHead
 from dlsr_jax.models.net import NORMALISATIONS, Net
 from dlsr_jax.models.resnet_cifar import CifarResNet, ResNet18
 from dlsr_jax.models.wrn import WideResNet
 
 __all__ = [
-    "CheckpointMismatchError", "CifarResNet", "LinearHead", "MLPHead", "ModelConfig",
-    "NORMALISATIONS", "Net", "ResNet18", "WideResNet", "expected_variables",
-    "init_variables", "load", "load_variables", "names",
+    "CheckpointMismatchError", "CifarResNet", "ConfidenceNet", "LinearHead", "MLPHead",
+    "ModelConfig", "NORMALISATIONS", "Net", "ResNet18", "WideResNet", "expected_variables",
+    "init_variables", "load", "load_variables", "names", "with_confidence_head",
 ]
 
 PathLike = Union[str, os.PathLike]

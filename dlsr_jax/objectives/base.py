@@ -146,18 +146,39 @@ def supervised(name: str, loss_fn: LossFn, tx: optax.GradientTransformation,
 
     (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(
         state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = state.ema_params
-    if ema is not None:
-      d = ema_decay_at(state.step, ema_decay)
-      ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
-    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                        ema_params=ema,
-                        batch_stats=state.batch_stats if batch_stats is None else batch_stats)
+    new = apply_gradients(state, grads, tx, ema_decay=ema_decay, batch_stats=batch_stats)
     return new, {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
 
   return Objective(name=name, streams=tuple(streams), init=init, step=step)
+
+
+def apply_gradients(state: TrainState, grads: PyTree, tx: optax.GradientTransformation, *,
+                    ema_decay: Optional[float], batch_stats: Optional[PyTree]) -> TrainState:
+  """One optimizer update of `state.params` (+ EMA, BatchNorm statistics, step + 1).
+
+  The update of `supervised`'s step, for objectives that write their own step
+  (method state in `state.extra` is left as it is).
+
+  Args:
+    state: the current state.
+    grads: gradients of the loss with respect to `state.params`.
+    tx: the optimizer.
+    ema_decay: the EMA decay (with warm-up, `train.ema_decay_at`); used only
+      when the state keeps EMA params.
+    batch_stats: the new BatchNorm statistics, or None (keep the state's).
+
+  Returns:
+    The updated state.
+  """
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema = state.ema_params
+  if ema is not None:
+    d = ema_decay_at(state.step, ema_decay)
+    ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                       ema_params=ema,
+                       batch_stats=state.batch_stats if batch_stats is None else batch_stats)
 
 
 def available() -> list[str]:
@@ -179,7 +200,8 @@ def settings_of(name: str) -> dict[str, Any]:
   """{setting: default (inspect.Parameter.empty if required)} of objective `name`'s `make`."""
   params = inspect.signature(module(name).make).parameters
   return {k: p.default for k, p in params.items()
-          if k not in CONTEXT_ARGS and k != "name" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+          if k not in CONTEXT_ARGS and k != "name"
+          and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
 
 
 def streams_of(name: str) -> tuple[str, ...]:
