@@ -123,9 +123,10 @@ def table(results: dict, nets: list[str]) -> str:
   for net in nets:
     acc = results["accuracy"].get(net)
     acc = "-" if acc is None else f"{100 * acc:.2f}"
-    for key, meta in results["rows"].items():
-      if meta["net"] != net:
-        continue
+    order = list(DETECTOR_TITLES)
+    mine = sorted(((k, m) for k, m in results["rows"].items() if m["net"] == net),
+                  key=lambda km: order.index(km[1]["detector"]))
+    for key, meta in mine:
       m = results["metrics"][key]["-"]
       f = lambda s, k: f"{100 * m[s][k]:.2f}"
       lines.append(
@@ -196,8 +197,10 @@ def main(argv):
   rows_t = results["timing"]["rows"]
   eval_times = "\n".join(f"| {r} | {t['fit_s']:.1f} | {t['score_s']:.1f} |"
                          for r, t in rows_t.items())
-  sizes = {n: results["timing"].get(n, {}).get("num_images", "") for n in ["train", "id", *FAR,
-                                                                           *NEAR]}
+  sizes = {}
+  for n, src in sources.items():
+    with np.load(src.split(":", 1)[1]) as f:
+      sizes[n] = min(len(f["labels"]), _LIMIT.value or len(f["labels"]))
   m = c.methods
   body = f"""## Training-time OOD methods on a CIFAR-10 ResNet-20 (`benchmarks/offline_objectives.py`)
 

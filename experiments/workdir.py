@@ -243,7 +243,9 @@ def record_config(c, workdir: str) -> None:
   if changed:
     logging.info("settings changed since the last run in %s:\n  %s", workdir,
                  "\n  ".join(changed))
-  if jax.process_index() == 0 and (changed or _recorded(workdir) is None):
+  old = _recorded(workdir)
+  added = old is not None and set(_flat(_as_dict(c))) != set(_flat(old))   # e.g. a new net
+  if jax.process_index() == 0 and (changed or added or old is None):
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, CONFIG_NAME)
     with open(path + ".tmp", "w") as f:
