@@ -15,9 +15,15 @@ stride-2 ones double / halve the size exactly like torch's `padding=1`. DCGAN
 init: kernels N(0, 0.02), BatchNorm scale N(1, 0.02) and shift 0. BatchNorm
 momentum 0.9 (torch's 0.1), epsilon 1e-5. `train=True` normalises with the
 batch statistics and needs `mutable=["batch_stats"]`.
+
+`init_variables(module, key)` draws the same initialisation as `module.init`
+from one normal draw: about a tenth of the compile time of `module.init`'s
+per-parameter draws on a CPU (seconds, for every jitted train-state init).
 """
 
 from __future__ import annotations
+
+from typing import Union
 
 import flax.linen as nn
 import jax
@@ -97,3 +103,45 @@ class Discriminator(nn.Module):
     x = nn.Conv(1, (4, 4), padding="VALID", use_bias=False, kernel_init=_kernel_init(),
                 name="conv4")(x)                                             # 1x1x1
     return x.reshape(x.shape[0])
+
+
+def init_variables(module: Union[Generator, Discriminator], key: jax.Array) -> dict:
+  """DCGAN-initialised variables of `module`, from one normal draw.
+
+  Kernels N(0, 0.02), BatchNorm scales N(1, 0.02) and shifts 0, running means 0
+  and variances 1: the distribution `module.init` draws, not the same numbers.
+
+  Args:
+    module: a `Generator` or a `Discriminator`.
+    key: PRNG key.
+
+  Returns:
+    {"params": ..., "batch_stats": ...}.
+  """
+  if isinstance(module, Generator):
+    x = jnp.zeros((1, module.nz), jnp.float32)
+  elif isinstance(module, Discriminator):
+    x = jnp.zeros((1, 32, 32, 3), jnp.float32)
+  else:
+    raise TypeError(f"init_variables takes a Generator or a Discriminator, got {module!r}")
+  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), x, train=False))
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes["params"])
+  noise = jax.random.normal(key, (sum(leaf.size for _, leaf in leaves),), jnp.float32)
+  values, start = [], 0
+  for path, leaf in leaves:
+    draw = noise[start:start + leaf.size].reshape(leaf.shape)
+    start += leaf.size
+    kind = path[-1].key
+    if kind == "kernel":
+      values.append(KERNEL_STD * draw)
+    elif kind == "scale":
+      values.append(1.0 + KERNEL_STD * draw)
+    elif kind == "bias":
+      values.append(jnp.zeros(leaf.shape, leaf.dtype))
+    else:
+      raise ValueError(f"init_variables: unexpected parameter {jax.tree_util.keystr(path)}")
+  stats = jax.tree_util.tree_map_with_path(
+      lambda path, leaf: (jnp.ones if path[-1].key == "var" else jnp.zeros)(leaf.shape,
+                                                                           leaf.dtype),
+      shapes["batch_stats"])
+  return {"params": jax.tree.unflatten(treedef, values), "batch_stats": stats}
