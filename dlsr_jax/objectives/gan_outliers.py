@@ -27,8 +27,8 @@ Choices:
 * Images: G outputs [-1, 1]; the classifier sees G(z) as
   `net.normalise((G(z) + 1) / 2)`, the same scale as `net.preprocess` of uint8
   images (255 <-> 1), differentiably and without rounding to uint8.
-* BatchNorm, all networks in train mode (batch statistics) as in the paper's
-  code. Each network sees real and generated images in separate passes (their
+* BatchNorm: all three networks run in train mode (batch statistics) within
+  the step. Each network sees real and generated images in separate passes (their
   own batch statistics). Running statistics kept: the classifier's from its ID
   forward pass of step 3 only (the passes on generated images are discarded,
   so evaluation statistics describe in-distribution data); the discriminator's
@@ -39,8 +39,9 @@ Choices:
 
 The train state is a `TrainState` of the classifier (params, opt_state,
 batch_stats, ema_params) with `extra = {"gen": {"params", "batch_stats",
-"opt_state"}, "disc": {...}}`. G and D are initialised from `seed`, so the
-state depends on the seed alone. `export` gives the classifier's evaluation
+"opt_state"}, "disc": {...}}`. G and D are initialised from `seed`
+(`models.dcgan.init_variables`), not from the loop's init key, so the state
+depends on the seed alone. `export` gives the classifier's evaluation
 variables; `finish` writes `gan_samples.png`, a grid of generator samples.
 """
 
