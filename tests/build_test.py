@@ -52,6 +52,23 @@ def test_bad_rows_fail_with_clear_errors(row, match):
     (dict(kind="classifier", model="cifar_resnet20", lr=0.1), "unknown net config keys"),
     (dict(kind="classifier", model="cifar_resnet20", init_from="x"), "init_from 'x' is not a"),
     (dict(kind="classifier", model="cifar_resnet20", weights="/no/w.th"), "/no/w.th"),
+    (dict(kind="classifier", model="cifar_resnet20", objective="nope"),
+     r"unknown objective 'nope'; available .*outlier_exposure"),
+    (dict(kind="classifier", model="cifar_resnet20", objective="outlier_exposure", epochs=1),
+     r"objective 'outlier_exposure' needs \['outliers'\]: set outliers=<data source>"),
+    (dict(kind="classifier", model="cifar_resnet20", objective="outlier_exposure", epochs=1,
+          outliers="offline:letters:train", weigth=0.5), r"unknown net config keys \['weigth'\]"),
+    (dict(kind="classifier", model="cifar_resnet20", objective="cross_entropy", weight=0.5),
+     r"unknown net config keys \['weight'\] \(objective 'cross_entropy'\)"),
+    (dict(kind="classifier", model="cifar_resnet20", objective="outlier_exposure", epochs=1,
+          outliers="npz:/no/o.npz"), r"c.nets.bad.outliers: /no/o.npz not found"),
+    (dict(kind="classifier", model="cifar_resnet20", objective="outlier_exposure", epochs=1,
+          outliers="nope:x"), "c.nets.bad.outliers: unknown scheme 'nope'"),
+    (dict(kind="classifier", model="cifar_resnet20", objective="outlier_exposure", epochs=1,
+          outliers="offline:letters"),
+     r"'offline:letters' is also the test set data.ood.letters: training data must be disjoint"),
+    (dict(kind="classifier", model="cifar_resnet20", objective="unleashing_mask"),
+     "objective 'unleashing_mask' with epochs=0 trains nothing"),
 ])
 def test_bad_nets_fail_with_clear_errors(net, match):
   c = _config()
@@ -109,3 +126,15 @@ def test_params_digest_depends_on_values_and_structure():
                                       "b": {"c": np.zeros((2, 2), np.float32)}})
   assert d != cache_lib.params_digest({"a": jnp.ones(3) * 2, "b": {"c": jnp.zeros((2, 2))}})
   assert d != cache_lib.params_digest({"x": jnp.ones(3), "b": {"c": jnp.zeros((2, 2))}})
+
+
+def test_confidence_row_needs_a_net_trained_with_the_confidence_branch():
+  c = _config()
+  c.detectors.conf = ml_collections.ConfigDict(dict(type="confidence", net="head"))
+  with pytest.raises(ValueError, match=r"reads \['confidence'\], which net 'head' \(head\) "
+                     "does not provide .* trained with an objective that provides them"):
+    build.build(c)
+  c.nets.head.objective = "confidence_branch"
+  plan = build.build(c)
+  assert plan.rows["conf"].reads == ("confidence",)
+  assert "confidence" in build.provides(plan.nets["head"])
