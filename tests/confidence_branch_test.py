@@ -4,7 +4,6 @@ import functools
 import os
 import signal
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,19 +18,9 @@ from dlsr_jax.objectives import cross_entropy
 from dlsr_jax.training import loop, optim
 from dlsr_jax.training.checkpoint import Checkpointer
 from dlsr_jax.training.preemption import Preempted
+from tests.training_test import TinyCNN
 
 N, B = 64, 16    # 4 steps per epoch
-
-
-class TinyCNN(nn.Module):
-  """conv - BatchNorm - relu - pool - dense: a classifier with batch_stats in a few ms."""
-
-  @nn.compact
-  def __call__(self, x, train=False):
-    x = nn.Conv(4, (3, 3), name="conv")(x)
-    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn")(x))
-    pre = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(3, name="fc")(pre), {"pre_logits": pre}
 
 
 @functools.cache

@@ -60,7 +60,6 @@ import optax
 from dlsr_jax.models.dcgan import Discriminator, Generator, init_variables
 from dlsr_jax.models.net import Net
 from dlsr_jax.objectives import base, cross_entropy
-from dlsr_jax.train import ema_decay_at
 from dlsr_jax.training import state as state_lib
 from dlsr_jax.training.state import TrainState
 
@@ -358,15 +357,8 @@ def make(net: Net, tx: optax.GradientTransformation, *, augment: Optional[bool] 
 
     (loss, (stats, logits_in, logits_fake)), grads = jax.value_and_grad(
         c_loss_of, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = state.ema_params
-    if ema is not None:
-      d = ema_decay_at(state.step, ema_decay)
-      ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
-    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema,
-                        batch_stats=state.batch_stats if stats is None else stats,
-                        extra={GEN: gen, DISC: disc})
+    new = base.apply_gradients(state, grads, tx, ema_decay=ema_decay, batch_stats=stats)
+    new = new.replace(extra={GEN: gen, DISC: disc})
     metrics = {
         "loss": loss, "ce": cross_entropy.loss(logits_in, y),
         "kl_fake": kl_uniform(logits_fake),

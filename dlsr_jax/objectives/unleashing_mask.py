@@ -68,7 +68,6 @@ from flax import traverse_util
 from dlsr_jax.data import batching
 from dlsr_jax.models.net import Net
 from dlsr_jax.objectives import base, cross_entropy
-from dlsr_jax.train import ema_decay_at
 from dlsr_jax.training.state import TrainState
 
 PyTree = Any
@@ -343,14 +342,7 @@ def _prune_objective(net: Net, tx: optax.GradientTransformation, b: float, keep:
       return loss(ce, b_arr), (ce, acc, stats)
 
     (value, (ce, acc, stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    scores = optax.apply_updates(state.params, updates)
-    ema = state.ema_params
-    if ema is not None:
-      d = ema_decay_at(state.step, ema_decay)
-      ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, scores)
-    new = state.replace(step=state.step + 1, params=scores, opt_state=opt_state,
-                        ema_params=ema, batch_stats=state.batch_stats if stats is None else stats)
+    new = base.apply_gradients(state, grads, tx, ema_decay=ema_decay, batch_stats=stats)
     return new, {"loss": value, "grad_norm": optax.tree.norm(grads), "ce": ce,
                  "accuracy": acc, "b": b_arr}
 
