@@ -14,7 +14,7 @@ import pytest
 
 from dlsr_jax import data, models, parallel
 from dlsr_jax.models.net import Net
-from dlsr_jax.objectives import base, cross_entropy, outlier_exposure
+from dlsr_jax.objectives import cross_entropy, outlier_exposure
 from dlsr_jax.training import loop, optim
 from dlsr_jax.training.checkpoint import Checkpointer
 from dlsr_jax.training.preemption import Preempted
