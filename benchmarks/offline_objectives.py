@@ -225,11 +225,11 @@ GAN samples after training (`benchmarks/logs/offline_objectives_gan_samples.png`
 
 ### Time per stage (seconds)
 
-| net | objective | epochs | run started | train / restore s |
+| net | objective | epochs | recorded at (end of the call) | train / restore s |
 |---|---|---:|---|---:|
 {train_times}
 
-| detector row | fit s | score s (ID test + every OOD set) |
+| detector row | fit s (the first row of a net also pays its forward pass over the 10,170 training images) | score s (ID test + every OOD set) |
 |---|---:|---:|
 {eval_times}
 
