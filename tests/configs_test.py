@@ -258,3 +258,17 @@ def test_tfds_sources_load_with_mocked_data(tmp_path, no_network):
     for source in sorted(sources):
       s = data.load_images(source, image_size=8, tfds_data_dir=str(tmp_path))
       assert s.images.shape == (2, 8, 8, 3), source
+
+
+def test_objectives_config_args_and_overrides():
+  weights = os.path.join(ROOT, "..", "shared", "weights", "cifar10_resnet", "w.th")
+  c = _parse_flags(f"--config={os.path.join(CONFIG_DIR, 'objectives_cifar10.py')}:"
+                   f"weights={weights},outliers=npz:/o/intel_scenes.npz,root=/r",
+                   "--config.methods.finetune_epochs=3", "--config.nets.oe.weight=0.25")
+  assert c.nets.base.weights == weights and c.nets.base.epochs == 0
+  assert c.nets.oe.outliers == "npz:/o/intel_scenes.npz" == c.nets.oe_um.outliers
+  assert c.nets.oe.epochs == 3 == c.nets.gan.epochs and c.nets.oe.weight == 0.25
+  assert c.data.root == "/r"
+  c = _parse_flags(f"--config={os.path.join(CONFIG_DIR, 'objectives_cifar10.py')}",
+                   "--config.data.root=/mnt")
+  assert c.nets.oe.outliers == "folder:/mnt/tin597" and c.nets.base.epochs == 200
