@@ -112,20 +112,29 @@ def abstract_like(state: Any, sharding: Optional[jax.sharding.Sharding] = None) 
   return jax.tree.map(leaf, state)
 
 
+def _barriers(prefix: str):
+  return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=f"dlsr_{prefix}")
+
+
 class Checkpointer:
   """Latest + reference-step checkpoints of a training run in `workdir`."""
 
   def __init__(self, workdir: str, max_to_keep: int = 2):
     workdir = os.path.abspath(workdir)
     self.workdir = workdir
-    opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    # Each manager's finalize thread syncs the processes at a barrier whose name is fixed
+    # unless prefixed; two managers finishing saves at once (a reference step) would meet at
+    # the same barrier ("... is already ongoing" in a multi-process run), so each gets its own.
+    opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                        multiprocessing_options=_barriers("latest"))
     self.latest = ocp.CheckpointManager(os.path.join(workdir, LATEST_DIR), options=opts)
     ref_dir = os.path.join(workdir, REFERENCE_DIR)
     legacy = os.path.join(workdir, LEGACY_REFERENCE_DIR)
     if not os.path.isdir(ref_dir) and os.path.isdir(legacy):
       ref_dir = legacy
     self.reference = ocp.CheckpointManager(
-        ref_dir, options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True))
+        ref_dir, options=ocp.CheckpointManagerOptions(
+            max_to_keep=None, create=True, multiprocessing_options=_barriers("reference")))
 
   def save(self, step: int, state: Any, *, reference: bool = False,
            force: bool = True) -> None:
