@@ -18,7 +18,7 @@ from dlsr_jax.objectives import cross_entropy
 from dlsr_jax.training import loop, optim
 from dlsr_jax.training.checkpoint import Checkpointer
 from dlsr_jax.training.preemption import Preempted
-from tests.training_test import TinyCNN
+from tests.training_test import TinyCNN, _assert_bitwise_equal
 
 N, B = 64, 16    # 4 steps per epoch
 
@@ -46,12 +46,6 @@ def _streams():
 def _cfg(epochs=3):
   return loop.FitConfig(batch_size=B, num_epochs=epochs, seed=5, log_every_steps=1,
                         lr_reference_steps=None)
-
-
-def _assert_bitwise_equal(a, b):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
 
 
 # ------------------------------------------------------------------ loss --

@@ -2,7 +2,6 @@
 
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,25 +14,15 @@ from dlsr_jax.models.net import Net
 from dlsr_jax.objectives import base, gan_outliers
 from dlsr_jax.training import loop, optim
 from dlsr_jax.training.checkpoint import Checkpointer
+from tests.training_test import TinyCNN
 
 N_IN, B = 32, 8            # 4 steps an epoch
 TINY = dict(nz=8, ngf=8, ndf=8, num_samples=64, seed=3)
 
 
-class TinyCNN(nn.Module):
-  """conv - BatchNorm - relu - pool - dense on 32x32 images."""
-
-  @nn.compact
-  def __call__(self, x, train=False):
-    x = nn.Conv(4, (3, 3), strides=(2, 2), name="conv")(x)
-    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn")(x))
-    pre = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(3, name="fc")(pre), {"pre_logits": pre}
-
-
 @functools.cache
 def _net() -> Net:
-  module = TinyCNN()
+  module = TinyCNN(strides=2)
   variables = module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
   return Net(name="tiny32", module=module, params=variables, resolution=32,
              mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))

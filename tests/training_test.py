@@ -26,9 +26,11 @@ N_IN, N_OUT, B_IN, B_OUT = 64, 24, 16, 8      # 4 steps per epoch; outliers cycl
 class TinyCNN(nn.Module):
   """conv - BatchNorm - relu - pool - dense: a classifier with batch_stats in a few ms."""
 
+  strides: int = 1
+
   @nn.compact
   def __call__(self, x, train=False):
-    x = nn.Conv(4, (3, 3), name="conv")(x)
+    x = nn.Conv(4, (3, 3), strides=(self.strides, self.strides), name="conv")(x)
     x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn")(x))
     pre = jnp.mean(x, axis=(1, 2))
     return nn.Dense(3, name="fc")(pre), {"pre_logits": pre}

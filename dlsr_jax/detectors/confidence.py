@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.typing import ArrayLike
+from scipy import special
 
-from dlsr_jax.detectors import base
+from dlsr_jax.detectors import _features, base
 
 __all__ = ["confidence_score", "make"]
 
@@ -30,19 +31,10 @@ def confidence_score(confidence_logit: ArrayLike) -> np.ndarray:
   Raises:
     ValueError: not a finite 1-D numeric array.
   """
-  try:
-    z = np.asarray(confidence_logit, dtype=np.float64)
-  except (TypeError, ValueError) as e:
-    raise ValueError(f"confidence must be a numeric array [N]: {e}") from e
+  z = np.asarray(confidence_logit)
   if z.ndim != 1:
     raise ValueError(f"confidence must be a 1-D array [N] of logits, got shape {z.shape}")
-  bad = ~np.isfinite(z)
-  if bad.any():
-    raise ValueError(f"confidence contains {int(bad.sum())} non-finite value(s) "
-                     f"(first: row {int(np.nonzero(bad)[0][0])})")
-  e = np.exp(-np.abs(z))                     # in (0, 1]: no overflow for either sign
-  sigmoid = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-  return -sigmoid
+  return -special.expit(_features.as_features(z[:, None], "confidence")[:, 0])
 
 
 def make() -> base.Detector:
