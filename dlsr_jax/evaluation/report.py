@@ -67,7 +67,7 @@ def overview_table(results: Mapping) -> str:
       cells = [_cell(rows[n]["auroc"], sd and sd[n]["auroc"]) for n in sets + ["average"]]
       cells.append(_cell(rows["average"]["fpr95_id_positive"],
                          sd and sd["average"]["fpr95_id_positive"]))
-      lines.append(f"| {meta['net']} | {meta['row']} | {meta['score']} | "
+      lines.append(f"| {meta.get('net', '')} | {meta['row']} | {meta['score']} | "
                    f"{'' if k == table.NO_K else k} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 

@@ -128,7 +128,7 @@ def csv_rows(results: Mapping) -> list[dict]:
           row = {"score": score, "k": k, "ood_set": name, **m}
         else:
           r = meta[score]
-          row = {"net": r["net"], "detector": r["row"], "type": r["detector"],
+          row = {"net": r.get("net", ""), "detector": r["row"], "type": r["detector"],
                  "score": r["score"], "key": score, "k": "" if k == NO_K else k,
                  "ood_set": name, **m}
         if std is not None:
@@ -182,6 +182,8 @@ def score_title(results: Mapping, key: str) -> str:
   meta = results.get("rows", {}).get(key)
   base = meta["score"] if meta else key
   title = SCORE_TITLES.get(base, base)
-  if meta and (meta["row"] != meta["detector"] or meta["net"] != "backbone"):
-    title += f" [{meta['row']}: {meta['detector']} on {meta['net']}]"
+  net = meta.get("net", "backbone") if meta else "backbone"
+  if meta and (meta["row"] != meta["detector"] or net != "backbone"):
+    title += (f" [{meta['row']}: {meta['detector']}" + ("" if "net" not in meta
+                                                        else f" on {meta['net']}") + "]")
   return title

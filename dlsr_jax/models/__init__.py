@@ -6,6 +6,8 @@ Usage:
   out["pre_logits"]                                           # [B, 64]
   head = models.load("mlp_head", num_features=720, hidden=512)  # on cached features
   conf = models.with_confidence_head(net, jax.random.key(0))  # + out["confidence"]
+  W, b = net.head                                  # the final dense layer: [64, 10], [10]
+  mine = models.wrap(apply_fn, params, head="head")  # any Flax / JAX classifier as a Net
 
 Every module's `__call__(x, train)` returns `(logits, out)` with
 out["pre_logits"]. Names are registered in the explicit dict `_REGISTRY`.
@@ -34,12 +36,13 @@ from dlsr_jax.models.confidence import ConfidenceNet, with_confidence_head
 from dlsr_jax.models.heads import LinearHead, MLPHead
 from dlsr_jax.models.net import NORMALISATIONS, Net
 from dlsr_jax.models.resnet_cifar import CifarResNet, ResNet18
+from dlsr_jax.models.wrap import wrap
 from dlsr_jax.models.wrn import WideResNet
 
 __all__ = [
     "CheckpointMismatchError", "CifarResNet", "ConfidenceNet", "LinearHead", "MLPHead",
     "ModelConfig", "NORMALISATIONS", "Net", "ResNet18", "WideResNet", "expected_variables",
-    "init_variables", "load", "load_variables", "names", "with_confidence_head",
+    "init_variables", "load", "load_variables", "names", "with_confidence_head", "wrap",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -56,17 +59,19 @@ class ModelConfig:
     settings: names of the extra keyword settings `load` accepts for it.
     normalisation: default key of `NORMALISATIONS` (None for heads on features).
     needs_features: heads: `load` requires `num_features` (the input width C).
+    head: the name of the final `nn.Dense` in the module's params (`Net.head`).
   """
   make: Callable[..., nn.Module]
   settings: tuple[str, ...] = ()
   normalisation: Optional[str] = "cifar10"
   needs_features: bool = False
+  head: str = "fc"
 
 
 def _cifar_resnet(depth: int) -> ModelConfig:
   # The akamaster CIFAR-10 weights were trained on ImageNet-normalised inputs (SOURCES.md).
   return ModelConfig(lambda num_classes, dtype: CifarResNet(depth, num_classes, dtype),
-                     normalisation="imagenet")
+                     normalisation="imagenet", head="linear")
 
 
 # name -> config (explicit; nothing registers itself at import).
@@ -81,7 +86,7 @@ _REGISTRY: dict[str, ModelConfig] = {
     "mlp_head": ModelConfig(
         lambda num_classes, dtype, hidden=512, dropout=0.0: MLPHead(num_classes, hidden,
                                                                     dropout, dtype),
-        settings=("hidden", "dropout"), normalisation=None, needs_features=True),
+        settings=("hidden", "dropout"), normalisation=None, needs_features=True, head="fc2"),
 }
 
 
@@ -235,4 +240,4 @@ def load(name: str, weights: Optional[PathLike] = None, *, num_classes: int = 10
   params = jax.tree.map(jnp.asarray, dict(variables))
   return Net(name=name, module=module, params=params,
              resolution=None if cfg.needs_features else RESOLUTION, mean=mean, std=std,
-             weights_id=wid)
+             weights_id=wid, head_path=(cfg.head,))

@@ -84,6 +84,9 @@ def with_confidence_head(net: Net, key: jax.Array, *,
     ValueError: `net` already has a confidence output, or a head's input width
       cannot be found.
   """
+  if net.module is None:
+    raise ValueError(f"{net.name!r} is a wrapped function (models.wrap), not a Flax module: "
+                     "a confidence head is trained, and training needs a module (models.load)")
   if CONFIDENCE in net.outputs:
     raise ValueError(f"{net.name!r} already has a {CONFIDENCE!r} output")
   example = _example_input(net, num_features)
@@ -99,4 +102,5 @@ def with_confidence_head(net: Net, key: jax.Array, *,
   return dataclasses.replace(
       net, name=f"{net.name}+{CONFIDENCE}", module=ConfidenceNet(net.module),
       params=variables, weights_id=f"{net.weights_id}+{CONFIDENCE}{tag:08x}",
-      outputs=(*net.outputs, CONFIDENCE))
+      outputs=(*net.outputs, CONFIDENCE),
+      head_path=None if net.head_path is None else ("inner", *net.head_path))
