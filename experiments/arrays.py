@@ -19,8 +19,7 @@ import numpy as np
 from absl import logging
 
 from dlsr_jax import cache as cache_lib
-from dlsr_jax import data, features
-from dlsr_jax.data import batching
+from dlsr_jax import data, evaluation, features
 from dlsr_jax.models.net import Net
 from experiments import build, pipeline
 
@@ -29,17 +28,9 @@ NET_ARRAYS = ("logits", "pre_logits", "confidence")
 
 
 def forward(net: Net, x: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
-  """`net.outputs` ("logits" [N, K], "pre_logits" [N, D], ...) on uint8 images or features."""
-  prep = net.preprocess if net.resolution is not None else (lambda v: v)
-
-  @jax.jit
-  def fn(params, xb):
-    logits, out = net.apply(params, prep(xb))
-    out = {"logits": logits, **out}
-    return {k: out[k].astype(np.float32) for k in net.outputs}
-
-  out = batching.map_padded(lambda xb: fn(net.params, xb), x, batch_size, full_batches=True)
-  return {k: np.asarray(v, np.float32) for k, v in out.items()}
+  """`net.outputs` on uint8 images or features: `dlsr_jax.evaluation.forward` (one compile
+  per net across data sets)."""
+  return evaluation.forward(net, x, batch_size)
 
 
 class ArrayStore:

@@ -18,22 +18,20 @@ import contextlib
 import fnmatch
 import os
 import time
-import zlib
-from typing import Any, Optional
+from typing import Mapping, Optional
 
 import jax
 import numpy as np
 from absl import logging
 
-from dlsr_jax.evaluation import plots, report, table
+from dlsr_jax import evaluation as evaluation_lib
+from dlsr_jax.evaluation import report, table
 from experiments import arrays, build, pipeline, runner, validate
 from experiments import workdir as workdir_lib
 from experiments.lfdn_scores import (assemble_results, baseline_scores,  # noqa: F401
                                      dlsr_scores, load_feature_sets, merge_scores,
                                      score_sets_with_params)
 from experiments.pipeline import ood_sources, parse_groups  # noqa: F401
-
-Scores = dict[str, dict[str, dict[str, np.ndarray]]]   # {key: {k | "-": {set: [N]}}}
 
 # Every file an evaluation writes, in its output folder and in each SEED_DIRS folder of it
 # (with `c.seeds`). An earlier evaluation's are moved to PREVIOUS_DIR/<timestamp>/ first.
@@ -43,94 +41,48 @@ SEED_DIRS = "seed_*"
 PREVIOUS_DIR = "previous"
 
 
-def set_key(key: jax.Array, name: str) -> jax.Array:
-  # Each set draws its own noise (keyed on the set name and the example id), so a set
-  # scored against a copy of itself under another name gives AUROC ~0.5, not exactly 0.5.
-  return jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+class _Arrays(Mapping):
+  """The arrays of one (net, data set) as lazy `SetArrays`: each is computed (or read from
+  the caches) when a detector first reads it."""
+
+  def __init__(self, store: arrays.ArrayStore, net: str, set_name: str, keys: tuple[str, ...]):
+    self._store, self._net, self._set, self._keys = store, net, set_name, tuple(keys)
+
+  def __getitem__(self, key: str) -> np.ndarray:
+    if key not in self._keys:
+      raise KeyError(key)
+    return self._store.get(self._net, self._set, [key])[key]
+
+  def __iter__(self):
+    return iter(self._keys)
+
+  def __len__(self) -> int:
+    return len(self._keys)
 
 
-def score_row(c, row: build.RowSpec, det, state: Any, store: arrays.ArrayStore,
-              set_names: list[str]) -> tuple[Scores, dict, dict]:
-  """(scores, {key: row metadata}, timing) of one fitted row on every set."""
-  eval_key = jax.random.key(c.eval.seed)
-  inputs = {s: store.get(row.net, s, row.reads) for s in set_names}   # not timed: cached
-  t0, n = time.time(), 0
-  per_set = {}
-  for s in set_names:
-    per_set[s] = det.score(state, inputs[s], set_key(eval_key, s))
-    n += len(next(iter(per_set[s].values())))
-  dt = time.time() - t0
-  names = list(per_set[set_names[0]])
-  keys = table.result_keys(row.name, row.type, names)
-  scores: Scores = {}
-  meta = {}
-  for name in names:
-    base, k = table.split_score(name)
-    key = keys[base]
-    label = table.NO_K if k is None else str(k)
-    scores.setdefault(key, {})[label] = {s: np.asarray(per_set[s][name]) for s in set_names}
-    meta[key] = {"row": row.name, "detector": row.type, "net": row.net, "score": base}
-  timing = {"score_s": round(dt, 3), "images_per_s": round(n / max(dt, 1e-9), 1)}
-  return scores, meta, timing
+def evaluate_row(c, plan: build.Plan, row: build.RowSpec, store: arrays.ArrayStore,
+                 workdir: str, seed: Optional[int]) -> evaluation_lib.Results:
+  """One row through `dlsr_jax.evaluation.evaluate`: fitted on the ID train arrays of its net,
+  the ID test set and every OOD set scored."""
+  set_names = ["id", *ood_sources(c)]
+  with runner.row_detector(c, plan, row, store, workdir, seed) as det:
+    res = evaluation_lib.evaluate(
+        {row.name: det}, _Arrays(store, row.net, "train", row.fit_reads),
+        {s: _Arrays(store, row.net, s, row.reads) for s in set_names},
+        key=jax.random.key(c.eval.seed), id_set="id", groups=parse_groups(c))
+  for key, meta in res.rows.items():
+    res.rows[key] = {"row": row.name, "detector": row.type, "net": row.net,
+                     "score": meta["score"]}
+  return res
 
 
 def _score_all(c, plan: build.Plan, store, workdir: str, seed: Optional[int],
-               fixed: dict) -> tuple[Scores, dict, dict]:
-  """Scores of every row for one seed; rows that train nothing are fitted once (`fixed`)."""
-  set_names = ["id", *ood_sources(c)]
-  scores: Scores = {}
-  meta, timing = {}, {}
+               fixed: dict) -> evaluation_lib.Results:
+  """Results of every row for one seed; rows that train nothing are evaluated once (`fixed`)."""
   for row in plan.rows.values():
     if row.trains or row.name not in fixed:
-      t0 = time.time()
-      det, state = runner.fit_row(c, plan, row, store, workdir, seed)
-      fit_s = round(time.time() - t0, 3)
-      fixed[row.name] = score_row(c, row, det, state, store, set_names) + (fit_s,)
-    s, m, t, fit_s = fixed[row.name]
-    dup = set(s) & set(scores)
-    if dup:
-      raise ValueError(f"rows give the same results keys {sorted(dup)}: rename a row")
-    scores.update(s)
-    meta.update(m)
-    timing[row.name] = {"fit_s": fit_s, **t}
-  return scores, meta, timing
-
-
-def assemble(c, plan: build.Plan, scores: Scores, meta: dict, extra: dict) -> dict:
-  """The results dict (schema: `dlsr_jax.evaluation.table`)."""
-  ks = sorted({int(k) for by_k in scores.values() for k in by_k if k != table.NO_K})
-  return {"id_set": c.data.test, "ood_sets": ood_sources(c), "groups": parse_groups(c),
-          "ks": ks, "rows": meta,
-          "metrics": table.row_metrics(scores, "id", parse_groups(c)), **extra}
-
-
-def write_outputs(results: dict, scores: Scores, outdir: str,
-                  plots_too: bool = True) -> list[str]:
-  """results.{json,md,csv}, scores.npz ("<set>/<key>": [K or 1, N]) and the PNG figures.
-
-  Returns the files written (relative to `outdir`), also listed in results.json ("files").
-  """
-  if jax.process_index() != 0:
-    return []
-  os.makedirs(outdir, exist_ok=True)
-  flat = {f"{s}/{key}": np.stack([by_k[k][s] for k in by_k])
-          for key, by_k in scores.items() for s in next(iter(by_k.values()))}
-  np.savez(os.path.join(outdir, "scores.npz"), ks=np.asarray(results["ks"]), **flat)
-  files = ["scores.npz"]
-  if plots_too:
-    ood = list(results["ood_sets"])
-    for key, by_k in results["metrics"].items():
-      best = max(by_k, key=lambda k: by_k[k]["average"]["auroc"])
-      title = table.score_title(results, key) + ("" if best == table.NO_K else f", k = {best}")
-      plots.plot_roc_and_histograms(scores[key][best]["id"],
-                                    {n: scores[key][best][n] for n in ood},
-                                    os.path.join(outdir, f"roc_hist_{key}.png"),
-                                    title=f"{title}, ID = {results['id_set']}")
-      files.append(f"roc_hist_{key}.png")
-    if any(table.NO_K not in by_k for by_k in results["metrics"].values()):
-      plots.plot_auroc_vs_k(results, os.path.join(outdir, "auroc_vs_k.png"))
-      files.append("auroc_vs_k.png")
-  return write_results(results, outdir, files)
+      fixed[row.name] = evaluate_row(c, plan, row, store, workdir, seed)
+  return evaluation_lib.Results.combine([fixed[r] for r in plan.rows])
 
 
 def write_results(results: dict, outdir: str, files: list[str]) -> list[str]:
@@ -204,15 +156,18 @@ def run_evaluate(c, workdir: str, outdir: Optional[str] = None) -> dict:
   settings["rows"] = {r.name: f"{r.type} on {r.net}" for r in plan.rows.values()}
   per_seed, fixed, files, moved = [], {}, [], None
   for seed in plan.seeds or (None,):
-    scores, meta, row_timing = _score_all(c, plan, store, workdir, seed, fixed)
-    extra = {"nets": nets, "accuracy": accuracy, "settings": settings,
-             "timing": {**store.timing, "rows": row_timing}}
-    results = assemble(c, plan, scores, meta, extra)
+    res = _score_all(c, plan, store, workdir, seed, fixed)
+    extra = {"id_set": c.data.test, "ood_sets": ood_sources(c), "nets": nets,
+             "accuracy": accuracy, "settings": settings,
+             "timing": {**store.timing, "rows": res.timing}}
+    results = res.to_dict(**extra)
     if not per_seed and jax.process_index() == 0:
       moved = set_aside_previous(outdir)          # before this evaluation writes anything
     sub = "" if seed is None else f"seed_{seed}"
-    files += [os.path.join(sub, f) for f in write_outputs(
-        results, scores, os.path.join(outdir, sub), plots_too=c.eval.plots)]
+    if jax.process_index() == 0:
+      written = res.write(os.path.join(outdir, sub), plots=c.eval.plots, **extra)
+      files += [os.path.join(sub, f) for f in written]
+      results["files"] = written
     per_seed.append(results)
   if plan.seeds:
     results = dict(per_seed[0])

@@ -8,16 +8,17 @@ Each classifier / head net trains (or resumes, or is restored when finished) in
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import time
-import zlib
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import jax
 from absl import logging
 
+from dlsr_jax import evaluation
 from dlsr_jax.detectors.base import Detector
 from experiments import arrays, build, classifiers, pipeline
 
@@ -115,12 +116,14 @@ def stream_set(net: str, stream: str) -> str:
 
 
 def fit_key(c, row: str) -> jax.Array:
-  return jax.random.fold_in(jax.random.key(c.eval.seed), zlib.crc32(row.encode()) & 0x7FFFFFFF)
+  return evaluation.fit_key(jax.random.key(c.eval.seed), row)
 
 
-def fit_row(c, plan: build.Plan, row: build.RowSpec, store: arrays.ArrayStore, workdir: str,
-            seed: Optional[int]) -> tuple[Detector, Any]:
-  """Makes a row's detector (with its trained net) and fits it on the ID train arrays."""
+@contextlib.contextmanager
+def row_detector(c, plan: build.Plan, row: build.RowSpec, store: arrays.ArrayStore,
+                 workdir: str, seed: Optional[int]) -> Iterator[Detector]:
+  """A row's detector with its trained net; a row whose fit trains (DLSR) gets its workdir
+  (with the config record) and a metrics writer, flushed when the context ends."""
   wd = row_workdir(workdir, row.name, seed) if row.trains else None
   writer = None
   if wd is not None:
@@ -129,13 +132,19 @@ def fit_row(c, plan: build.Plan, row: build.RowSpec, store: arrays.ArrayStore, w
     pipeline.write_config(cs, wd)
     writer = metric_writers.create_default_writer(wd, just_logging=jax.process_index() > 0)
   try:
-    det = build.make_detector(row, plan, net=store.nets.get(row.net), workdir=wd,
+    yield build.make_detector(row, plan, net=store.nets.get(row.net), workdir=wd,
                               seed=c.seed if seed is None else seed,
                               write_metrics=writer and writer.write_scalars)
-    state = det.fit(store.get(row.net, "train", row.fit_reads), fit_key(c, row.name))
   finally:
     if writer is not None:
       writer.flush()
+
+
+def fit_row(c, plan: build.Plan, row: build.RowSpec, store: arrays.ArrayStore, workdir: str,
+            seed: Optional[int]) -> tuple[Detector, Any]:
+  """Makes a row's detector (with its trained net) and fits it on the ID train arrays."""
+  with row_detector(c, plan, row, store, workdir, seed) as det:
+    state = det.fit(store.get(row.net, "train", row.fit_reads), fit_key(c, row.name))
   return det, state
 
 

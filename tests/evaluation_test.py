@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from dlsr_jax import features
+from dlsr_jax.evaluation import Results
 from experiments import arrays, evaluation, runner
 from experiments.configs import quickstart
 
@@ -94,7 +95,8 @@ def _fake_scores(c, plan, store, workdir, seed, fixed):
     key = "mse" if row.type == "dlsr" else row.name
     scores[key] = by_k
     meta[key] = {"row": row.name, "detector": row.type, "net": row.net, "score": key}
-  return scores, meta, {r: {} for r in plan.rows}
+  return Results("id", tuple(sets[1:]), evaluation.parse_groups(c), scores, meta,
+                 {r: {} for r in plan.rows})
 
 
 def test_a_second_evaluation_moves_the_first_ones_outputs_aside(config, tmp_path, monkeypatch,
