@@ -49,4 +49,4 @@ def make(temperature: float = 1.0) -> base.Detector:
     logits = _features.as_features(arrays["logits"], "logits", dtype=np.float32)
     return {"energy": np.asarray(energy_score(logits, t))}
 
-  return base.Detector(name="energy", reads=("logits",), fit=fit, score=score)
+  return base.Detector(name="energy", reads=("logits",), fit=fit, score=score, fit_reads=())

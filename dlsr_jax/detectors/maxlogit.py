@@ -25,4 +25,5 @@ def make() -> base.Detector:
   """Max logit on the classifier's logits (no settings, nothing to fit)."""
   fit = lambda arrays, key: None
   score = lambda state, arrays, key: {"maxlogit": np.asarray(max_logit_score(arrays["logits"]))}
-  return base.Detector(name="maxlogit", reads=("logits",), fit=fit, score=score)
+  return base.Detector(name="maxlogit", reads=("logits",), fit=fit, score=score,
+                       fit_reads=())

@@ -37,4 +37,4 @@ def _score(state: None, arrays: base.SetArrays, key: jax.Array) -> dict[str, np.
 
 def make() -> base.Detector:
   """MSP on the classifier's logits (no settings)."""
-  return base.Detector(name="msp", reads=("logits",), fit=_fit, score=_score)
+  return base.Detector(name="msp", reads=("logits",), fit=_fit, score=_score, fit_reads=())

@@ -169,4 +169,4 @@ def make(net: Net, temperature: float = 1000.0, eps: float = 0.0014, batch_size:
     out = batching.map_padded(lambda x: kernel(params, x, t, step), images, batch_size)
     return {"odin": np.asarray(out, np.float32)}
 
-  return base.Detector(name="odin", reads=(input,), fit=fit, score=score)
+  return base.Detector(name="odin", reads=(input,), fit=fit, score=score, fit_reads=())
