@@ -73,8 +73,8 @@ def test_gen_matches_formula(gamma, m):
   det = detectors.make("gen", gamma=gamma, m=m)
   assert det.fit({"logits": logits}, KEY) is None
   got = det.score(None, {"logits": logits}, KEY)["gen"]
-  assert got.shape == (25,) and got.dtype == np.float32
-  np.testing.assert_allclose(got, _gen64(logits, gamma, m), rtol=2e-5, atol=1e-30)
+  assert got.shape == (25,) and got.dtype == np.float64
+  np.testing.assert_allclose(got, _gen64(logits, gamma, m), rtol=2e-5, atol=0)
 
 
 def test_gen_hand_case_and_no_saturation():
@@ -88,6 +88,13 @@ def test_gen_hand_case_and_no_saturation():
   assert np.all(np.max(jax.nn.softmax(logits), axis=1) == 1.0)
   got = detectors.make("gen").score(None, {"logits": logits}, KEY)["gen"]
   np.testing.assert_allclose(got, _gen64(logits, 0.1, 3), rtol=1e-5)
+  assert got[0] > got[1] > 0.0
+  # gamma = 10: G ~ e^(-10 margin) is below float32's range at margins 12 and 15 (0 for both).
+  logits = np.array([[12.0, 0.0, 0.0], [15.0, 0.0, 0.0]], np.float32)
+  want = _gen64(logits, 10.0, 3)
+  assert np.all(want.astype(np.float32) == 0.0)
+  got = detectors.make("gen", gamma=10.0).score(None, {"logits": logits}, KEY)["gen"]
+  np.testing.assert_allclose(got, want, rtol=1e-4)
   assert got[0] > got[1] > 0.0
 
 
