@@ -134,6 +134,13 @@ def test_klm_hand_case():
   state = det.fit({"logits": fit}, KEY)
   got = det.score(state, {"logits": np.array([[0.0, 0.0], [l3, 0.0]])}, KEY)["klm"]
   np.testing.assert_allclose(got, [0.5 * np.log(4.0 / 3.0), 0.0], atol=1e-15)
+  # A template with an exact zero (float64's softmax of a margin of 1000 is one-hot): KL to it
+  # is +inf for any p with mass there and 0 log 0 = 0 for a p without.
+  state = det.fit({"logits": np.array([[1000.0, 0.0], [0.0, 1.0]])}, KEY)
+  assert state.templates[0, 1] == 0.0
+  got = det.score(state, {"logits": np.array([[0.0, 0.0], [1000.0, 0.0]])}, KEY)["klm"]
+  d1 = special.softmax([0.0, 1.0])
+  np.testing.assert_allclose(got, [stats.entropy([0.5, 0.5], d1), 0.0], rtol=1e-12, atol=0)
 
 
 def test_klm_refuses_a_class_no_fit_sample_predicts():
