@@ -75,6 +75,8 @@ def fit_nnguide(z_train: ArrayLike, logits: ArrayLike, k: int = 100,
   Raises:
     ValueError: bad arrays, a bank larger than the fit set, or a bank smaller than k.
   """
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+    raise ValueError(f"nnguide: k must be a positive int, got {k!r}")
   z_all, l_all = np.asarray(z_train), np.asarray(logits)
   n = z_all.shape[0] if z_all.ndim else 0
   if z_all.ndim != 2 or l_all.ndim != 2 or l_all.shape[0] != n:
