@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import re
 import subprocess
 import sys
 
@@ -207,9 +208,11 @@ def test_knn_matches_brute_force_kth_distance(k):
 
 # ------------------------------------------------------------------ make --
 def test_make_unknown_type_lists_available():
-  with pytest.raises(ValueError, match=r"unknown detector type 'nope'; available: "
-                                       r"confidence, dlsr, energy, knn, mahalanobis, "
-                                       r"maxlogit, msp, odin"):
+  kinds = detectors.available()
+  assert kinds == sorted(kinds) and {"confidence", "dlsr", "energy", "knn", "mahalanobis",
+                                     "maxlogit", "msp", "odin"} <= set(kinds)
+  with pytest.raises(ValueError, match=re.escape("unknown detector type 'nope'; available: "
+                                                 + ", ".join(kinds))):
     detectors.make("nope")
   with pytest.raises(ValueError, match="available"):
     detectors.make("base")
