@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import re
 import subprocess
 import sys
 
@@ -207,9 +208,11 @@ def test_knn_matches_brute_force_kth_distance(k):
 
 # ------------------------------------------------------------------ make --
 def test_make_unknown_type_lists_available():
+  types = detectors.base.available()
+  assert {"confidence", "dlsr", "energy", "knn", "mahalanobis", "maxlogit", "msp",
+          "odin"} <= set(types) and types == sorted(types) and "base" not in types
   with pytest.raises(ValueError, match=r"unknown detector type 'nope'; available: "
-                                       r"confidence, dlsr, energy, knn, mahalanobis, "
-                                       r"maxlogit, msp, odin"):
+                                       + re.escape(", ".join(types)) + "$"):
     detectors.make("nope")
   with pytest.raises(ValueError, match="available"):
     detectors.make("base")
