@@ -207,9 +207,12 @@ def test_knn_matches_brute_force_kth_distance(k):
 
 # ------------------------------------------------------------------ make --
 def test_make_unknown_type_lists_available():
+  types = detectors.available()
+  assert types == sorted(types) and {"confidence", "dlsr", "energy", "knn", "mahalanobis",
+                                     "maxlogit", "msp", "odin"} <= set(types)
+  assert not any(t == "base" or t.startswith("_") for t in types)
   with pytest.raises(ValueError, match=r"unknown detector type 'nope'; available: "
-                                       r"confidence, dlsr, energy, knn, mahalanobis, "
-                                       r"maxlogit, msp, odin"):
+                                       + ", ".join(types) + "$"):
     detectors.make("nope")
   with pytest.raises(ValueError, match="available"):
     detectors.make("base")

@@ -21,14 +21,17 @@ def check_dim(detector: str, dim: int | None, d: int) -> int:
   dim >= D leaves no residual space (OpenOOD's residual.yml dim = 512 on 512-d features gives a
   constant score): it is refused, not reduced to energy.
   """
+  given = "" if dim is not None else " (None: D // 2)"
   if dim is None:
     dim = d // 2
   elif isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
     raise ValueError(f"{detector}: dim must be an int (or None for D // 2), got {dim!r}")
   if not 1 <= dim < d:
-    raise ValueError(f"{detector}: dim = {dim} must satisfy 1 <= dim < D = {d} (the width of "
-                     f"net.head's W): dim >= D leaves no residual space, the score would be "
-                     f"{'energy' if detector == 'vim' else 'constant'}")
+    why = "" if dim < d else (
+        ": dim >= D leaves no residual space (the score would be "
+        f"{'energy' if detector == 'vim' else 'constant'})")
+    raise ValueError(f"{detector}: dim = {dim}{given} must satisfy 1 <= dim < D = {d} (D: the "
+                     f"rows of net.head's W){why}")
   return int(dim)
 
 
@@ -58,8 +61,8 @@ def fit_residual_basis(z: np.ndarray, u: np.ndarray, dim: int, detector: str) ->
   if lam[k] - lam[k - 1] <= tol:
     hint = f" (N = {z.shape[0]} <= dim always does)" if z.shape[0] <= dim else ""
     raise ValueError(
-        f"{detector}: the fit set does not determine a principal subspace of dim = {dim}: the "
-        f"{dim}-th and {dim + 1}-th largest eigenvalues of its covariance about u are equal "
+        f"{detector}: the fit set does not determine a principal subspace of dim = {dim}: "
+        f"eigenvalues {dim} and {dim + 1} (largest first) of its covariance about u are equal "
         f"({lam[k]:.6g}, {lam[k - 1]:.6g}){hint}; use more fit rows or another dim")
   return vec[:, :k]
 
