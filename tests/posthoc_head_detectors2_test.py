@@ -236,6 +236,14 @@ def test_nci_refusals():
 
 
 # ------------------------------------------------------------ all five --
+class _NoDenseHead:
+  """Like a models.wrap Net without head=: its .head property raises ValueError."""
+
+  @property
+  def head(self):
+    raise ValueError("net 'wrapped' does not name its final dense layer")
+
+
 def test_make_builds_each_and_available_lists_them():
   assert set(TYPES) <= set(detectors.available())
   for t in TYPES:
@@ -244,6 +252,8 @@ def test_make_builds_each_and_available_lists_them():
     with pytest.raises(TypeError, match=rf"{t}: net must have .head -> \(W \[D, K\], b \[K\]\)"
                                         r".*SimpleNamespace has no .head"):
       detectors.make(t, net=types.SimpleNamespace(params={}))
+    with pytest.raises(ValueError, match=rf"{t}: net 'wrapped' does not name its final"):
+      detectors.make(t, net=_NoDenseHead())
     with pytest.raises(TypeError, match=rf"detector '{t}': missing .*'net'"):
       detectors.make(t)
     with pytest.raises(ValueError, match=rf"{t}: net.head's b must have shape \[K\] = \(3,\)"):

@@ -30,12 +30,17 @@ def read_head(net: Any, detector: str) -> tuple[np.ndarray, np.ndarray]:
 
   Raises:
     TypeError: `net` has no `.head`, or it is not a pair (W, b).
-    ValueError: shapes that do not fit (W 2-D, b 1-D with K entries) or non-finite values.
+    ValueError: `net.head` raised it (no final dense layer; re-raised naming the detector),
+      shapes that do not fit (W 2-D, b 1-D with K entries) or non-finite values.
   """
-  if not hasattr(net, "head"):
+  try:
+    head = net.head
+  except AttributeError:
     raise TypeError(f"{detector}: net must have .head -> (W [D, K], b [K]), the final dense "
-                    f"layer with logits = pre_logits @ W + b; {type(net).__name__} has no .head")
-  head = net.head
+                    f"layer with logits = pre_logits @ W + b; {type(net).__name__} has no .head"
+                    ) from None
+  except ValueError as e:   # Net.head: a net that names no final dense layer
+    raise ValueError(f"{detector}: {e}") from e
   if not isinstance(head, (tuple, list)) or len(head) != 2:
     raise TypeError(f"{detector}: net.head must be a pair (W [D, K], b [K]), got "
                     f"{type(head).__name__}")
