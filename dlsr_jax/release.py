@@ -42,8 +42,8 @@ import jax
 import numpy as np
 
 from dlsr_jax import lfdn
-from dlsr_jax.backbones.torch_pickle import CheckpointFormatError, as_str
-from dlsr_jax.backbones.torch_reader import load_torch_object
+from dlsr_jax.weights.torch_pickle import CheckpointFormatError, as_str
+from dlsr_jax.weights.torch_reader import load_torch_object
 
 PathLike = Union[str, os.PathLike]
 

@@ -13,8 +13,8 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 
 from dlsr_jax import lfdn, release, schedule  # noqa: E402
-from dlsr_jax.backbones.torch_reader import (CheckpointFormatError,  # noqa: E402
-                                             UnsafeCheckpointError)
+from dlsr_jax.weights.torch_reader import (CheckpointFormatError,  # noqa: E402
+                                           UnsafeCheckpointError)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 C, W, E, N = 12, 16, 8, 2

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from dlsr_jax import backbones
-from dlsr_jax.backbones import torch_reader
-from dlsr_jax.backbones.torch_reader import (CheckpointFormatError, UnsafeCheckpointError,
-                                             read_torch_checkpoint)
+from dlsr_jax.weights import torch_reader
+from dlsr_jax.weights.torch_reader import (CheckpointFormatError, UnsafeCheckpointError,
+                                           read_torch_checkpoint)
 
 LITE0_PATH = backbones.imagenet_weights_path("efficientnet_lite0")
 FORMATS = pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])

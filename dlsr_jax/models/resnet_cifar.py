@@ -2,7 +2,7 @@
 
 Module names follow the PyTorch layouts with list indices folded into the name,
 so the torch key `layer1.0.conv1.weight` is the Flax path `layer1_0/conv1/kernel`
-(see `dlsr_jax.backbones.convert`).
+(see `dlsr_jax.weights.convert`).
 
 * `CifarResNet` (He et al. 2016, section 4.2), the layout of the akamaster
   weights in `../shared/weights/cifar10_resnet`: conv3x3(3->16) + BN + ReLU;

@@ -26,10 +26,10 @@ from typing import Any, Mapping, Union
 
 import numpy as np
 
-from dlsr_jax.backbones.torch_pickle import (CheckpointError, CheckpointFormatError,
-                                             RestrictedUnpickler, Storage,
-                                             UnsafeCheckpointError, as_str, materialize,
-                                             parse_storage_pid)
+from dlsr_jax.weights.torch_pickle import (CheckpointError, CheckpointFormatError,
+                                           RestrictedUnpickler, Storage,
+                                           UnsafeCheckpointError, as_str, materialize,
+                                           parse_storage_pid)
 
 __all__ = ["CheckpointError", "CheckpointFormatError", "UnsafeCheckpointError",
            "extract_state_dict", "load_torch_object", "read_safetensors",
