@@ -33,7 +33,7 @@ def convert_file(backbone: str, input_path: str, output_path: str, *,
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
   from dlsr_jax import backbones  # pylint: disable=g-import-not-at-top
-  from dlsr_jax.backbones import convert  # pylint: disable=g-import-not-at-top
+  from dlsr_jax.weights import convert  # pylint: disable=g-import-not-at-top
 
   if not output_path.endswith(".safetensors"):
     raise ValueError(f"--output must end in .safetensors, got {output_path!r}")

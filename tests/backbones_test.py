@@ -28,7 +28,8 @@ import torch
 from torch import nn as tnn
 
 from dlsr_jax import backbones
-from dlsr_jax.backbones import convert, efficientnet
+from dlsr_jax.backbones import efficientnet
+from dlsr_jax.weights import convert
 from experiments import convert_weights
 
 REL_TOL = 1e-3

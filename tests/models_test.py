@@ -10,6 +10,8 @@ The shared files live in `../shared` beside the clone (override: $DLSR_SHARED_DI
 """
 
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +20,7 @@ import pytest
 import torch
 
 from dlsr_jax import models
-from dlsr_jax.backbones import convert
+from dlsr_jax.weights import convert
 from reference import torch_resnet_cifar, torch_wrn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -216,3 +218,16 @@ def test_bad_weights_name_the_keys(tmp_path):
                 num_classes=100)
   with pytest.raises(FileNotFoundError):
     models.load("cifar_resnet20", str(tmp_path / "absent.th"))
+
+
+def test_models_does_not_import_backbones():
+  # models/ reads weights through dlsr_jax.weights and constants from dlsr_jax.normalisation;
+  # the frozen backbones sit above it (backbones -> models), never below.
+  code = ("import sys; import dlsr_jax.models; "
+          "print(sorted(m for m in sys.modules if m.startswith('dlsr_jax.')))")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        check=False, timeout=300, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  loaded = proc.stdout.strip()
+  assert "dlsr_jax.weights.torch_reader" in loaded, loaded
+  assert "dlsr_jax.backbones" not in loaded, loaded

@@ -9,14 +9,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dlsr_jax.normalisation import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD
 from dlsr_jax.typedefs import Params
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# "Inception-style" (x - 127) / 128 on the [0, 255] scale: what the TF EfficientNet-Lite
-# (edge) models were trained with (tensorflow/tpu, lite/efficientnet_lite_builder.py).
-INCEPTION_MEAN = (127.0 / 255.0,) * 3
-INCEPTION_STD = (128.0 / 255.0,) * 3
 NORMALISATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD),
                   "inception": (INCEPTION_MEAN, INCEPTION_STD)}
 

@@ -13,7 +13,7 @@ Every module's `__call__(x, train)` returns `(logits, out)` with
 out["pre_logits"]. Names are registered in the explicit dict `_REGISTRY`.
 Weights files: PyTorch `.th`/`.pth`/`.pt` (zip or legacy pickle, read without torch
 and without running code), torch-layout `.safetensors`, or native Flax
-`.safetensors` written by `backbones.convert.save_native`.
+`.safetensors` written by `weights.convert.save_native`.
 """
 
 from __future__ import annotations
@@ -27,17 +27,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlsr_jax.backbones import convert
-from dlsr_jax.backbones import weights_id_of
-from dlsr_jax.weights.convert import CheckpointMismatchError
-from dlsr_jax.weights.torch_reader import (extract_state_dict, read_safetensors,
-                                           read_torch_checkpoint)
 from dlsr_jax.models.confidence import ConfidenceNet, with_confidence_head
 from dlsr_jax.models.heads import LinearHead, MLPHead
 from dlsr_jax.models.net import NORMALISATIONS, Net
 from dlsr_jax.models.resnet_cifar import CifarResNet, ResNet18
 from dlsr_jax.models.wrap import wrap
 from dlsr_jax.models.wrn import WideResNet
+from dlsr_jax.weights import (CheckpointMismatchError, convert, extract_state_dict,
+                              read_safetensors, read_torch_checkpoint, weights_id_of)
 
 __all__ = [
     "CheckpointMismatchError", "CifarResNet", "ConfidenceNet", "LinearHead", "MLPHead",

@@ -9,11 +9,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dlsr_jax.backbones.base import IMAGENET_MEAN, IMAGENET_STD
+from dlsr_jax.normalisation import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
 from dlsr_jax.typedefs import Params
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 # name -> (mean, std) on the [0, 1] scale.
 NORMALISATIONS = {
     "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
