@@ -284,7 +284,7 @@ def load(name: str, weights: Union[str, os.PathLike, None] = "imagenet", *,
   return Backbone(name=name, module=module, params=params, resolution=DEFAULT_RESOLUTION,
                   level_names=cfg.level_names, level_channels=cfg.level_channels,
                   default_layers=cfg.default_layers, weights_id=wid, has_head=has_head,
-                  mean=mean, std=std)
+                  mean=mean, std=std, head_name=cfg.head_prefixes[0])
 
 
 def imagenet_class_names() -> Optional[tuple[str, ...]]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional, Sequence
+import functools
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dlsr_jax.models.net import Net
 from dlsr_jax.normalisation import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD
 from dlsr_jax.typedefs import Params
 
@@ -50,8 +52,9 @@ class Backbone:
 
   Attributes:
     name: registry name, e.g. "efficientnet_lite0".
-    module: the Flax module. `module.apply(params, x)` returns
-      `(logits_or_None, {level_name: [B, h, w, c] map})`.
+    module: the Flax module. `module.apply(params, x, with_head=...)` returns
+      `(logits_or_None, {level_name: [B, h, w, c] map})`; with the head the dict also
+      holds "pre_logits" [B, D].
     params: Flax variables `{"params": ..., "batch_stats": ...}`.
     resolution: input height/width the backbone expects (224 for the paper).
     level_names: names of the resolution levels, shallow to deep.
@@ -59,7 +62,10 @@ class Backbone:
     default_layers: indices into `level_names` used for DLSR features by default.
     weights_id: short string identifying the weights (e.g. a file hash);
       used to key the feature cache.
+    has_head: the weights include the classification layer (False: `logits` raises).
     mean, std: normalisation used by `preprocess`.
+    head_name: the Flax name of the final dense layer in `params["params"]` ("_fc" for
+      the EfficientNets, "fc" for ResNet-50), for `as_net`; None: unknown.
   """
   name: str
   module: nn.Module
@@ -72,6 +78,7 @@ class Backbone:
   has_head: bool = True
   mean: tuple[float, ...] = IMAGENET_MEAN
   std: tuple[float, ...] = IMAGENET_STD
+  head_name: Optional[str] = None
 
   def preprocess(self, images: jax.Array, resolution: Optional[int] = None) -> jax.Array:
     """uint8 [B, H, W, 3] -> normalised float [B, R, R, 3]."""
@@ -92,3 +99,53 @@ class Backbone:
   @property
   def apply_fn(self) -> Callable[[Params, jax.Array], list[jax.Array]]:
     return self.apply
+
+  def as_net(self) -> Net:
+    """This backbone as a classifier `Net`, the contract of `models`, `evaluation.forward`
+    and the detectors.
+
+    `net.apply(params, x)` returns `(logits [B, K], out)` with out["pre_logits"] [B, D] (the
+    pooled features the classification layer reads) and every level map under its name
+    (out["level1"]..out["level5"]; ResNet-50: "layer1".."layer4"): the arrays of `logits`
+    and `apply`. `net.head` is the classification layer (logits = pre_logits @ W + b);
+    `net.preprocess` / `net.normalise` resize to `resolution` and normalise as `preprocess`
+    (differentiably, for ODIN). `net.outputs` is ("logits", "pre_logits"), so
+    `evaluation.forward` returns those and leaves the level maps out. Nets of the same
+    module and preprocessing share their compiled functions. The net is for evaluation:
+    training objectives need a `models.load` net.
+
+    Raises:
+      ValueError: the backbone has no classification head (`has_head` False) or does not
+        name it (`head_name`).
+    """
+    if not self.has_head:
+      raise ValueError(f"backbone {self.name!r} has no classification head (loaded with "
+                       "allow_missing_head=True?), so it is no classifier Net")
+    if self.head_name is None:
+      raise ValueError(f"backbone {self.name!r} does not name its final dense layer "
+                       "(head_name); load it with backbones.load")
+    return Net(name=self.name, module=None, params=self.params, resolution=self.resolution,
+               mean=self.mean, std=self.std, weights_id=self.weights_id,
+               head_path=(self.head_name,),
+               apply_fn=_classifier_apply(self.module, self.level_names),
+               preprocess_fn=_net_preprocess(int(self.resolution), tuple(self.mean),
+                                             tuple(self.std)))
+
+
+# Cached per (module, levels) and per preprocessing: `evaluation.forward` keys its compiled
+# functions on the identity of a net's functions, so every `as_net` of a backbone reuses them.
+@functools.lru_cache(maxsize=32)
+def _classifier_apply(module: nn.Module, level_names: tuple[str, ...]
+                      ) -> Callable[[Params, jax.Array], tuple[jax.Array, dict[str, Any]]]:
+  def apply(params: Params, x: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+    logits, maps = module.apply(params, x, with_head=True)
+    return logits, {"pre_logits": maps["pre_logits"], **{n: maps[n] for n in level_names}}
+  return apply
+
+
+@functools.lru_cache(maxsize=32)
+def _net_preprocess(resolution: int, mean: tuple[float, ...], std: tuple[float, ...]
+                    ) -> Callable[[jax.Array], jax.Array]:
+  def preprocess(images: jax.Array) -> jax.Array:   # float [B, H, W, 3] in [0, 255]
+    return preprocess_images(images, resolution, mean, std)
+  return preprocess

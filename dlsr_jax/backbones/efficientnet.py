@@ -341,7 +341,8 @@ class EfficientNet(nn.Module):
 
     Returns:
       (logits [B, num_classes] or None, {"level1".."level5": [B, h, w, c]}) where
-      level i is the output of the last block at stride 2**i.
+      level i is the output of the last block at stride 2**i; with the head, the dict
+      also holds "pre_logits" [B, D], the pooled features the final `_fc` reads.
     """
     if x.ndim != 4 or x.shape[-1] != 3:
       raise ValueError(f"expected input of shape [B, H, W, 3], got {x.shape}")
@@ -367,4 +368,4 @@ class EfficientNet(nn.Module):
     x = _act(_bn("_bn1", cfg.bn_epsilon, dt)(x), cfg.lite)
     x = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(cfg.num_classes, dtype=dt, param_dtype=jnp.float32, name="_fc")(x)
-    return logits, levels
+    return logits, {**levels, "pre_logits": x}

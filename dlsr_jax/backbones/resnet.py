@@ -79,7 +79,8 @@ class ResNet50(nn.Module):
 
     Returns:
       (logits [B, num_classes] or None, {"layer1".."layer4": [B, h, w, c]}) with
-      strides 4, 8, 16, 32 and 256, 512, 1024, 2048 channels.
+      strides 4, 8, 16, 32 and 256, 512, 1024, 2048 channels; with the head, the dict also
+      holds "pre_logits" [B, 2048], the pooled features the final `fc` reads.
     """
     if x.ndim != 4 or x.shape[-1] != 3:
       raise ValueError(f"expected input of shape [B, H, W, 3], got {x.shape}")
@@ -100,4 +101,4 @@ class ResNet50(nn.Module):
       return None, levels
     x = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(self.num_classes, dtype=dt, param_dtype=jnp.float32, name="fc")(x)
-    return logits, levels
+    return logits, {**levels, "pre_logits": x}
