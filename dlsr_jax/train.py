@@ -8,8 +8,7 @@ with the loop key.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import flax
 import jax
@@ -18,6 +17,8 @@ import numpy as np
 import optax
 
 from dlsr_jax import diffusion, lfdn
+from dlsr_jax.objectives import base as objectives_base
+from dlsr_jax.training import optim
 from dlsr_jax.typedefs import Params
 
 
@@ -29,38 +30,10 @@ class TrainState(flax.struct.PyTreeNode):
   ema_params: Params
 
 
-@dataclasses.dataclass(frozen=True)
-class OptimConfig:
-  """AdamW with optional warm-up and gradient clipping; EMA of params.
-
-  Paper: lr 1e-4 constant, weight decay 1e-4, batch 128, 150 epochs.
-  The release's defaults: lr 1e-5, weight decay 0.02, batch 256.
-  """
-  learning_rate: float = 1e-4
-  weight_decay: float = 1e-4
-  b1: float = 0.9
-  b2: float = 0.999
-  eps: float = 1e-8
-  warmup_steps: int = 0
-  grad_clip_norm: Optional[float] = None
-  ema_decay: float = 0.9999
-
-
-def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
-  if cfg.warmup_steps > 0:
-    lr = optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
-  else:
-    lr = cfg.learning_rate
-  tx = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
-  if cfg.grad_clip_norm:
-    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
-  return tx
-
-
-def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
-  """EMA decay with warm-up: min(decay, (1 + n) / (10 + n)) at update n."""
-  n = jnp.asarray(step, jnp.float32)
-  return jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+# Moved: the optimizer to `training.optim`, the EMA warm-up to `objectives.base`.
+OptimConfig = optim.AdamWConfig
+make_optimizer = optim.adamw
+ema_decay_at = objectives_base.ema_decay_at
 
 
 def create_train_state(model_cfg: lfdn.LFDNConfig, tx: optax.GradientTransformation,
@@ -72,14 +45,8 @@ def create_train_state(model_cfg: lfdn.LFDNConfig, tx: optax.GradientTransformat
 
 
 def lfdn_apply_fn(model_cfg: lfdn.LFDNConfig, train: bool = False) -> Callable[..., jax.Array]:
-  """`(params, z_t, t[, dropout_key]) -> z0_hat` for an LFDN config."""
-  model = lfdn.LFDN(model_cfg)
-
-  def apply(params, z_t, t, dropout_key=None):
-    rngs = {"dropout": dropout_key} if (train and dropout_key is not None) else None
-    return model.apply({"params": params}, z_t, t, train=train, rngs=rngs)
-
-  return apply
+  """`(params, z_t, t[, dropout_key]) -> z0_hat` for an LFDN config (`lfdn.apply_fn`)."""
+  return lfdn.apply_fn(model_cfg, train=train)
 
 
 def make_x0_step(model_cfg: lfdn.LFDNConfig, tx: optax.GradientTransformation,
@@ -91,7 +58,7 @@ def make_x0_step(model_cfg: lfdn.LFDNConfig, tx: optax.GradientTransformation,
     `batch["in"]["z"]` the [B, C] clean features; `step_key` (the loop's
     `fold_in(loop_key, state.step)`) draws the timesteps, noise and dropout.
   """
-  apply = lfdn_apply_fn(model_cfg, train=True)
+  apply = lfdn.apply_fn(model_cfg, train=True)
   abar = jnp.asarray(alphas_cumprod, jnp.float32)
 
   def step(state: TrainState, batch: dict, step_key: jax.Array):
