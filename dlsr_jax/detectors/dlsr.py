@@ -22,8 +22,8 @@ import jax
 import numpy as np
 
 from dlsr_jax import diffusion, lfdn, parallel, schedule, scoring, trainer
-from dlsr_jax import train as train_lib
 from dlsr_jax.detectors import base
+from dlsr_jax.training import optim as optim_lib
 from dlsr_jax.training.checkpoint import Checkpointer
 
 __all__ = ["DLSRSettings", "make", "restore_ema"]
@@ -96,9 +96,10 @@ class DLSRSettings:
         kind=self.schedule_kind, num_steps=self.num_steps, beta_start=self.beta_start,
         beta_end=self.beta_end))
 
-  def optim(self) -> train_lib.OptimConfig:
-    return train_lib.OptimConfig(learning_rate=self.learning_rate,
-                                 weight_decay=self.weight_decay, warmup_steps=self.warmup_steps,
+  def optim(self) -> optim_lib.AdamWConfig:
+    return optim_lib.AdamWConfig(learning_rate=self.learning_rate,
+                                 weight_decay=self.weight_decay,
+                                 warmup_steps=self.warmup_steps,
                                  grad_clip_norm=self.grad_clip_norm or None,
                                  ema_decay=self.ema_decay)
 
@@ -118,12 +119,15 @@ class DLSRSettings:
         num_draws=self.num_draws, mfsim_skip_first=self.release_compat)
 
 
-def restore_ema(workdir: str, model_cfg: lfdn.LFDNConfig, optim_cfg: train_lib.OptimConfig,
+def restore_ema(workdir: str, model_cfg: lfdn.LFDNConfig, optim_cfg: optim_lib.AdamWConfig,
                 reference_step: Optional[int] = None) -> Any:
-  """EMA params of the latest checkpoint in `workdir` (or of a kept reference step)."""
-  tx = train_lib.make_optimizer(optim_cfg)
+  """EMA params of the latest checkpoint in `workdir` (or of a kept reference step).
+
+  Workdirs written before the LFDN trained on the common `TrainState` restore too.
+  """
+  tx = optim_lib.adamw(optim_cfg)
   rep = parallel.replicated(parallel.make_mesh())
-  target = jax.eval_shape(lambda: train_lib.create_train_state(model_cfg, tx, jax.random.key(0)))
+  target = jax.eval_shape(lambda: diffusion.init_x0_state(model_cfg, tx, jax.random.key(0)))
   target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), target)
   ckpt = Checkpointer(workdir)
   try:
@@ -142,7 +146,7 @@ def restore_ema(workdir: str, model_cfg: lfdn.LFDNConfig, optim_cfg: train_lib.O
 def _score_fn(settings: DLSRSettings, boundaries: tuple[int, ...]) -> Callable:
   """The jitted, data-sharded score function (cached: one compile per LFDN shape)."""
   sched = settings.schedule()
-  apply_fn = train_lib.lfdn_apply_fn(settings.model(boundaries[-1]))
+  apply_fn = lfdn.apply_fn(settings.model(boundaries[-1]))
   mesh = parallel.make_mesh()
   parallel.check_divisible(settings.eval_batch_size, mesh)
   return parallel.shard_score_fn(
