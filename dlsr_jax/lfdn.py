@@ -111,6 +111,18 @@ class LFDN(nn.Module):
     return out.astype(jnp.float32)
 
 
+PAPER_NUM_BLOCKS = 16
+
+
+def paper_config(features: int) -> LFDNConfig:
+  """The paper's LFDN size for C = `features`: width W = 2C, embedding E = C, N = 16 blocks.
+
+  (EfficientNet-B4's C = 720 gives the `LFDNConfig` defaults.)
+  """
+  return LFDNConfig(features=features, width=2 * features, embed_dim=features,
+                    num_blocks=PAPER_NUM_BLOCKS)
+
+
 def init_params(cfg: LFDNConfig, key: jax.Array) -> Any:
   """Initial LFDN params (float32) for a config."""
   x = jnp.zeros((1, cfg.features), jnp.float32)
