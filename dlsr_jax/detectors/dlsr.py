@@ -22,16 +22,29 @@ import jax
 import numpy as np
 
 from dlsr_jax import diffusion, lfdn, parallel, schedule, scoring, trainer
-from dlsr_jax import train as train_lib
 from dlsr_jax.detectors import base
+from dlsr_jax.training import optim as optim_lib
+from dlsr_jax.training import loop
 from dlsr_jax.training.checkpoint import Checkpointer
 
 __all__ = ["DLSRSettings", "make", "restore_ema"]
+
+# The defaults of the library's own configs; DLSRSettings takes its defaults from these, so
+# each lives in one place (experiments/configs take theirs from DLSRSettings).
+_LFDN = lfdn.paper_config(720)            # EfficientNet-B4's C: the LFDNConfig defaults
+_SCHEDULE = schedule.ScheduleConfig()
+_ADAMW = optim_lib.AdamWConfig()
+_FIT = loop.FitConfig()
+_DDIM = diffusion.DDIMConfig()
 
 
 @dataclasses.dataclass(frozen=True)
 class DLSRSettings:
   """Every setting of a DLSR row (defaults: the paper's; configs take `c.model` etc.).
+
+  The defaults are the library configs' (`lfdn.paper_config(720)`, `ScheduleConfig`,
+  `AdamWConfig`, `FitConfig`, `DDIMConfig`) and, for scoring, the ones below;
+  `experiments/configs/methods.py` hands them to the configs.
 
   LFDN (`c.model`): width, embed_dim, num_blocks, dropout, use_time_embedding, dtype.
   Schedule (`c.schedule`): schedule_kind, num_steps, beta_start, beta_end.
@@ -42,32 +55,32 @@ class DLSRSettings:
     k_strategy ("vmap" | "per_k"), lr (also the LR scores), lr_orientation.
   levels: None = every level of the features; else the named levels, e.g. ("level5",).
   """
-  width: int = 1440
-  embed_dim: int = 720
-  num_blocks: int = 16
-  dropout: float = 0.0
-  use_time_embedding: bool = True
-  dtype: str = "float32"
-  schedule_kind: str = "scaled_linear"
-  num_steps: int = 100
-  beta_start: float = 0.0015
-  beta_end: float = 0.0195
-  learning_rate: float = 1e-4
-  weight_decay: float = 1e-4
-  warmup_steps: int = 0
-  grad_clip_norm: float = 0.0
-  ema_decay: float = 0.9999
-  batch_size: int = 128
-  num_epochs: int = 150
-  log_every_steps: int = 100
-  checkpoint_every_epochs: int = 1
-  checkpoint_every_steps: int = 0
-  lr_reference_steps: int = 391
-  keep_steps: tuple[int, ...] = ()
+  width: int = _LFDN.width
+  embed_dim: int = _LFDN.embed_dim
+  num_blocks: int = _LFDN.num_blocks
+  dropout: float = _LFDN.dropout
+  use_time_embedding: bool = _LFDN.use_time_embedding
+  dtype: str = _LFDN.dtype
+  schedule_kind: str = _SCHEDULE.kind
+  num_steps: int = _SCHEDULE.num_steps
+  beta_start: float = _SCHEDULE.beta_start
+  beta_end: float = _SCHEDULE.beta_end
+  learning_rate: float = _ADAMW.learning_rate
+  weight_decay: float = _ADAMW.weight_decay
+  warmup_steps: int = _ADAMW.warmup_steps
+  grad_clip_norm: float = _ADAMW.grad_clip_norm or 0.0   # 0 = no clipping
+  ema_decay: float = _ADAMW.ema_decay
+  batch_size: int = _FIT.batch_size
+  num_epochs: int = _FIT.num_epochs
+  log_every_steps: int = _FIT.log_every_steps
+  checkpoint_every_epochs: int = _FIT.checkpoint_every_epochs
+  checkpoint_every_steps: int = _FIT.checkpoint_every_steps
+  lr_reference_steps: int = _FIT.lr_reference_steps
+  keep_steps: tuple[int, ...] = _FIT.keep_steps
   ks: tuple[int, ...] = (3, 5, 10)
-  stride: int = 1
-  eta: float = 1.0
-  release_compat: bool = False
+  stride: int = _DDIM.stride
+  eta: float = _DDIM.eta
+  release_compat: bool = _DDIM.release_compat
   num_draws: int = 1
   eval_batch_size: int = 256
   k_strategy: str = "vmap"
@@ -96,9 +109,10 @@ class DLSRSettings:
         kind=self.schedule_kind, num_steps=self.num_steps, beta_start=self.beta_start,
         beta_end=self.beta_end))
 
-  def optim(self) -> train_lib.OptimConfig:
-    return train_lib.OptimConfig(learning_rate=self.learning_rate,
-                                 weight_decay=self.weight_decay, warmup_steps=self.warmup_steps,
+  def optim(self) -> optim_lib.AdamWConfig:
+    return optim_lib.AdamWConfig(learning_rate=self.learning_rate,
+                                 weight_decay=self.weight_decay,
+                                 warmup_steps=self.warmup_steps,
                                  grad_clip_norm=self.grad_clip_norm or None,
                                  ema_decay=self.ema_decay)
 
@@ -118,12 +132,15 @@ class DLSRSettings:
         num_draws=self.num_draws, mfsim_skip_first=self.release_compat)
 
 
-def restore_ema(workdir: str, model_cfg: lfdn.LFDNConfig, optim_cfg: train_lib.OptimConfig,
+def restore_ema(workdir: str, model_cfg: lfdn.LFDNConfig, optim_cfg: optim_lib.AdamWConfig,
                 reference_step: Optional[int] = None) -> Any:
-  """EMA params of the latest checkpoint in `workdir` (or of a kept reference step)."""
-  tx = train_lib.make_optimizer(optim_cfg)
+  """EMA params of the latest checkpoint in `workdir` (or of a kept reference step).
+
+  Workdirs written before the LFDN trained on the common `TrainState` restore too.
+  """
+  tx = optim_lib.adamw(optim_cfg)
   rep = parallel.replicated(parallel.make_mesh())
-  target = jax.eval_shape(lambda: train_lib.create_train_state(model_cfg, tx, jax.random.key(0)))
+  target = jax.eval_shape(lambda: diffusion.init_x0_state(model_cfg, tx, jax.random.key(0)))
   target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), target)
   ckpt = Checkpointer(workdir)
   try:
@@ -142,7 +159,7 @@ def restore_ema(workdir: str, model_cfg: lfdn.LFDNConfig, optim_cfg: train_lib.O
 def _score_fn(settings: DLSRSettings, boundaries: tuple[int, ...]) -> Callable:
   """The jitted, data-sharded score function (cached: one compile per LFDN shape)."""
   sched = settings.schedule()
-  apply_fn = train_lib.lfdn_apply_fn(settings.model(boundaries[-1]))
+  apply_fn = lfdn.apply_fn(settings.model(boundaries[-1]))
   mesh = parallel.make_mesh()
   parallel.check_divisible(settings.eval_batch_size, mesh)
   return parallel.shard_score_fn(
