@@ -52,7 +52,7 @@ import numpy as np
 from dlsr_jax import models, parallel
 from dlsr_jax.models.net import Net
 from dlsr_jax.objectives import base as objectives
-from dlsr_jax.training import loop, optim
+from dlsr_jax.training import loop, metrics_writer, optim
 from dlsr_jax.training.checkpoint import Checkpointer
 
 DEFAULTS = dict(model="cifar_resnet20", init_from="", num_classes=10, seed=0, epochs=0,
@@ -182,9 +182,7 @@ def train_classifier(net: Net, images: np.ndarray, labels: np.ndarray, nc, workd
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "net_config.json"), "w") as f:
       json.dump(dict(nc) if isinstance(nc, dict) else nc.to_dict(), f, indent=2)
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  writer = metric_writers.create_default_writer(workdir,
-                                                just_logging=jax.process_index() > 0)
+  writer = metrics_writer.create(workdir)
   ckpt = Checkpointer(workdir)
   try:   # on Preempted too: flush the metrics, finish the checkpoint writes
     state = loop.fit(obj.init, obj.step, data, cfg, ckpt,
@@ -192,7 +190,7 @@ def train_classifier(net: Net, images: np.ndarray, labels: np.ndarray, nc, workd
                      write_metrics=lambda s, m: writer.write_scalars(s, m),
                      progress=f"train {_get(nc, 'model')} ({name})")
   finally:
-    writer.flush()
+    writer.close()
     ckpt.close()
   if obj.finish is not None and jax.process_index() == 0:
     obj.finish(state, workdir)

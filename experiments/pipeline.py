@@ -19,6 +19,7 @@ from dlsr_jax import (backbones, data, diffusion, features, lfdn, multihost, par
                       schedule, scoring)
 from dlsr_jax import train as train_lib
 from dlsr_jax import trainer
+from dlsr_jax.training import metrics_writer
 from dlsr_jax.training.checkpoint import Checkpointer
 from experiments import workdir as workdir_lib
 
@@ -190,9 +191,7 @@ def run_train(c, workdir: str):
 @workdir_lib.guarded
 def train_on_features(c, workdir: str, z: np.ndarray) -> train_lib.TrainState:
   """Trains (or resumes) the LFDN of config `c` in `workdir` on features `z` [N, C]."""
-  from clu import metric_writers
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
+  writer = metrics_writer.create(workdir)
   ckpt = Checkpointer(workdir)
   fit_cfg = fit_config(c)
   t0 = time.time()
@@ -202,7 +201,7 @@ def train_on_features(c, workdir: str, z: np.ndarray) -> train_lib.TrainState:
                         mesh=parallel.make_mesh(),
                         write_metrics=lambda s, m: writer.write_scalars(s, m))
   finally:
-    writer.flush()
+    writer.close()
     ckpt.close()
   logging.info("training took %.1f s", time.time() - t0)
   return state

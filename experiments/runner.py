@@ -20,6 +20,7 @@ from absl import logging
 
 from dlsr_jax import evaluation
 from dlsr_jax.detectors.base import Detector
+from dlsr_jax.training import metrics_writer
 from experiments import arrays, build, classifiers, pipeline
 
 
@@ -127,17 +128,16 @@ def row_detector(c, plan: build.Plan, row: build.RowSpec, store: arrays.ArraySto
   wd = row_workdir(workdir, row.name, seed) if row.trains else None
   writer = None
   if wd is not None:
-    from clu import metric_writers  # pylint: disable=g-import-not-at-top
     cs = c if seed is None else _with_seed(c, seed)
     pipeline.write_config(cs, wd)
-    writer = metric_writers.create_default_writer(wd, just_logging=jax.process_index() > 0)
+    writer = metrics_writer.create(wd)
   try:
     yield build.make_detector(row, plan, net=store.nets.get(row.net), workdir=wd,
                               seed=c.seed if seed is None else seed,
                               write_metrics=writer and writer.write_scalars)
   finally:
     if writer is not None:
-      writer.flush()
+      writer.close()
 
 
 def fit_row(c, plan: build.Plan, row: build.RowSpec, store: arrays.ArrayStore, workdir: str,
