@@ -177,10 +177,10 @@ def placeholder_net(spec: NetSpec, layout: FeatureLayout) -> Net:
 
 def make_detector(row: RowSpec, plan: Plan, *, net: Optional[Net] = None,
                   workdir: Optional[str] = None, seed: int = 0,
-                  write_metrics=None) -> Detector:
-  """Constructs a row's detector with its context arguments."""
+                  write_metrics=None, restore_only: bool = False) -> Detector:
+  """Constructs a row's detector with its context arguments (`restore_only`: evaluation)."""
   context = {"net": net, "layout": plan.layout, "workdir": workdir, "seed": seed,
-             "write_metrics": write_metrics}
+             "write_metrics": write_metrics, "restore_only": restore_only}
   return detectors.make(row.type, **row.settings, **{k: context[k] for k in row.context})
 
 

@@ -65,7 +65,7 @@ def evaluate_row(c, plan: build.Plan, row: build.RowSpec, store: arrays.ArraySto
   """One row through `dlsr_jax.evaluation.evaluate`: fitted on the ID train arrays of its net,
   the ID test set and every OOD set scored."""
   set_names = ["id", *ood_sources(c)]
-  with runner.row_detector(c, plan, row, store, workdir, seed) as det:
+  with runner.row_detector(c, plan, row, store, workdir, seed, restore_only=True) as det:
     res = evaluation_lib.evaluate(
         {row.name: det}, _Arrays(store, row.net, "train", row.fit_reads),
         {s: _Arrays(store, row.net, s, row.reads) for s in set_names},
@@ -140,16 +140,44 @@ def run_evaluate(c, workdir: str, outdir: Optional[str] = None) -> dict:
   each seed's table goes to `<outdir>/seed_<s>/` and the top-level results hold the mean over
   seeds with the standard deviation beside it (rows that train nothing: std 0).
   """
+  own_outdir = bool(outdir) and os.path.abspath(outdir) != os.path.abspath(workdir)
   outdir = outdir or workdir
   if not ood_sources(c):
     raise ValueError("no OOD sets configured: set --config.data.extra_ood=NAME=SOURCE")
   parse_groups(c)
   validate.validate_config(c)                               # before any extraction
+  if jax.process_index() == 0:
+    workdir_lib.check_writable(outdir, "output folder", "" if own_outdir else
+                               ": give --outdir=<a writable folder>")
   workdir_lib.check_config(c, workdir, for_eval=True)      # trained with these settings?
   plan = build.build(c)
+  runner.check_sources(c, plan)                            # every set: a typo fails now
   runner.require_trained(plan, workdir)
-  store = arrays.ArrayStore(c, workdir, runner.sources(c))
-  nets = runner.prepare_nets(plan, workdir, store, build.needed_nets(plan))
+  with _read_lock(workdir):
+    return _evaluate(c, plan, workdir, outdir, own_outdir)
+
+
+@contextlib.contextmanager
+def _read_lock(workdir: str):
+  """Holds the workdir's lock while evaluating it (a training run cannot start meanwhile, and
+  a running one is refused); a workdir this process cannot write is only checked."""
+  if os.access(workdir, os.W_OK | os.X_OK):
+    with workdir_lib.lock(workdir):
+      yield
+  else:
+    workdir_lib.check_unlocked(workdir)
+    yield
+
+
+def _evaluate(c, plan: build.Plan, workdir: str, outdir: str, own_outdir: bool) -> dict:
+  """`run_evaluate` once every check passed: restores (never trains) and scores. With an
+  output folder of its own and no `c.cache_dir`, new cache entries go to
+  <outdir>/feature_cache (the workdir's cache is still read): nothing is written into the
+  workdir."""
+  cache = os.path.join(outdir, "feature_cache") if own_outdir and not c.cache_dir else None
+  store = arrays.ArrayStore(c, workdir, runner.sources(c), cache_dir=cache)
+  runner.check_labels(c, plan, store, build.needed_nets(plan))
+  nets = runner.prepare_nets(plan, workdir, store, build.needed_nets(plan), restore_only=True)
   accuracy = {n: arrays.accuracy(store, n) for n in nets}
   settings = pipeline.settings_summary(c, store.backbone, pipeline.feature_boundaries(
       c, store.backbone)) if any(r.net == build.BACKBONE for r in plan.rows.values()) else {}

@@ -119,13 +119,13 @@ class DLSRSettings:
 
 
 def restore_ema(workdir: str, model_cfg: lfdn.LFDNConfig, optim_cfg: train_lib.OptimConfig,
-                reference_step: Optional[int] = None) -> Any:
+                reference_step: Optional[int] = None) -> Any:   # reads only
   """EMA params of the latest checkpoint in `workdir` (or of a kept reference step)."""
   tx = train_lib.make_optimizer(optim_cfg)
   rep = parallel.replicated(parallel.make_mesh())
   target = jax.eval_shape(lambda: train_lib.create_train_state(model_cfg, tx, jax.random.key(0)))
   target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), target)
-  ckpt = Checkpointer(workdir)
+  ckpt = Checkpointer(workdir, read_only=True)
   try:
     if reference_step is not None:
       return ckpt.restore_reference(target, reference_step).ema_params
@@ -167,11 +167,14 @@ def _columns(layout: base.FeatureLayout, levels: Optional[tuple[str, ...]]
 
 def make(workdir: str, layout: base.FeatureLayout, seed: int = 0,
          write_metrics: Optional[Callable[[int, dict], Any]] = None,
-         **settings: Any) -> base.Detector:
+         restore_only: bool = False, **settings: Any) -> base.Detector:
   """The DLSR detector.
 
   Args:
     workdir: the LFDN run's directory (checkpoints; training resumes there).
+    restore_only: `fit` only restores the finished run (evaluation): it trains, moves and
+      writes nothing, and fails ("run experiments.train to finish: step 8 of 24") if the
+      newest usable checkpoint is short of the configured steps.
     layout: the level names and widths of the "features" array.
     seed: the LFDN's init / shuffle / step seed.
     write_metrics: optional (step, metrics) callback of the training loop.
@@ -194,10 +197,14 @@ def make(workdir: str, layout: base.FeatureLayout, seed: int = 0,
     del key   # the LFDN's randomness comes from `seed` (exact resume)
     z = np.ascontiguousarray(np.asarray(arrays["features"], np.float32)[:, cols])
     fit_cfg = s.fit(seed)
-    ckpt = Checkpointer(workdir)
+    ckpt = Checkpointer(workdir, read_only=restore_only)
     try:   # on Preempted too: finish the checkpoint writes
-      state = trainer.fit(z, model_cfg, s.optim(), s.schedule(), fit_cfg, ckpt,
-                          mesh=parallel.make_mesh(), write_metrics=write_metrics)
+      if restore_only:
+        state = trainer.restore_finished(z, model_cfg, s.optim(), s.schedule(), fit_cfg, ckpt,
+                                         mesh=parallel.make_mesh())
+      else:
+        state = trainer.fit(z, model_cfg, s.optim(), s.schedule(), fit_cfg, ckpt,
+                            mesh=parallel.make_mesh(), write_metrics=write_metrics)
     finally:
       ckpt.close()
     ref = None
