@@ -281,8 +281,9 @@ def check_config(c, workdir: str, for_eval: bool = False) -> list[str]:
   guarded, changed = differences(old, _as_dict(c))
   if guarded and not has_checkpoints(workdir):
     logging.warning("%s records other settings but no checkpoint was written under it (an "
-                    "earlier run failed before training): the new settings replace them:\n  %s",
-                    os.path.join(workdir, CONFIG_NAME), "\n  ".join(guarded))
+                    "earlier run failed before training): %s:\n  %s",
+                    os.path.join(workdir, CONFIG_NAME), "not compared" if for_eval else
+                    "the new settings replace them", "\n  ".join(guarded))
     return guarded + changed
   if guarded:
     what = "evaluated" if for_eval else "resumed"
@@ -316,11 +317,12 @@ def guard(c, workdir: str, check: Callable[[Any], Any] | None = None) -> Iterato
   writable, locks it, checks and records the config; unlocks on exit."""
   from experiments import validate  # pylint: disable=g-import-not-at-top
   validate.validate_config(c)
-  if check is not None:
-    check(c)
   if jax.process_index() == 0:
     check_writable(workdir, hint=": use another --workdir")
   with lock(workdir):
+    check_config(c, workdir)
+    if check is not None:   # under the lock, before the record is written
+      check(c)
     record_config(c, workdir)
     yield
 
