@@ -190,6 +190,18 @@ def _streams(store: arrays.ArrayStore, name: str, spec: build.NetSpec,
   return out
 
 
+def check_streams(plan: build.Plan, store: arrays.ArrayStore) -> None:
+  """Loads every training net's extra streams (e.g. OE's outliers) and checks that none holds
+  a test set's images, before any net trains."""
+  for name, spec in plan.nets.items():
+    if spec.trains:
+      for stream, (source, _) in classifiers.stream_sources(spec.recipe).items():
+        set_name = stream_set(name, stream)
+        store.sources[set_name] = source
+        images = store.get(build.BACKBONE, set_name, ["images"])["images"]
+        _check_not_a_test_set(store, f"c.nets.{name}.{stream}", source, images)
+
+
 def _check_not_a_test_set(store: arrays.ArrayStore, key: str, source: str,
                           images: np.ndarray) -> None:
   """A training stream must not hold the images of a test set (the same file under another
@@ -276,6 +288,7 @@ def run_train(c, workdir: str) -> build.Plan:
   pipeline.write_config(c, workdir)
   store = arrays.ArrayStore(c, workdir, sources(c, with_ood=False), shard_train=True)
   check_labels(c, plan, store)
+  check_streams(plan, store)
   info = prepare_nets(plan, workdir, store)
   if info and jax.process_index() == 0:
     record_run(workdir, info)
