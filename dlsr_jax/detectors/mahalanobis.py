@@ -84,14 +84,17 @@ def _covariance(d: np.ndarray, shrinkage: Shrinkage) -> tuple[np.ndarray, float]
   return (_shrunk(cov, alpha) if alpha > 0.0 else cov), alpha
 
 
-def _eigh_checked(cov: np.ndarray, shrinkage: float, hint: str) -> tuple[np.ndarray, np.ndarray]:
-  """(w [C], v [C, C]) with cov = v diag(w) v^T; raises if cov is singular."""
+def _eigh_checked(cov: np.ndarray, shrinkage: float, hint: str,
+                  zero: str = "z_train has zero variance in every feature (all rows "
+                              "identical): a Gaussian cannot be fitted"
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """(w [C], v [C, C]) with cov = v diag(w) v^T; raises if cov is singular (`zero`: the
+  message for a covariance that is zero)."""
   c = cov.shape[0]
   w, v = np.linalg.eigh((cov + cov.T) / 2.0)
   top = max(float(w[-1]), 0.0)
   if top == 0.0:
-    raise ValueError("z_train has zero variance in every feature (all rows identical): "
-                     "a Gaussian cannot be fitted")
+    raise ValueError(zero)
   tol = top * c * np.finfo(np.float64).eps   # numpy/scipy pinvh's rcond
   rank = int(np.sum(w > tol))
   if rank < c:
@@ -211,7 +214,13 @@ def fit_class_conditional(z_train: ArrayLike, labels: ArrayLike,
   dof, c = x.shape[0] - classes.size, x.shape[1]
   hint = (f" (N - K = {dof} <= C = {c} always gives a singular covariance)" if dof <= c
           else "")
-  w, v = _eigh_checked(cov, alpha, hint)
+  single = int(np.sum(counts == 1))
+  zero = (f"the pooled within-class covariance is zero: every one of the {classes.size} "
+          f"classes has {'a single training row' if single == classes.size else 'identical rows'}"
+          f" (N = {x.shape[0]} rows, K = {classes.size} classes; {single} with one row), so no "
+          "row differs from its class mean; give each class at least 2 distinct rows, or use "
+          "class_conditional=False")
+  w, v = _eigh_checked(cov, alpha, hint, zero)
   whiten = v / np.sqrt(w)                   # W W^T = v diag(1/w) v^T = P
   center = x.mean(axis=0)
   return ClassMahalanobisModel(
