@@ -109,7 +109,9 @@ def _fails(capsys, fn, *args, **kwargs) -> str:
       fn(*args, **kwargs)
   assert exit_.value.code == launch.FAILED_EXIT_CODE
   err = capsys.readouterr().err.strip()
-  assert err.startswith("FAILED (") and "Traceback" not in err, err
+  assert "Traceback" not in err, err
+  err = err.splitlines()[-1]          # after any progress bars
+  assert err.startswith("FAILED ("), err
   return err
 
 
@@ -162,3 +164,178 @@ def test_evaluate_refuses_a_workdir_that_a_training_run_holds(trained, tmp_path,
     proc.wait()
   assert f"workdir {wd} is in use by pid {proc.pid}" in err, err
   assert "Move that folder aside" not in err
+
+
+def _npz(path, n=16, labels=None, seed=0):
+  """An npz data set of `n` random 32x32 RGB images (with `labels` if given)."""
+  images = np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+  arrays = {"images": images} if labels is None else {"images": images,
+                                                      "labels": np.asarray(labels)}
+  np.savez(path, **arrays)
+  return f"npz:{path}"
+
+
+def _has_checkpoint(wd) -> bool:
+  return workdir.has_checkpoints(str(wd))
+
+
+# 2: a failed first run writes no record, and a record with no checkpoint takes a new config.
+def test_a_typo_in_data_train_fails_before_the_record(tmp_path, capsys):
+  wd = tmp_path / "wd"
+  err = _fails(capsys, pipeline.run_train, _cfg(**{"data.train": "npz:/no/such/digits.npz"}),
+               str(wd))
+  assert "data.train = 'npz:/no/such/digits.npz'" in err and "not found" in err, err
+  assert not (wd / workdir.CONFIG_NAME).exists() and not (wd / ".lock").exists()
+  err = _fails(capsys, pipeline.run_train, _cfg(**{"nets.head.batch_size": 1000}), str(wd))
+  assert "c.nets.head.batch_size = 1000 is more than the 16 images of data.train" in err, err
+  assert not (wd / workdir.CONFIG_NAME).exists()
+
+
+def test_a_record_without_a_checkpoint_accepts_the_corrected_command(tmp_path, monkeypatch):
+  from experiments import runner  # pylint: disable=g-import-not-at-top
+  wd = tmp_path / "wd"
+  wd.mkdir()
+  (wd / workdir.CONFIG_NAME).write_text(_cfg(**{"nets.head.hidden": 7}).to_json())
+  ran = []
+  monkeypatch.setattr(runner, "run_train", lambda c, w: ran.append(w))
+  pipeline.run_train(_cfg(), str(wd))          # an older version recorded a failed run
+  assert ran == [str(wd)]
+  import json  # pylint: disable=g-import-not-at-top
+  assert json.loads((wd / workdir.CONFIG_NAME).read_text())["nets"]["head"]["hidden"] == 16
+  os.makedirs(wd / "head" / "checkpoints" / "4")   # now something was trained: guarded
+  with pytest.raises(workdir.WorkdirConfigError, match=r"nets.head.hidden: 16 -> 7"):
+    pipeline.run_train(_cfg(**{"nets.head.hidden": 7}), str(wd))
+
+
+# 3 and 6: labels are checked before any training.
+def test_training_on_unlabelled_data_fails_before_work(tmp_path, capsys):
+  source = _npz(tmp_path / "unlabelled.npz")
+  wd = tmp_path / "wd"
+  err = _fails(capsys, pipeline.run_train, _cfg(**{"data.train": source}), str(wd))
+  assert "data.train has no labels" in err and "net head" in err, err
+  assert not _has_checkpoint(wd)
+  c = _cfg(**{"data.train": source})               # a row that fits on labels, no net trains
+  c.nets.head.epochs = 0
+  c.detectors.maha = ml_collections.ConfigDict(dict(type="mahalanobis", class_conditional=True,
+                                                   shrinkage=0.1))
+  c.eval.rows = "maha"
+  err = _fails(capsys, evaluation.run_evaluate, c, str(wd), str(tmp_path / "out"))
+  assert "data.train has no labels" in err and "row maha" in err, err
+
+
+def test_labels_beyond_num_classes_fail_before_training(tmp_path, capsys):
+  source = _npz(tmp_path / "digits.npz", labels=np.arange(16) % 13)
+  wd = tmp_path / "wd"
+  err = _fails(capsys, pipeline.run_train, _cfg(**{"data.train": source}), str(wd))
+  assert "labels of data.train lie in 0..12; net head has num_classes=5" in err, err
+  assert not _has_checkpoint(wd)
+
+
+# 4: outliers that are a test set under another name, a symlink or a copy.
+def _oe_cfg(tmp_path, outliers: str):
+  c = _cfg(**{"data.train": _npz(tmp_path / "train.npz", labels=np.arange(16) % 5),
+              "data.test": _npz(tmp_path / "test.npz", labels=np.arange(16) % 5, seed=1)})
+  c.data.ood.letters = _npz(tmp_path / "dtd.npz", seed=2)
+  c.nets.oe = ml_collections.ConfigDict(dict(
+      kind="classifier", model="cifar_resnet20", num_classes=5, objective="outlier_exposure",
+      outliers=outliers, outliers_batch_size=4, epochs=1, batch_size=8))
+  c.detectors.oe_msp = ml_collections.ConfigDict(dict(type="msp", net="oe"))
+  c.eval.rows = "oe_msp"
+  return c
+
+
+@pytest.mark.parametrize("how", ["dot", "symlink", "copy"])
+def test_outliers_that_are_a_test_set_are_refused(tmp_path, capsys, how):
+  if how == "dot":
+    outliers = f"npz:{tmp_path}/./dtd.npz"
+  else:
+    _npz(tmp_path / "dtd.npz", seed=2)
+    target = tmp_path / "outliers.npz"
+    if how == "symlink":
+      os.symlink(tmp_path / "dtd.npz", target)
+    else:
+      shutil.copy(tmp_path / "dtd.npz", target)
+    outliers = f"npz:{target}"
+  wd = tmp_path / "wd"
+  err = _fails(capsys, pipeline.run_train, _oe_cfg(tmp_path, outliers), str(wd))
+  assert "c.nets.oe.outliers" in err and "data.ood.letters" in err, err
+  assert "disjoint from the test sets" in err and not _has_checkpoint(wd)
+
+
+# 5: a diverged classifier names its own key, which may change in the workdir.
+def test_a_diverged_net_names_its_learning_rate_which_may_change(tmp_path, capsys, monkeypatch):
+  from dlsr_jax.training import loop  # pylint: disable=g-import-not-at-top
+  from experiments import classifiers  # pylint: disable=g-import-not-at-top
+
+  def diverging(*args, **kwargs):           # as loop.fit raises it
+    raise loop.Diverged(3, 4, None)
+
+  monkeypatch.setattr(classifiers, "train_classifier", diverging)
+  wd = tmp_path / "wd"
+  err = _fails(capsys, pipeline.run_train, _cfg(), str(wd))
+  assert "training diverged" in err and "Lower c.nets.head.learning_rate (now 0.05" in err, err
+  assert "optim.learning_rate" not in err
+  os.makedirs(wd / "head" / "checkpoints" / "2")
+  changed = workdir.check_config(_cfg(**{"nets.head.learning_rate": 0.01,
+                                         "nets.head.epochs": 3}), str(wd))
+  assert "nets.head.learning_rate: 0.05 -> 0.01" in changed and "nets.head.epochs: 2 -> 3" in (
+      changed)
+  with pytest.raises(workdir.WorkdirConfigError, match="nets.head.num_classes"):
+    workdir.check_config(_cfg(**{"nets.head.num_classes": 6}), str(wd))
+
+
+# 7: a workdir this process cannot write.
+def test_a_read_only_workdir_is_one_line_and_is_evaluated_with_an_outdir(trained, tmp_path,
+                                                                         capsys, monkeypatch):
+  wd = _copy(trained, tmp_path)
+  access = os.access
+  monkeypatch.setattr(os, "access", lambda p, mode, **kw: (
+      not str(p).startswith(str(wd)) or not mode & os.W_OK) and access(p, mode, **kw))
+  err = _fails(capsys, pipeline.run_train, _cfg(), str(wd))
+  assert f"workdir {wd} is not writable" in err, err
+  err = _fails(capsys, evaluation.run_evaluate, _cfg(), str(wd))
+  assert f"output folder {wd} is not writable" in err and "--outdir" in err, err
+  before = _snapshot(wd)
+  evaluation.run_evaluate(_cfg(), str(wd), str(tmp_path / "out"))
+  assert _snapshot(wd) == before and (tmp_path / "out" / "results.md").is_file()
+
+
+# 8: late failures are found before any extraction or fitting.
+def test_outdir_a_file_and_a_typo_in_an_ood_source_fail_before_extraction(trained, tmp_path,
+                                                                           capsys, monkeypatch):
+  wd = _copy(trained, tmp_path)
+
+  def no_extraction(*args, **kwargs):
+    raise AssertionError("features extracted")
+
+  monkeypatch.setattr(features, "extract", no_extraction)
+  out = tmp_path / "results.txt"
+  out.write_text("not a folder")
+  err = _fails(capsys, evaluation.run_evaluate, _cfg(), str(wd), str(out))
+  assert f"output folder {out} is a file" in err, err
+  err = _fails(capsys, evaluation.run_evaluate,
+               _cfg(**{"data.ood.letters": "npz:/no/such/lettrs.npz"}), str(wd),
+               str(tmp_path / "out"))
+  assert "data.ood.letters = 'npz:/no/such/lettrs.npz'" in err and "not found" in err, err
+
+
+# 9: net-block settings are checked by build, each naming its key.
+@pytest.mark.parametrize("change,message", [
+    ({"nets.head.learning_rate": -0.1}, "c.nets.head.learning_rate = -0.1: must be a number"),
+    ({"nets.head.model": "cifar_resnet20"}, "c.nets.head.kind = 'head' does not fit model "
+                                            "'cifar_resnet20'"),
+    ({"nets.head.momentum": -1.0}, "c.nets.head.momentum = -1.0: must be a number >= 0"),
+])
+def test_net_block_settings_fail_at_once_naming_the_key(tmp_path, capsys, change, message):
+  wd = tmp_path / "wd"
+  err = _fails(capsys, pipeline.run_train, _cfg(**change), str(wd))
+  assert message in err and "SGDConfig(" not in err, err
+  assert not wd.exists()
+
+
+def test_an_objective_setting_fails_at_once_naming_the_net(tmp_path, capsys):
+  c = _oe_cfg(tmp_path, _npz(tmp_path / "outliers.npz", seed=5))
+  c.nets.oe.weight = -1.0
+  err = _fails(capsys, pipeline.run_train, c, str(tmp_path / "wd"))
+  assert "c.nets.oe (objective 'outlier_exposure')" in err and "weight must be >= 0" in err, err
+  assert not (tmp_path / "wd").exists()
