@@ -14,6 +14,7 @@ matmuls, in fixed-size chunks of rows.
 
 from __future__ import annotations
 
+import warnings
 from typing import Union
 
 import flax.struct
@@ -104,6 +105,14 @@ def _eigh_checked(cov: np.ndarray, shrinkage: float, hint: str,
   return w, v
 
 
+def _warn_few_rows(what: str, alpha: float) -> None:
+  """A covariance estimated from fewer rows than features is mostly the shrinkage's: say so
+  (the evaluation puts the warning into its results)."""
+  warnings.warn(f"mahalanobis: {what}: the covariance is mostly the shrinkage ({alpha}), not "
+                "the data; its scores are unreliable (use more training rows or fewer "
+                "features)", stacklevel=3)
+
+
 def fit_mahalanobis(z_train: ArrayLike, shrinkage: Shrinkage = 0.0) -> MahalanobisModel:
   """Fits a single Gaussian to ID training features.
 
@@ -128,6 +137,8 @@ def fit_mahalanobis(z_train: ArrayLike, shrinkage: Shrinkage = 0.0) -> Mahalanob
   n, c = x.shape
   hint = f" (N = {n} <= C = {c} always gives a singular covariance)" if n <= c else ""
   w, v = _eigh_checked(cov, alpha, hint)
+  if n <= c:
+    _warn_few_rows(f"N = {n} training rows <= C = {c} features", alpha)
   precision = (v / w) @ v.T
   precision = (precision + precision.T) / 2.0
   return MahalanobisModel(mean=jnp.asarray(mean, jnp.float32),
@@ -221,6 +232,9 @@ def fit_class_conditional(z_train: ArrayLike, labels: ArrayLike,
           "row differs from its class mean; give each class at least 2 distinct rows, or use "
           "class_conditional=False")
   w, v = _eigh_checked(cov, alpha, hint, zero)
+  if dof <= c:
+    _warn_few_rows(f"N - K = {dof} training rows beyond the {classes.size} class means <= C = "
+                   f"{c} features", alpha)
   whiten = v / np.sqrt(w)                   # W W^T = v diag(1/w) v^T = P
   center = x.mean(axis=0)
   return ClassMahalanobisModel(
