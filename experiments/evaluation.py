@@ -18,6 +18,7 @@ import contextlib
 import fnmatch
 import os
 import time
+import warnings
 from typing import Mapping, Optional
 
 import jax
@@ -61,15 +62,23 @@ class _Arrays(Mapping):
 
 
 def evaluate_row(c, plan: build.Plan, row: build.RowSpec, store: arrays.ArrayStore,
-                 workdir: str, seed: Optional[int]) -> evaluation_lib.Results:
+                 workdir: str, seed: Optional[int],
+                 notes: Optional[list[str]] = None) -> evaluation_lib.Results:
   """One row through `dlsr_jax.evaluation.evaluate`: fitted on the ID train arrays of its net,
-  the ID test set and every OOD set scored."""
+  the ID test set and every OOD set scored. The warnings it raises (e.g. N <= C features, a
+  one-image set) are logged and appended to `notes` ("<row>: <message>") for the results."""
   set_names = ["id", *ood_sources(c)]
-  with runner.row_detector(c, plan, row, store, workdir, seed, restore_only=True) as det:
-    res = evaluation_lib.evaluate(
-        {row.name: det}, _Arrays(store, row.net, "train", row.fit_reads),
-        {s: _Arrays(store, row.net, s, row.reads) for s in set_names},
-        key=jax.random.key(c.eval.seed), id_set="id", groups=parse_groups(c))
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    with runner.row_detector(c, plan, row, store, workdir, seed, restore_only=True) as det:
+      res = evaluation_lib.evaluate(
+          {row.name: det}, _Arrays(store, row.net, "train", row.fit_reads),
+          {s: _Arrays(store, row.net, s, row.reads) for s in set_names},
+          key=jax.random.key(c.eval.seed), id_set="id", groups=parse_groups(c))
+  for message in dict.fromkeys(str(w.message) for w in caught):
+    logging.warning("row %s: %s", row.name, message)
+    if notes is not None:
+      notes.append(f"{row.name}: {message}")
   for key, meta in res.rows.items():
     res.rows[key] = {"row": row.name, "detector": row.type, "net": row.net,
                      "score": meta["score"]}
@@ -77,11 +86,15 @@ def evaluate_row(c, plan: build.Plan, row: build.RowSpec, store: arrays.ArraySto
 
 
 def _score_all(c, plan: build.Plan, store, workdir: str, seed: Optional[int],
-               fixed: dict) -> evaluation_lib.Results:
-  """Results of every row for one seed; rows that train nothing are evaluated once (`fixed`)."""
+               fixed: dict, notes: Optional[dict] = None) -> evaluation_lib.Results:
+  """Results of every row for one seed; rows that train nothing are evaluated once (`fixed`);
+  `notes`: {row: its warnings}."""
   for row in plan.rows.values():
     if row.trains or row.name not in fixed:
-      fixed[row.name] = evaluate_row(c, plan, row, store, workdir, seed)
+      row_notes = []
+      fixed[row.name] = evaluate_row(c, plan, row, store, workdir, seed, row_notes)
+      if notes is not None:
+        notes[row.name] = row_notes
   return evaluation_lib.Results.combine([fixed[r] for r in plan.rows])
 
 
@@ -182,12 +195,15 @@ def _evaluate(c, plan: build.Plan, workdir: str, outdir: str, own_outdir: bool) 
   settings = pipeline.settings_summary(c, store.backbone, pipeline.feature_boundaries(
       c, store.backbone)) if any(r.net == build.BACKBONE for r in plan.rows.values()) else {}
   settings["rows"] = {r.name: f"{r.type} on {r.net}" for r in plan.rows.values()}
-  per_seed, fixed, files, moved = [], {}, [], None
+  per_seed, fixed, files, moved, notes = [], {}, [], None, {}
   for seed in plan.seeds or (None,):
-    res = _score_all(c, plan, store, workdir, seed, fixed)
+    res = _score_all(c, plan, store, workdir, seed, fixed, notes)
     extra = {"id_set": c.data.test, "ood_sets": ood_sources(c), "nets": nets,
              "accuracy": accuracy, "settings": settings,
              "timing": {**store.timing, "rows": res.timing}}
+    warned = [w for r in plan.rows for w in notes.get(r, [])]
+    if warned:
+      extra["warnings"] = warned
     results = res.to_dict(**extra)
     if not per_seed and jax.process_index() == 0:
       moved = set_aside_previous(outdir)          # before this evaluation writes anything
