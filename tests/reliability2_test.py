@@ -339,3 +339,29 @@ def test_an_objective_setting_fails_at_once_naming_the_net(tmp_path, capsys):
   err = _fails(capsys, pipeline.run_train, c, str(tmp_path / "wd"))
   assert "c.nets.oe (objective 'outlier_exposure')" in err and "weight must be >= 0" in err, err
   assert not (tmp_path / "wd").exists()
+
+
+# 10: Mahalanobis with one image per class, and N <= C.
+def _maha_cfg(**settings):
+  c = _cfg()
+  c.nets.head.epochs = 0                       # nothing to train: evaluate at once
+  c.detectors.maha = ml_collections.ConfigDict(dict(type="mahalanobis", shrinkage=0.1,
+                                                   **settings))
+  c.eval.rows = "maha"
+  return c
+
+
+def test_class_conditional_mahalanobis_with_one_image_per_class_says_why(tmp_path, capsys):
+  c = _maha_cfg(class_conditional=True)
+  c.data.train = _npz(tmp_path / "five.npz", n=5, labels=np.arange(5))
+  err = _fails(capsys, evaluation.run_evaluate, c, str(tmp_path / "wd"), str(tmp_path / "out"))
+  assert "pooled within-class covariance is zero" in err and "a single training row" in err, err
+  assert "all rows identical" not in err
+
+
+def test_a_gaussian_on_fewer_rows_than_features_warns_in_the_results(tmp_path):
+  res = evaluation.run_evaluate(_maha_cfg(), str(tmp_path / "wd"), str(tmp_path / "out"))
+  assert any("maha: mahalanobis: N = 16 training rows <= C = 512 features" in w
+             for w in res["warnings"]), res.get("warnings")
+  md = (tmp_path / "out" / "results.md").read_text()
+  assert "**Warnings**" in md and "N = 16 training rows <= C = 512 features" in md
