@@ -60,6 +60,7 @@ class RowSpec:
   reads: tuple[str, ...]
   fit_reads: tuple[str, ...]
   context: tuple[str, ...]
+  score_names: Optional[tuple[str, ...]] = None   # when the detector declares them
 
   @property
   def trains(self) -> bool:
@@ -295,7 +296,24 @@ def _row_spec(name: str, block: Mapping[str, Any], nets: Mapping[str, NetSpec],
                      f"{', '.join(provided)}); set net= a classifier or head net"
                      + (" trained with an objective that provides them"
                         if net != BACKBONE else ""))
-  return dataclasses.replace(spec, reads=det.reads, fit_reads=det.fit_reads)
+  return dataclasses.replace(spec, reads=det.reads, fit_reads=det.fit_reads,
+                             score_names=det.score_names)
+
+
+def _check_result_keys(rows: list[RowSpec]) -> None:
+  """Two rows must not give the same results key: known from the score names a detector
+  declares (DLSR: "mse", "lr_mse", ... when the row is named after its type), else the row's
+  name (one score)."""
+  from dlsr_jax.evaluation import table  # pylint: disable=g-import-not-at-top
+  owner = {}
+  for row in rows:
+    keys = (table.result_keys(row.name, row.type, row.score_names).values()
+            if row.score_names else [row.name])
+    for key in dict.fromkeys(keys):
+      if key in owner:
+        raise ValueError(f"c.detectors.{row.name} and c.detectors.{owner[key]} both give the "
+                         f"results key {key!r}: rename one of the rows")
+      owner[key] = row.name
 
 
 def _check_streams_apart(c, specs: Mapping[str, NetSpec]) -> None:
@@ -342,6 +360,7 @@ def build(c) -> Plan:
   if not rows:
     raise ValueError("no detector rows configured (c.detectors)")
   selected = [_row_spec(n, rows[n], specs, layout) for n in (wanted or rows)]
+  _check_result_keys(selected)
   order = list(nets)
   selected = {r.name: r for r in sorted(selected, key=lambda r: order.index(r.net))}
   seeds = tuple(int(s) for s in (c.get("seeds") or ()))

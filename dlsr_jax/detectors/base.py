@@ -92,12 +92,16 @@ class Detector:
       would tie scores, e.g. "confidence").
     fit_reads: the keys `fit` needs; defaults to `reads`. Differs when fitting needs more than
       scoring, e.g. the class-conditional Mahalanobis needs "labels" on the ID train set only.
+    score_names: the names `score` returns, when known before scoring (e.g. DLSR's
+      "mse@3", ...); None = one score (or not declared). Lets an evaluation find rows whose
+      results keys collide before any fitting.
   """
   name: str
   reads: tuple[str, ...]
   fit: Callable[[SetArrays, jax.Array], PyTree]
   score: Callable[[PyTree, SetArrays, jax.Array], dict[str, np.ndarray]]
   fit_reads: Optional[tuple[str, ...]] = None
+  score_names: Optional[tuple[str, ...]] = None
 
   def __post_init__(self):
     for field in ("reads", "fit_reads"):

@@ -230,4 +230,7 @@ def make(workdir: str, layout: base.FeatureLayout, seed: int = 0,
         out.update({f"lr_{t}@{k}": lr[j] for j, k in enumerate(s.ks)})
     return out
 
-  return base.Detector(name="dlsr", reads=("features",), fit=fit, score=score)
+  names = [f"{t}@{k}" for t in scoring.SCORE_TYPES for k in s.ks]
+  names += [f"lr_{t}@{k}" for t in scoring.SCORE_TYPES for k in s.ks] if s.lr else []
+  return base.Detector(name="dlsr", reads=("features",), fit=fit, score=score,
+                       score_names=tuple(names))
