@@ -166,15 +166,16 @@ def run_evaluate(c, workdir: str, outdir: Optional[str] = None) -> dict:
   plan = build.build(c)
   runner.check_sources(c, plan)                            # every set: a typo fails now
   runner.require_trained(plan, workdir)
-  with _read_lock(workdir):
+  with _eval_lock(workdir, take=not own_outdir):
     return _evaluate(c, plan, workdir, outdir, own_outdir)
 
 
 @contextlib.contextmanager
-def _read_lock(workdir: str):
-  """Holds the workdir's lock while evaluating it (a training run cannot start meanwhile, and
-  a running one is refused); a workdir this process cannot write is only checked."""
-  if os.access(workdir, os.W_OK | os.X_OK):
+def _eval_lock(workdir: str, take: bool):
+  """A workdir that a training run holds is refused. Writing its results into the workdir
+  (`take`), the evaluation holds the lock itself; with an output folder of its own it only
+  checks it, so that it writes nothing at all into the workdir."""
+  if take:
     with workdir_lib.lock(workdir):
       yield
   else:
