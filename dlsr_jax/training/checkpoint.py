@@ -218,8 +218,8 @@ class Checkpointer:
       raise FileNotFoundError(
           f"no reference checkpoint of step {step} in {self.reference.directory} (kept: "
           f"{steps or 'none'}): the LR score needs a run that trained past "
-          f"train.lr_reference_steps with that setting; set it to one of the kept steps "
-          "or retrain")
+          f"train.lr_reference_steps with that setting; set it to one of the kept steps, "
+          "retrain, or evaluate without the LR scores (--config.eval.lr=False)")
     return _restore_step(self.reference, step, target)
 
   def wait(self) -> None:
