@@ -91,8 +91,8 @@ def _copy(src, tmp_path):
 
 
 def _snapshot(wd) -> dict:
-  """{relative path: (size, mtime_ns)} of every file and folder under `wd`."""
-  out = {}
+  """{relative path: (size, mtime_ns)} of `wd` and every file and folder under it."""
+  out = {".": (0, os.stat(wd).st_mtime_ns)}
   for root, dirs, files in os.walk(wd):
     for name in dirs + files:
       p = os.path.join(root, name)
@@ -317,6 +317,11 @@ def test_outdir_a_file_and_a_typo_in_an_ood_source_fail_before_extraction(traine
                _cfg(**{"data.ood.letters": "npz:/no/such/lettrs.npz"}), str(wd),
                str(tmp_path / "out"))
   assert "data.ood.letters = 'npz:/no/such/lettrs.npz'" in err and "not found" in err, err
+  c = _cfg(**{"eval.rows": "dlsr,mse"})
+  c.detectors.mse = ml_collections.ConfigDict(dict(type="knn", k=3))
+  err = _fails(capsys, evaluation.run_evaluate, c, str(wd), str(tmp_path / "out"))
+  assert "c.detectors.mse and c.detectors.dlsr both give the results key 'mse'" in err, err
+  assert not (tmp_path / "out").exists()
 
 
 # 9: net-block settings are checked by build, each naming its key.
@@ -365,3 +370,58 @@ def test_a_gaussian_on_fewer_rows_than_features_warns_in_the_results(tmp_path):
              for w in res["warnings"]), res.get("warnings")
   md = (tmp_path / "out" / "results.md").read_text()
   assert "**Warnings**" in md and "N = 16 training rows <= C = 512 features" in md
+
+
+# Smaller items of issue 18.
+def _toy_fit(tmp_path, epochs):
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from dlsr_jax.training import checkpoint, loop  # pylint: disable=g-import-not-at-top
+  from dlsr_jax.training.state import TrainState  # pylint: disable=g-import-not-at-top
+
+  def init(key):
+    del key
+    return TrainState(step=jnp.zeros((), jnp.int32), params={"w": jnp.zeros(3)}, opt_state=())
+
+  def step(state, batch, key):
+    del key
+    return state.replace(step=state.step + 1), {"loss": jnp.mean(batch["in"]["x"])}
+
+  ck = checkpoint.Checkpointer(str(tmp_path))
+  try:
+    cfg = loop.FitConfig(batch_size=4, num_epochs=epochs, lr_reference_steps=None)
+    return loop.fit(init, step, {"in": {"x": np.ones((8, 3), np.float32)}}, cfg, ck,
+                    progress=False)
+  finally:
+    ck.close()
+
+
+def test_epochs_below_the_checkpoint_is_an_error_not_a_silent_resume(tmp_path):
+  from dlsr_jax.training import loop  # pylint: disable=g-import-not-at-top
+  assert int(_toy_fit(tmp_path, 4).step) == 8
+  with pytest.raises(loop.NotFinished, match=r"at step 8, beyond this config's 4 steps"):
+    _toy_fit(tmp_path, 2)
+
+
+def test_a_missing_lr_reference_suggests_evaluating_without_the_lr_scores(tmp_path):
+  from dlsr_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
+  state = _toy_fit(tmp_path, 1)
+  ck = checkpoint.Checkpointer(str(tmp_path), read_only=True)
+  with pytest.raises(FileNotFoundError, match=r"--config.eval.lr=False"):
+    ck.restore_reference(state, 391)
+  ck.close()
+
+
+def test_an_object_npz_names_its_file_and_a_truncated_pth_says_so(tmp_path):
+  from dlsr_jax import data  # pylint: disable=g-import-not-at-top
+  from dlsr_jax.weights import torch_reader  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "objects.npz"
+  np.savez(path, images=np.array([np.zeros((2, 2)), "x"], dtype=object))
+  with pytest.raises(ValueError, match=rf"npz file {path}: .*object arrays"):
+    data.load_images(f"npz:{path}")
+  pth = tmp_path / "model.pth"
+  import zipfile  # pylint: disable=g-import-not-at-top
+  with zipfile.ZipFile(pth, "w") as zf:
+    zf.writestr("archive/data.pkl", b"\x80\x02}q\x00." * 200)
+  pth.write_bytes(pth.read_bytes()[:300])
+  with pytest.raises(torch_reader.CheckpointFormatError, match=r"truncated or damaged"):
+    torch_reader.read_torch_checkpoint(str(pth))
