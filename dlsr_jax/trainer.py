@@ -93,3 +93,16 @@ def fit(features: np.ndarray, model_cfg: lfdn.LFDNConfig, optim_cfg: optim.AdamW
   return loop.fit(init, step, {loop.IN: {"z": features}}, cfg, checkpointer, mesh=mesh,
                   write_metrics=write_metrics,
                   progress="train LFDN" if progress else False)
+
+
+def restore_finished(features: np.ndarray, model_cfg: lfdn.LFDNConfig,
+                     optim_cfg: train.OptimConfig, sched: schedule.NoiseSchedule,
+                     cfg: FitConfig, checkpointer: Checkpointer, mesh=None) -> train.TrainState:
+  """The final state of the finished LFDN run `fit` would train, restored without training or
+  writing anything (`loop.restore_finished`: raises `NotFinished` for a run short of its
+  steps)."""
+  features = np.asarray(features, np.float32)
+  _check_features(features)
+  abar = np.asarray(sched.alphas_cumprod, np.float32).tobytes()
+  init, _ = lfdn_init_and_step(model_cfg, optim_cfg, abar)
+  return loop.restore_finished(init, {loop.IN: {"z": features}}, cfg, checkpointer, mesh=mesh)

@@ -136,8 +136,8 @@ def sgd_config(nc) -> optim.SGDConfig:
 
 
 def train_classifier(net: Net, images: np.ndarray, labels: np.ndarray, nc, workdir: str,
-                     mesh=None, streams: Optional[Mapping[str, Mapping[str, np.ndarray]]] = None
-                     ) -> Net:
+                     mesh=None, streams: Optional[Mapping[str, Mapping[str, np.ndarray]]] = None,
+                     restore_only: bool = False) -> Net:
   """Trains `net` with the block's objective (cross-entropy by default); resumes from `workdir`.
 
   Args:
@@ -149,6 +149,9 @@ def train_classifier(net: Net, images: np.ndarray, labels: np.ndarray, nc, workd
     workdir: the run's directory (checkpoints, metrics, net_config.json).
     mesh: data mesh (default: every device).
     streams: the objective's other streams, e.g. {"outliers": {"x": uint8 images}}.
+    restore_only: evaluation: restore the finished run only; nothing is trained, moved or
+      written (`loop.NotFinished` "run experiments.train to finish: step 8 of 24" for a run
+      short of its steps).
 
   Returns:
     The trained net (the objective's `net`: a method that adds a head returns the new one)
@@ -178,6 +181,13 @@ def train_classifier(net: Net, images: np.ndarray, labels: np.ndarray, nc, workd
   obj = objectives.make(name, net, tx, objective_settings(nc),
                         augment=bool(_get(nc, "augment")) and image_net, ema_decay=ema,
                         data=data, workdir=workdir, seed=_get(nc, "seed"))
+  if restore_only:
+    ckpt = Checkpointer(workdir, read_only=True)
+    try:
+      state = loop.restore_finished(obj.init, data, cfg, ckpt, mesh=mesh)
+    finally:
+      ckpt.close()
+    return dataclasses.replace(obj.net or net, params=obj.variables(state))
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "net_config.json"), "w") as f:

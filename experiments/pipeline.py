@@ -181,11 +181,18 @@ def seed_runs(c, workdir: str) -> list[tuple[object, str]]:
   return runs
 
 
-@workdir_lib.guarded   # validates c, locks workdir, checks and records config.json
 def run_train(c, workdir: str):
-  """Trains every classifier net and training detector row of `c` (`runner.run_train`)."""
-  from experiments import runner  # pylint: disable=g-import-not-at-top
-  return runner.run_train(c, workdir)
+  """Trains every classifier net and training detector row of `c` (`runner.run_train`).
+
+  Validates `c` and counts the images of its data sources (checking the batch sizes), then
+  locks `workdir`, checks and records config.json (`workdir_lib.guard`)."""
+  from experiments import build, runner  # pylint: disable=g-import-not-at-top
+
+  def check(cfg):
+    runner.check_sources(cfg, build.build(cfg), with_ood=False)
+
+  with workdir_lib.guard(c, workdir, check=check):
+    return runner.run_train(c, workdir)
 
 
 @workdir_lib.guarded

@@ -133,7 +133,7 @@ class DLSRSettings:
 
 
 def restore_ema(workdir: str, model_cfg: lfdn.LFDNConfig, optim_cfg: optim_lib.AdamWConfig,
-                reference_step: Optional[int] = None) -> Any:
+                reference_step: Optional[int] = None) -> Any:   # reads only
   """EMA params of the latest checkpoint in `workdir` (or of a kept reference step).
 
   Workdirs written before the LFDN trained on the common `TrainState` restore too.
@@ -142,7 +142,7 @@ def restore_ema(workdir: str, model_cfg: lfdn.LFDNConfig, optim_cfg: optim_lib.A
   rep = parallel.replicated(parallel.make_mesh())
   target = jax.eval_shape(lambda: diffusion.init_x0_state(model_cfg, tx, jax.random.key(0)))
   target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), target)
-  ckpt = Checkpointer(workdir)
+  ckpt = Checkpointer(workdir, read_only=True)
   try:
     if reference_step is not None:
       return ckpt.restore_reference(target, reference_step).ema_params
@@ -184,11 +184,14 @@ def _columns(layout: base.FeatureLayout, levels: Optional[tuple[str, ...]]
 
 def make(workdir: str, layout: base.FeatureLayout, seed: int = 0,
          write_metrics: Optional[Callable[[int, dict], Any]] = None,
-         **settings: Any) -> base.Detector:
+         restore_only: bool = False, **settings: Any) -> base.Detector:
   """The DLSR detector.
 
   Args:
     workdir: the LFDN run's directory (checkpoints; training resumes there).
+    restore_only: `fit` only restores the finished run (evaluation): it trains, moves and
+      writes nothing, and fails ("run experiments.train to finish: step 8 of 24") if the
+      newest usable checkpoint is short of the configured steps.
     layout: the level names and widths of the "features" array.
     seed: the LFDN's init / shuffle / step seed.
     write_metrics: optional (step, metrics) callback of the training loop.
@@ -211,10 +214,14 @@ def make(workdir: str, layout: base.FeatureLayout, seed: int = 0,
     del key   # the LFDN's randomness comes from `seed` (exact resume)
     z = np.ascontiguousarray(np.asarray(arrays["features"], np.float32)[:, cols])
     fit_cfg = s.fit(seed)
-    ckpt = Checkpointer(workdir)
+    ckpt = Checkpointer(workdir, read_only=restore_only)
     try:   # on Preempted too: finish the checkpoint writes
-      state = trainer.fit(z, model_cfg, s.optim(), s.schedule(), fit_cfg, ckpt,
-                          mesh=parallel.make_mesh(), write_metrics=write_metrics)
+      if restore_only:
+        state = trainer.restore_finished(z, model_cfg, s.optim(), s.schedule(), fit_cfg, ckpt,
+                                         mesh=parallel.make_mesh())
+      else:
+        state = trainer.fit(z, model_cfg, s.optim(), s.schedule(), fit_cfg, ckpt,
+                            mesh=parallel.make_mesh(), write_metrics=write_metrics)
     finally:
       ckpt.close()
     ref = None
@@ -240,4 +247,7 @@ def make(workdir: str, layout: base.FeatureLayout, seed: int = 0,
         out.update({f"lr_{t}@{k}": lr[j] for j, k in enumerate(s.ks)})
     return out
 
-  return base.Detector(name="dlsr", reads=("features",), fit=fit, score=score)
+  names = [f"{t}@{k}" for t in scoring.SCORE_TYPES for k in s.ks]
+  names += [f"lr_{t}@{k}" for t in scoring.SCORE_TYPES for k in s.ks] if s.lr else []
+  return base.Detector(name="dlsr", reads=("features",), fit=fit, score=score,
+                       score_names=tuple(names))

@@ -170,13 +170,16 @@ def _barriers(prefix: str):
 class Checkpointer:
   """Latest + reference-step checkpoints of a training run in `workdir`."""
 
-  def __init__(self, workdir: str, max_to_keep: int = 2):
+  def __init__(self, workdir: str, max_to_keep: int = 2, read_only: bool = False):
+    """`read_only`: for evaluation: creates no folder and writes nothing (save is an error)."""
     workdir = os.path.abspath(workdir)
     self.workdir = workdir
+    self.read_only = read_only
     # Each manager's finalize thread syncs the processes at a barrier whose name is fixed
     # unless prefixed; two managers finishing saves at once (a reference step) would meet at
     # the same barrier ("... is already ongoing" in a multi-process run), so each gets its own.
-    opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+    opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
+                                        read_only=read_only,
                                         multiprocessing_options=_barriers("latest"))
     self.latest = ocp.CheckpointManager(os.path.join(workdir, LATEST_DIR), options=opts)
     ref_dir = os.path.join(workdir, REFERENCE_DIR)
@@ -185,7 +188,8 @@ class Checkpointer:
       ref_dir = legacy
     self.reference = ocp.CheckpointManager(
         ref_dir, options=ocp.CheckpointManagerOptions(
-            max_to_keep=None, create=True, multiprocessing_options=_barriers("reference")))
+            max_to_keep=None, create=not read_only, read_only=read_only,
+            multiprocessing_options=_barriers("reference")))
 
   def save(self, step: int, state: Any, *, reference: bool = False,
            force: bool = True) -> None:
@@ -228,7 +232,7 @@ class Checkpointer:
           if problems:
             logging.warning("falling back to checkpoint step %d in %s", step,
                             self.latest.directory)
-          if problems and set_aside:
+          if problems and set_aside and not self.read_only:
             self._set_aside([s for s in steps if s > step])
           return state
         problem = (f"checkpoint step {step} in {self.latest.directory} holds NaN/inf "
@@ -265,8 +269,8 @@ class Checkpointer:
       raise FileNotFoundError(
           f"no reference checkpoint of step {step} in {self.reference.directory} (kept: "
           f"{steps or 'none'}): the LR score needs a run that trained past "
-          f"train.lr_reference_steps with that setting; set it to one of the kept steps "
-          "or retrain")
+          f"train.lr_reference_steps with that setting; set it to one of the kept steps, "
+          "retrain, or evaluate without the LR scores (--config.eval.lr=False)")
     return _restore_step(self.reference, step, target)
 
   def wait(self) -> None:

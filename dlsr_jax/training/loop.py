@@ -134,10 +134,14 @@ class Diverged(FloatingPointError):
   Attributes:
     step: the first step (update count) whose loss or state was not finite.
     last_good_step: the newest checkpoint (all finite), or None.
+    advice: the message's last sentence: which setting to change (`with_advice` replaces it,
+      e.g. with the classifier net's own key).
   """
+  ADVICE = "Lower optim.learning_rate or set optim.grad_clip_norm before re-running."
 
-  def __init__(self, step: int, seen_at: int, checkpointer: Optional[Checkpointer]):
-    self.step = step
+  def __init__(self, step: int, seen_at: int, checkpointer: Optional[Checkpointer],
+               advice: str = ADVICE):
+    self.step, self.seen_at, self.advice = step, seen_at, advice
     self.last_good_step = None if checkpointer is None else checkpointer.latest_step()
     if checkpointer is None:
       where = "no checkpoints are written by this run"
@@ -146,10 +150,25 @@ class Diverged(FloatingPointError):
     else:
       where = (f"the last good checkpoint is step {self.last_good_step} in "
                f"{checkpointer.latest.directory}; re-running resumes from it")
-    super().__init__(
-        f"training diverged: the loss or the training state became NaN/inf at step {step} "
-        f"(seen at step {seen_at}); no non-finite state was saved and {where}. Lower "
-        "optim.learning_rate or set optim.grad_clip_norm before re-running.")
+    self.where = where
+    super().__init__(self._text())
+
+  def _text(self) -> str:
+    return (f"training diverged: the loss or the training state became NaN/inf at step "
+            f"{self.step} (seen at step {self.seen_at}); no non-finite state was saved and "
+            f"{self.where}. {self.advice}")
+
+  def with_advice(self, advice: str) -> "Diverged":
+    """The same error with another last sentence (what to change)."""
+    new = Diverged.__new__(Diverged)
+    new.__dict__.update(self.__dict__)
+    new.advice = advice
+    new.args = (new._text(),)
+    return new
+
+
+class NotFinished(ValueError):
+  """A run's latest usable checkpoint is short of (or beyond) the configured steps."""
 
 
 class _Stream:
@@ -239,6 +258,45 @@ def _restore(checkpointer: Optional[Checkpointer], state: PyTree,
   return restored
 
 
+def restore_finished(init: InitFn, streams: Streams, cfg: FitConfig,
+                     checkpointer: Checkpointer, mesh=None) -> PyTree:
+  """The final state of a finished run, restored read-only (for evaluation).
+
+  Nothing is trained, moved or written: a damaged or non-finite latest step is skipped for the
+  newest good one (`restore_latest` without set_aside), which must be the run's last step.
+
+  Raises:
+    FileNotFoundError: no checkpoint.
+    NotFinished: the newest good checkpoint is short of the configured steps ("run
+      experiments.train to finish: step 8 of 24") or beyond them.
+    CheckpointError: checkpoints exist and none can be restored.
+  """
+  mesh = mesh or parallel.make_mesh()
+  rep = parallel.replicated(mesh)
+  n = next(iter(streams[IN].values())).shape[0]
+  total = (n // cfg.batch_size) * cfg.num_epochs
+  target = jax.eval_shape(init, jax.random.key(cfg.seed))
+  target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), target)
+  state = checkpointer.restore_latest(target)
+  where = checkpointer.latest.directory
+  if state is None:
+    raise FileNotFoundError(f"no checkpoint in {where}: run experiments.train with this "
+                            "--workdir first")
+  step = int(jax.device_get(state.step))
+  if step < total:
+    raise NotFinished(f"the run in {checkpointer.workdir} is not finished (newest usable "
+                      f"checkpoint in {where}): run experiments.train to finish: step {step} "
+                      f"of {total}")
+  if step > total:
+    raise NotFinished(beyond_message(step, total, checkpointer.workdir))
+  return state
+
+
+def beyond_message(step: int, total: int, workdir: str) -> str:
+  return (f"the checkpoint in {workdir} is at step {step}, beyond this config's {total} "
+          "steps: set the epochs back to (at least) the run's own, or use a new --workdir")
+
+
 def _log_metrics(step: int, start: int, t0: float, metrics: dict,
                  write_metrics: Optional[Callable[[int, dict], Any]]) -> None:
   """Fetches the (replicated) metrics on every process; a NaN loss stops all of them."""
@@ -311,6 +369,8 @@ def fit(init: InitFn, step: StepFn, streams: Streams, cfg: FitConfig,
     logging.warning("the LR reference step %d lies beyond this run's %d steps: no LR score "
                     "for it (set train.lr_reference_steps lower, or 0 for one epoch)",
                     ref, total)
+  if start > total:
+    raise NotFinished(beyond_message(start, total, checkpointer.workdir))
   if start:
     logging.info("resuming from step %d of %d", start, total)
   main = jax.process_index() == 0
