@@ -35,8 +35,8 @@ from experiments.pipeline import ood_sources, parse_groups  # noqa: F401
 
 # Every file an evaluation writes, in its output folder and in each SEED_DIRS folder of it
 # (with `c.seeds`). An earlier evaluation's are moved to PREVIOUS_DIR/<timestamp>/ first.
-OUTPUT_FILES = ("results.json", "results.md", "results.csv", "scores.npz", "roc_hist_*.png",
-                "auroc_vs_k.png")
+OUTPUT_FILES = ("results.json", "results.md", "results.csv", "results_openood.csv",
+                "scores.npz", "roc_hist_*.png", "auroc_vs_k.png", "search.json")
 SEED_DIRS = "seed_*"
 PREVIOUS_DIR = "previous"
 
@@ -87,7 +87,7 @@ def _score_all(c, plan: build.Plan, store, workdir: str, seed: Optional[int],
 
 def write_results(results: dict, outdir: str, files: list[str]) -> list[str]:
   """results.{json,md,csv} with `files` and themselves listed in results["files"]."""
-  results["files"] = sorted([*(f"results.{e}" for e in ("json", "md", "csv")), *files])
+  results["files"] = sorted([*report.result_files(results), *files])
   paths = report.write_results(results, outdir)
   logging.info("wrote %s", paths)
   return results["files"]
