@@ -44,6 +44,7 @@ CHANGEABLE_KEYS = (
     "eval.",                         # scoring settings: each evaluation reports its own
     "data.test", "data.ood.", "data.extra_ood", "data.groups.",   # sets scored, not trained on
     "data.tfds_data_dir",            # where the data is, not what it is
+    "data.val", "data.ood_val",      # validation sets: tuning and ID-val fits, not training
     "feature_batch_size", "cache_dir", "seeds",
 )
 

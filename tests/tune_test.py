@@ -115,3 +115,103 @@ def test_time_grid_reports_both_ways(arrays):
   assert t["speedup"] == pytest.approx(t["one_by_one_s"] / t["grid_s"], rel=0.02)
   t = tune_lib.time_grid("msp", None, fit, id_val, ood_val, key=jax.random.key(0), repeats=1)
   assert t["grid_s"] is None and t["one_by_one_s"] > 0
+
+
+# ------------------------------------------------------------- the experiments --
+def _write_sets(root, n=24):
+  """Tiny 32x32 npz sets: ID train / test (labels 0..9), two OOD test sets, an OOD-val."""
+  rng = np.random.default_rng(0)
+  paths = {}
+  for name, shift in (("train", 0), ("test", 0), ("ood_a", 90), ("ood_b", -60), ("oodval", 60)):
+    images = np.clip(rng.integers(40, 200, size=(n, 32, 32, 3)) + shift, 0, 255)
+    paths[name] = str(root / f"{name}.npz")
+    np.savez(paths[name], images=images.astype(np.uint8), labels=np.arange(n) % 10)
+  return paths
+
+
+def _tiny_config(root):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from experiments.configs import common  # pylint: disable=g-import-not-at-top
+  paths = _write_sets(root)
+  c = common.get_config()
+  c.data.train, c.data.test = f"npz:{paths['train']}", f"npz:{paths['test']}"
+  c.data.ood.a, c.data.ood.b = f"npz:{paths['ood_a']}", f"npz:{paths['ood_b']}"
+  c.data.groups.near, c.data.groups.far = "a", "b"
+  c.data.val = "holdout:0.25"
+  c.data.ood_val = f"npz:{paths['oodval']}"
+  c.eval.plots = False
+  c.nets = ml_collections.ConfigDict({"clf": dict(kind="classifier", model="cifar_resnet20")})
+  c.detectors = ml_collections.ConfigDict({
+      "react": dict(type="react", net="clf"),
+      "msp": dict(type="msp", net="clf"),
+      "energy_t": dict(type="energy", net="clf", grid={"temperature": [1.0, 5.0]}),
+  })
+  return c, paths
+
+
+def test_ood_val_that_is_a_test_set_is_refused(tmp_path):
+  from experiments import build  # pylint: disable=g-import-not-at-top
+  c, paths = _tiny_config(tmp_path)
+  build.build(c)                                            # fine as configured
+  for spelling in (f"npz:{paths['ood_a']}",                 # the same string
+                   f"npz:{tmp_path}/./ood_a.npz",           # another spelling of its path
+                   f"npz:{tmp_path}/sub/../test.npz"):      # the ID test set
+    c.data.ood_val = spelling
+    with pytest.raises(ValueError, match=r"data.ood_val = .* is the test set data\.(ood\.a|test)"):
+      build.build(c)
+  c.data.ood_val = ""
+  with pytest.raises(ValueError, match="set both data.val .* and data.ood_val"):
+    build.build(c)                                          # energy_t is tuned (grid=)
+  c.data.ood_val, c.data.val = f"npz:{paths['oodval']}", f"npz:{tmp_path}/./test.npz"
+  with pytest.raises(ValueError, match=r"data.val = .* is the test set data.test"):
+    build.build(c)
+  c.data.val = "holdout:1.5"
+  with pytest.raises(ValueError, match="FRACTION in \\(0, 1\\)"):
+    build.build(c)
+
+
+def test_plan_of_a_tuned_config(tmp_path):
+  from experiments import build  # pylint: disable=g-import-not-at-top
+  c, _ = _tiny_config(tmp_path)
+  c.eval.tune = True
+  rows = build.build(c).rows
+  # react gets a tuned twin and fits on ID val (OpenOOD); msp has no grid; energy_t is tuned
+  # in place (its own grid).
+  names = list(rows)
+  assert sorted(names) == ["energy_t", "msp", "react", "react@tuned"]
+  assert names.index("react@tuned") == names.index("react") + 1   # beside its default row
+  assert rows["react@tuned"].tune and not rows["react"].tune and rows["energy_t"].tune
+  assert rows["react"].fit_set == rows["react@tuned"].fit_set == "val"
+  assert rows["msp"].fit_set == "train"
+  c.detectors.energy_t.grid = {"temp": [1.0]}
+  with pytest.raises(ValueError, match=r"energy_t.grid .*no tunable setting"):
+    build.build(c)
+
+
+def test_tune_true_writes_search_json_and_the_chosen_values(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  from experiments import evaluation  # pylint: disable=g-import-not-at-top
+  c, _ = _tiny_config(tmp_path)
+  c.eval.tune = True
+  c.eval.trapezoid_aupr = True
+  out = tmp_path / "out"
+  results = evaluation.run_evaluate(c, str(tmp_path / "wd"), str(out))
+  search = json.loads((out / "search.json").read_text())["rows"]
+  assert set(search) == {"react@tuned", "energy_t"}
+  react = search["react@tuned"]
+  assert [cand["settings"]["percentile"] for cand in react["candidates"]] == [85, 90, 95, 99]
+  assert sum(cand["best"] for cand in react["candidates"]) == 1
+  assert react["ood_val"].endswith("oodval.npz") and react["id_val"] == "holdout:0.25"
+  assert react["fit_set"] == "val"
+  best = max(react["candidates"], key=lambda cand: cand["auroc"])
+  saved = json.loads((out / "results.json").read_text())
+  meta = saved["rows"]["react@tuned"]
+  assert meta["tuned"] == {"percentile": best["settings"]["percentile"]}
+  assert "tuned" not in saved["rows"]["react"]
+  assert saved["rows"]["energy_t"]["tuned"]["temperature"] in (1.0, 5.0)
+  assert "search.json" in saved["files"] and "results_openood.csv" in saved["files"]
+  assert "aupr_in_trapezoid" in saved["metrics"]["react@tuned"]["-"]["a"]
+  # Tuned and default rows in one table.
+  md = (out / "results.md").read_text()
+  assert "| react |" in md and "| react@tuned |" in md
+  assert set(results["rows"]) == {"react", "react@tuned", "msp", "energy_t"}

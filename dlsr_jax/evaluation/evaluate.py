@@ -176,10 +176,12 @@ class Results:
     """The Markdown report (one table per key and k, the overview and the summary)."""
     return report.markdown(self.to_dict(**extra))
 
-  def write(self, outdir: str, *, plots: bool = True, **extra: Any) -> list[str]:
-    """results.{json,md,csv}, scores.npz ("<set>/<key>": [K or 1, N]) and, with `plots`, the
-    ROC / histogram PNGs; `extra` goes into results.json. Returns the files written
-    (relative to `outdir`, also listed in results.json "files")."""
+  def write(self, outdir: str, *, plots: bool = True, also: Sequence[str] = (),
+            **extra: Any) -> list[str]:
+    """results.{json,md,csv} (and results_openood.csv with near / far groups), scores.npz
+    ("<set>/<key>": [K or 1, N]) and, with `plots`, the ROC / histogram PNGs; `extra` goes
+    into results.json. Returns the files written (relative to `outdir`, listed in
+    results.json "files" with `also`, files the caller writes beside them)."""
     results = self.to_dict(**extra)
     os.makedirs(outdir, exist_ok=True)
     flat = {f"{s}/{key}": np.stack([by_k[k][s] for k in by_k])
@@ -188,7 +190,7 @@ class Results:
     files = ["scores.npz"]
     if plots:
       files += _write_plots(results, self.scores, outdir, self.id_set, self.ood_sets)
-    results["files"] = sorted([*report.result_files(results), *files])
+    results["files"] = sorted({*report.result_files(results), *files, *also})
     report.write_results(results, outdir)
     return results["files"]
 

@@ -35,7 +35,7 @@ from dlsr_jax.detectors.base import CONTEXT_ARGS, SetArrays
 from dlsr_jax.evaluation.evaluate import fit_key, set_key
 from dlsr_jax.evaluation import metrics as metrics_lib
 
-__all__ = ["DEFAULT_GRIDS", "ID_VAL", "OOD_VAL", "candidates", "default_grid",
+__all__ = ["DEFAULT_GRIDS", "ID_VAL", "OOD_VAL", "OPENOOD_VAL_FIT", "candidates", "default_grid", "plain_settings",
            "score_candidates", "time_grid", "tune"]
 
 Grid = Union[Mapping[str, Sequence[Any]], Sequence[Mapping[str, Any]]]
@@ -61,6 +61,9 @@ DEFAULT_GRIDS: dict[str, dict[str, tuple]] = {
     "nnguide": {"k": (100,)},
     "odin": {"temperature": (1.0, 10.0, 100.0, 1000.0), "eps": (0.0014, 0.0028)},
 }
+# The types OpenOOD fits on the ID validation split, not the ID train split (SPEC-posthoc
+# section 6.2); the experiments fit them on data.val when the protocol names one.
+OPENOOD_VAL_FIT = ("klm", "react", "residual", "tempscale", "vra")
 _FRACTIONS = {"D/4": 0.25, "D/2": 0.5, "3D/4": 0.75}
 
 
@@ -257,13 +260,13 @@ def tune(detector_type: str, settings_grid: Optional[Grid], fit: SetArrays,
       m = metrics_lib.compute_all(s_id, s_ood)
     except ValueError as e:
       raise ValueError(f"tune: {detector_type} candidate {c}: {e}") from None
-    rows.append({"settings": _plain(c), **m, "best": False})
+    rows.append({"settings": plain_settings(c), **m, "best": False})
   best = max(range(len(rows)), key=lambda i: (rows[i]["auroc"], -i))
   rows[best]["best"] = True
   return dict(cands[best]), rows
 
 
-def _plain(settings: Mapping[str, Any]) -> dict[str, Any]:
+def plain_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
   """JSON-friendly settings (numpy scalars as Python numbers)."""
   return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in settings.items()}
 
