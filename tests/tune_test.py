@@ -215,3 +215,12 @@ def test_tune_true_writes_search_json_and_the_chosen_values(tmp_path):
   md = (out / "results.md").read_text()
   assert "| react |" in md and "| react@tuned |" in md
   assert set(results["rows"]) == {"react", "react@tuned", "msp", "energy_t"}
+
+
+def test_readme_lists_every_detector_type():
+  import os  # pylint: disable=g-import-not-at-top
+  readme = open(os.path.join(os.path.dirname(__file__), os.pardir, "README.md")).read()
+  table = readme.split("### Detectors", 1)[1].split("###", 1)[0]
+  listed = {line.split("`")[1] for line in table.splitlines() if line.startswith("| `")}
+  assert listed == set(detectors.available())
+  assert "--config.eval.tune=True" in readme and "--config.data.ood_val" in readme
