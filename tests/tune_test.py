@@ -224,3 +224,19 @@ def test_readme_lists_every_detector_type():
   listed = {line.split("`")[1] for line in table.splitlines() if line.startswith("| `")}
   assert listed == set(detectors.available())
   assert "--config.eval.tune=True" in readme and "--config.data.ood_val" in readme
+
+
+def test_openood_protocols_name_their_validation_sets():
+  from experiments import build  # pylint: disable=g-import-not-at-top
+  from experiments.configs import datasets, openood_cifar10, openood_cifar100  # pylint: disable=g-import-not-at-top
+  for module, id_set in ((openood_cifar10, "cifar10"), (openood_cifar100, "cifar100")):
+    c = module.get_config("root=/d")
+    assert c.data.val == "holdout:0.1" and c.eval.trapezoid_aupr
+    assert c.data.ood_val == f"folder:/d/openood/{id_set}/tin_val"
+    c.data.root = "/elsewhere"                     # follows data.root like the test sets
+    assert c.data.ood_val == f"folder:/elsewhere/openood/{id_set}/tin_val"
+    build.check_validation_sets(c, {})             # none of its test sets
+  train, val = datasets.holdout_rows(50, 0.1)
+  assert len(val) == 5 and len(train) == 45 and not set(train) & set(val)
+  np.testing.assert_array_equal(datasets.holdout_rows(50, 0.1)[1], val)   # deterministic
+  assert list(val) != list(range(45, 50))          # not the last rows (class-ordered sources)
