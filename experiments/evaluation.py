@@ -153,18 +153,16 @@ def table_plain(value):
 
 
 def evaluate_row(c, plan: build.Plan, row: build.RowSpec, store: arrays.ArrayStore,
-                 workdir: str, seed: Optional[int],
-                 search: Optional[dict] = None) -> evaluation_lib.Results:
+                 workdir: str, seed: Optional[int]) -> evaluation_lib.Results:
   """One row through `dlsr_jax.evaluation.evaluate`: fitted on the ID train arrays of its net
   (data.val for the types OpenOOD fits on ID val, when the protocol names one), the ID test
-  set and every OOD set scored. A tuned row first chooses its settings (`tune_row`; its
-  record goes into `search`)."""
+  set and every OOD set scored. A tuned row first chooses its settings (`tune_row`); its
+  search record rides in the row's metadata as "search" until `run_evaluate` takes it out
+  for search.json."""
   set_names = ["id", *ood_sources(c)]
   record = None
   if row.tune:
     row, record = tune_row(c, row, store)
-    if search is not None:
-      search[row.name] = record
   with runner.row_detector(c, plan, row, store, workdir, seed) as det:
     res = evaluation_lib.evaluate(
         {row.name: det}, _fit_arrays(c, store, row, row.fit_reads),
@@ -175,22 +173,22 @@ def evaluate_row(c, plan: build.Plan, row: build.RowSpec, store: arrays.ArraySto
     res.rows[key] = {"row": row.name, "detector": row.type, "net": row.net,
                      "score": meta["score"],
                      **({"fit_set": row.fit_set} if row.fit_set != "train" else {}),
-                     **({"tuned": record["chosen"], "settings": record["settings"]}
-                        if record else {})}
+                     **({"tuned": record["chosen"], "settings": record["settings"],
+                         SEARCH_KEY: record} if record else {})}
   return res
 
 
 def _score_all(c, plan: build.Plan, store, workdir: str, seed: Optional[int],
-               fixed: dict, search: Optional[dict] = None) -> evaluation_lib.Results:
-  """Results of every row for one seed; rows that train nothing are evaluated once (`fixed`);
-  tuned rows' searches go into `search`."""
+               fixed: dict) -> evaluation_lib.Results:
+  """Results of every row for one seed; rows that train nothing are evaluated once (`fixed`)."""
   for row in plan.rows.values():
     if row.trains or row.name not in fixed:
-      fixed[row.name] = evaluate_row(c, plan, row, store, workdir, seed, search)
+      fixed[row.name] = evaluate_row(c, plan, row, store, workdir, seed)
   return evaluation_lib.Results.combine([fixed[r] for r in plan.rows])
 
 
 SEARCH_FILE = "search.json"
+SEARCH_KEY = "search"   # a tuned row's search record in its metadata, until written
 
 
 def write_search(search: Mapping, outdir: str) -> str:
@@ -276,7 +274,10 @@ def run_evaluate(c, workdir: str, outdir: Optional[str] = None) -> dict:
   settings["rows"] = {r.name: f"{r.type} on {r.net}" for r in plan.rows.values()}
   per_seed, fixed, files, moved, search = [], {}, [], None, {}
   for seed in plan.seeds or (None,):
-    res = _score_all(c, plan, store, workdir, seed, fixed, search)
+    res = _score_all(c, plan, store, workdir, seed, fixed)
+    for meta in res.rows.values():        # tuned rows' searches: search.json, not results
+      if SEARCH_KEY in meta:
+        search[meta["row"]] = meta.pop(SEARCH_KEY)
     extra = {"id_set": c.data.test, "ood_sets": ood_sources(c), "nets": nets,
              "accuracy": accuracy, "settings": settings,
              "timing": {**store.timing, "rows": res.timing}}

@@ -207,7 +207,7 @@ def test_tune_true_writes_search_json_and_the_chosen_values(tmp_path):
   saved = json.loads((out / "results.json").read_text())
   meta = saved["rows"]["react@tuned"]
   assert meta["tuned"] == {"percentile": best["settings"]["percentile"]}
-  assert "tuned" not in saved["rows"]["react"]
+  assert "tuned" not in saved["rows"]["react"] and "search" not in meta   # in search.json
   assert saved["rows"]["energy_t"]["tuned"]["temperature"] in (1.0, 5.0)
   assert "search.json" in saved["files"] and "results_openood.csv" in saved["files"]
   assert "aupr_in_trapezoid" in saved["metrics"]["react@tuned"]["-"]["a"]

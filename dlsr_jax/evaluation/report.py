@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 from typing import Mapping, Optional
@@ -116,6 +117,10 @@ def _pm(mean: Optional[float], std: Optional[float]) -> str:
   return f"{100 * mean:.2f} ± {100 * (std or 0.0):.2f}"
 
 
+def _group_cell(sets: Mapping, std: Mapping, group: str, metric: str) -> str:
+  return _pm(sets[f"group:{group}"][metric], std.get(f"group:{group}", {}).get(metric))
+
+
 def openood_rows(results: Mapping) -> list[dict]:
   """One OpenOOD leaderboard line per (row, score, k) of results with near / far groups.
 
@@ -141,7 +146,7 @@ def openood_rows(results: Mapping) -> list[dict]:
                 if info else ("frozen backbone" if net in ("", "backbone") else ""))
     for k, sets in by_k.items():
       sd = std[key][k] if std is not None else {}
-      cell = lambda g, m: _pm(sets[f"group:{g}"][m], sd.get(f"group:{g}", {}).get(m))  # noqa: E731
+      cell = functools.partial(_group_cell, sets, sd)
       name = meta["row"] + ("" if meta.get("score") in (meta["row"], meta.get("detector"))
                             else f":{meta['score']}") + ("" if k == table.NO_K else f"@k={k}")
       out.append({"Training": training, "Postprocessor": name,
