@@ -179,6 +179,8 @@ def changeable(key: str) -> bool:
   type, net and levels are not; other detector settings only change scoring.
   """
   parts = key.split(".")
+  if parts[0] == "detectors" and len(parts) >= 3 and parts[2] in ("tune", "grid"):
+    return True                    # tuning: chosen on validation sets at each evaluation
   if parts[0] == "detectors" and len(parts) == 3:
     from experiments.configs import common  # pylint: disable=g-import-not-at-top
     name = parts[2]

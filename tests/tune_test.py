@@ -183,6 +183,12 @@ def test_plan_of_a_tuned_config(tmp_path):
   assert rows["react@tuned"].tune and not rows["react"].tune and rows["energy_t"].tune
   assert rows["react"].fit_set == rows["react@tuned"].fit_set == "val"
   assert rows["msp"].fit_set == "train"
+  # Validation sets and grids are evaluation settings: a workdir's record does not pin them.
+  from experiments import workdir  # pylint: disable=g-import-not-at-top
+  assert all(workdir.changeable(k) for k in ("data.val", "data.ood_val", "eval.tune",
+                                             "detectors.energy_t.grid.temperature",
+                                             "detectors.react.tune"))
+  assert not workdir.changeable("detectors.energy_t.net")
   c.detectors.energy_t.grid = {"temp": [1.0]}
   with pytest.raises(ValueError, match=r"energy_t.grid .*no tunable setting"):
     build.build(c)
