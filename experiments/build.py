@@ -61,6 +61,11 @@ class RowSpec:
   fit_reads: tuple[str, ...]
   context: tuple[str, ...]
   score_names: Optional[tuple[str, ...]] = None   # when the detector declares them
+  # True: settings chosen on data.val vs data.ood_val; False: not; None: not, and no
+  # "<row>@tuned" twin from eval.tune (the row's tune=False).
+  tune: Optional[bool] = False
+  grid: Optional[Any] = None                 # its grid (None: the type's default grid)
+  fit_set: str = "train"                     # "val": fitted on data.val (OpenOOD's ID-val fits)
 
   @property
   def trains(self) -> bool:
@@ -264,6 +269,7 @@ def _row_spec(name: str, block: Mapping[str, Any], nets: Mapping[str, NetSpec],
               layout: FeatureLayout) -> RowSpec:
   block = dict(block)
   type_, net = block.pop("type", name), block.pop("net", BACKBONE)
+  tune, grid = block.pop("tune", None), block.pop("grid", None)
   types = detectors.available()
   if type_ not in types:
     raise ValueError(f"c.detectors.{name}: unknown detector type {type_!r}; available "
@@ -296,8 +302,15 @@ def _row_spec(name: str, block: Mapping[str, Any], nets: Mapping[str, NetSpec],
                      f"{', '.join(provided)}); set net= a classifier or head net"
                      + (" trained with an objective that provides them"
                         if net != BACKBONE else ""))
-  return dataclasses.replace(spec, reads=det.reads, fit_reads=det.fit_reads,
+  spec = dataclasses.replace(spec, reads=det.reads, fit_reads=det.fit_reads,
                              score_names=det.score_names)
+  if tune is not None and not isinstance(tune, bool):
+    raise ValueError(f"c.detectors.{name}.tune must be True or False, got {tune!r}")
+  if tune or (grid is not None and tune is None):   # tune= / grid= tune this row in place
+    spec = tuned_spec(spec, nets, layout, grid, name)
+  elif tune is False:
+    spec = dataclasses.replace(spec, tune=None)       # never tuned (not even by eval.tune)
+  return spec
 
 
 def _check_result_keys(rows: list[RowSpec]) -> None:
@@ -314,6 +327,73 @@ def _check_result_keys(rows: list[RowSpec]) -> None:
         raise ValueError(f"c.detectors.{row.name} and c.detectors.{owner[key]} both give the "
                          f"results key {key!r}: rename one of the rows")
       owner[key] = row.name
+
+
+def tuned_spec(spec: RowSpec, nets: Mapping[str, NetSpec], layout: FeatureLayout,
+               grid: Any = None, name: Optional[str] = None) -> RowSpec:
+  """`spec` tuned (as row `name`), its grid checked: every candidate's settings are
+  constructed once (a type that trains, like DLSR, cannot be tuned)."""
+  from dlsr_jax.evaluation import tune as tune_lib  # pylint: disable=g-import-not-at-top
+  name = name or spec.name
+  if "workdir" in spec.context or "layout" in spec.context:
+    raise ValueError(f"c.detectors.{name}: detector {spec.type!r} trains in its fit; it "
+                     "cannot be tuned (tune= / grid=)")
+  net = placeholder_net(nets[spec.net], layout) if "net" in spec.context else None
+  try:
+    cands = tune_lib.candidates(spec.type, grid, spec.settings, net=net)
+    for c in cands:
+      detectors.make(spec.type, **c, **({"net": net} if net is not None else {}))
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"c.detectors.{name}.grid ({spec.type}): {e}") from None
+  return dataclasses.replace(spec, name=name, tune=True, grid=grid)
+
+
+def tunable(spec: RowSpec, nets: Mapping[str, NetSpec], layout: FeatureLayout) -> bool:
+  """Whether `--config.eval.tune` gives this row a "<row>@tuned" twin: a row not tuned
+  already nor set tune=False, of a type that does not train, whose grid has 2+ candidates."""
+  from dlsr_jax.evaluation import tune as tune_lib  # pylint: disable=g-import-not-at-top
+  if spec.tune is not False or "workdir" in spec.context or "layout" in spec.context:
+    return False
+  net = placeholder_net(nets[spec.net], layout) if "net" in spec.context else None
+  return len(tune_lib.candidates(spec.type, None, spec.settings, net=net)) > 1
+
+
+TUNED_SUFFIX = "@tuned"
+
+
+def check_validation_sets(c, rows: Mapping[str, RowSpec]) -> None:
+  """data.val / data.ood_val: well formed, never a test set (compared by real path for
+  npz / folder sources, so "npz:d/./x.npz" is "npz:d/x.npz"), and set when a row is tuned."""
+  val, ood_val = str(c.data.get("val", "") or ""), str(c.data.get("ood_val", "") or "")
+  tests = {"data.test": str(c.data.test)}
+  tests.update({f"data.ood.{k}": str(v) for k, v in pipeline.ood_sources(c).items()})
+  ids = {k: datasets.source_identity(v) for k, v in tests.items()}
+  tuned = [r.name for r in rows.values() if r.tune]
+  if tuned and not (val and ood_val):
+    raise ValueError(f"rows {tuned} are tuned (eval.tune / tune= / grid=): set both data.val "
+                     f"(e.g. 'holdout:0.1') and data.ood_val (a set that is none of the test "
+                     f"sets); got data.val={val!r}, data.ood_val={ood_val!r}")
+  checks = [("data.ood_val", ood_val)]
+  if datasets.parse_holdout(val) is None:
+    checks.append(("data.val", val))
+  for key, source in checks:
+    if not source:
+      continue
+    try:
+      datasets.check_source(source)
+    except ValueError as e:
+      raise ValueError(f"{key}: {e}") from None
+    clash = [k for k, v in ids.items() if v == datasets.source_identity(source)]
+    if clash:
+      raise ValueError(f"{key} = {source!r} is the test set {clash[0]} = {tests[clash[0]]!r}: "
+                       "validation sets (tuning, ID-val fits) must be none of the test sets")
+    if datasets.source_identity(source) == datasets.source_identity(str(c.data.train)):
+      raise ValueError(f"{key} = {source!r} is the ID train source data.train"
+                       + ("; use data.val='holdout:FRACTION' for a held-out part of it"
+                          if key == "data.val" else ""))
+    scheme, path = source.split(":", 1)
+    if tuned and scheme in ("npz", "folder") and not os.path.exists(path):
+      raise FileNotFoundError(f"{key}: {path} not found ({source!r})")
 
 
 def _check_streams_apart(c, specs: Mapping[str, NetSpec]) -> None:
@@ -359,8 +439,18 @@ def build(c) -> Plan:
     raise ValueError(f"eval.rows names unknown rows {unknown}; configured rows: {sorted(rows)}")
   if not rows:
     raise ValueError("no detector rows configured (c.detectors)")
-  selected = [_row_spec(n, rows[n], specs, layout) for n in (wanted or rows)]
+  selected = []
+  for n in wanted or rows:
+    spec = _row_spec(n, rows[n], specs, layout)
+    selected.append(spec)
+    if c.eval.get("tune", False) and tunable(spec, nets, layout):
+      selected.append(tuned_spec(spec, nets, layout, None, n + TUNED_SUFFIX))
+  if str(c.data.get("val", "") or ""):
+    from dlsr_jax.evaluation import tune as tune_lib  # pylint: disable=g-import-not-at-top
+    selected = [dataclasses.replace(r, fit_set="val") if r.type in tune_lib.OPENOOD_VAL_FIT
+                else r for r in selected]
   _check_result_keys(selected)
+  check_validation_sets(c, {r.name: r for r in selected})
   order = list(nets)
   selected = {r.name: r for r in sorted(selected, key=lambda r: order.index(r.net))}
   seeds = tuple(int(s) for s in (c.get("seeds") or ()))

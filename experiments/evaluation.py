@@ -15,7 +15,9 @@ The LFDN-only helpers of the benchmark scripts (`load_feature_sets`, `dlsr_score
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
+import json
 import os
 import time
 import warnings
@@ -27,8 +29,10 @@ from absl import logging
 
 from dlsr_jax import evaluation as evaluation_lib
 from dlsr_jax.evaluation import report, table
+from dlsr_jax.evaluation import tune as tune_lib
 from experiments import arrays, build, pipeline, runner, validate
 from experiments import workdir as workdir_lib
+from experiments.configs import datasets
 from experiments.lfdn_scores import (assemble_results, baseline_scores,  # noqa: F401
                                      dlsr_scores, load_feature_sets, merge_scores,
                                      score_sets_with_params)
@@ -36,8 +40,8 @@ from experiments.pipeline import ood_sources, parse_groups  # noqa: F401
 
 # Every file an evaluation writes, in its output folder and in each SEED_DIRS folder of it
 # (with `c.seeds`). An earlier evaluation's are moved to PREVIOUS_DIR/<timestamp>/ first.
-OUTPUT_FILES = ("results.json", "results.md", "results.csv", "scores.npz", "roc_hist_*.png",
-                "auroc_vs_k.png")
+OUTPUT_FILES = ("results.json", "results.md", "results.csv", "results_openood.csv",
+                "scores.npz", "roc_hist_*.png", "auroc_vs_k.png", "search.json")
 SEED_DIRS = "seed_*"
 PREVIOUS_DIR = "previous"
 
@@ -61,27 +65,125 @@ class _Arrays(Mapping):
     return len(self._keys)
 
 
+class _Rows(Mapping):
+  """Some rows of lazy `SetArrays` (a holdout split), still read lazily."""
+
+  def __init__(self, arrays: Mapping, rows: np.ndarray):
+    self._arrays, self._rows = arrays, rows
+
+  def __getitem__(self, key: str) -> np.ndarray:
+    return np.asarray(self._arrays[key])[self._rows]
+
+  def __iter__(self):
+    return iter(self._arrays)
+
+  def __len__(self) -> int:
+    return len(self._arrays)
+
+
+VAL, OOD_VAL = "val", "ood_val"   # the store's names of data.val (a source) and data.ood_val
+
+
+def add_validation_sources(c, store: arrays.ArrayStore) -> None:
+  """Registers data.val (unless a holdout of data.train) and data.ood_val with the store."""
+  val, ood_val = str(c.data.get("val", "") or ""), str(c.data.get("ood_val", "") or "")
+  if val and datasets.parse_holdout(val) is None:
+    store.sources[VAL] = val
+  if ood_val:
+    store.sources[OOD_VAL] = ood_val
+
+
+def _holdout(c, store: arrays.ArrayStore) -> Optional[tuple[np.ndarray, np.ndarray]]:
+  fraction = datasets.parse_holdout(str(c.data.get("val", "") or ""))
+  if fraction is None:
+    return None
+  n = len(store.get(build.BACKBONE, "train", ["labels"])["labels"])
+  return datasets.holdout_rows(n, fraction)
+
+
+def split_arrays(c, store: arrays.ArrayStore, net: str, set_name: str,
+                 keys: tuple[str, ...]) -> Mapping:
+  """A net's lazy arrays of "train" (without the holdout rows when data.val is a holdout),
+  "val" (the holdout rows, or data.val's own source) or any other set of the store."""
+  split = _holdout(c, store) if set_name in ("train", VAL) else None
+  if split is not None:
+    return _Rows(_Arrays(store, net, "train", keys), split[0 if set_name == "train" else 1])
+  return _Arrays(store, net, set_name, keys)
+
+
+def _fit_arrays(c, store, row: build.RowSpec, keys: tuple[str, ...]) -> Mapping:
+  if row.trains:   # DLSR's fit is its training (experiments.train): the whole train set
+    return _Arrays(store, row.net, "train", keys)
+  return split_arrays(c, store, row.net, row.fit_set, keys)
+
+
+def tune_row(c, row: build.RowSpec, store: arrays.ArrayStore) -> tuple[build.RowSpec, dict]:
+  """A tuned row's settings chosen on data.val vs data.ood_val (never a test set; checked by
+  `build.check_validation_sets`); returns the row with them and its search record."""
+  net = store.nets.get(row.net)
+  keys = tuple(dict.fromkeys((*row.reads, *row.fit_reads)))
+  t0 = time.time()
+  best, candidates = tune_lib.tune(
+      row.type, row.grid, _fit_arrays(c, store, row, row.fit_reads),
+      split_arrays(c, store, row.net, VAL, keys), _Arrays(store, row.net, OOD_VAL, keys),
+      key=jax.random.key(c.eval.seed), net=net if "net" in row.context else None,
+      settings=row.settings)
+  varied = sorted({k for cand in candidates for k, v in cand["settings"].items()
+                   if v != candidates[0]["settings"][k]} or
+                  {k for k in (row.grid or {}) if isinstance(row.grid, Mapping)})
+  record = {"type": row.type, "net": row.net, "fit_set": row.fit_set,
+            "id_val": str(c.data.val), "ood_val": str(c.data.ood_val),
+            "grid": table_plain(row.grid) if row.grid is not None else "default",
+            "chosen": {k: tune_lib.plain_settings(best)[k] for k in varied},
+            "settings": tune_lib.plain_settings(best),
+            "seconds": round(time.time() - t0, 3), "candidates": candidates}
+  logging.info("row %s: tuned %s on %s vs %s: %s", row.name, row.type, c.data.val,
+               c.data.ood_val, record["chosen"])
+  return dataclasses.replace(row, settings=best), record
+
+
+def table_plain(value):
+  """A grid as JSON (ConfigDicts and tuples as dicts and lists)."""
+  if hasattr(value, "to_dict"):
+    value = value.to_dict()
+  if isinstance(value, Mapping):
+    return {k: table_plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [table_plain(v) for v in value]
+  return value
+
+
 def evaluate_row(c, plan: build.Plan, row: build.RowSpec, store: arrays.ArrayStore,
                  workdir: str, seed: Optional[int],
                  notes: Optional[list[str]] = None) -> evaluation_lib.Results:
-  """One row through `dlsr_jax.evaluation.evaluate`: fitted on the ID train arrays of its net,
-  the ID test set and every OOD set scored. The warnings it raises (e.g. N <= C features, a
-  one-image set) are logged and appended to `notes` ("<row>: <message>") for the results."""
+  """One row through `dlsr_jax.evaluation.evaluate`: fitted on the ID train arrays of its net
+  (data.val for the types OpenOOD fits on ID val, when the protocol names one), the ID test
+  set and every OOD set scored. A tuned row first chooses its settings (`tune_row`); its
+  search record rides in the row's metadata as "search" until `run_evaluate` takes it out
+  for search.json. The warnings it raises (e.g. N <= C features, a one-image set) are logged
+  and appended to `notes` ("<row>: <message>") for the results."""
   set_names = ["id", *ood_sources(c)]
+  record = None
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
+    if row.tune:
+      row, record = tune_row(c, row, store)
     with runner.row_detector(c, plan, row, store, workdir, seed, restore_only=True) as det:
       res = evaluation_lib.evaluate(
-          {row.name: det}, _Arrays(store, row.net, "train", row.fit_reads),
+          {row.name: det}, _fit_arrays(c, store, row, row.fit_reads),
           {s: _Arrays(store, row.net, s, row.reads) for s in set_names},
-          key=jax.random.key(c.eval.seed), id_set="id", groups=parse_groups(c))
+          key=jax.random.key(c.eval.seed), id_set="id", groups=parse_groups(c),
+          trapezoid_aupr=bool(c.eval.get("trapezoid_aupr", False)))
   for message in dict.fromkeys(str(w.message) for w in caught):
     logging.warning("row %s: %s", row.name, message)
     if notes is not None:
       notes.append(f"{row.name}: {message}")
   for key, meta in res.rows.items():
     res.rows[key] = {"row": row.name, "detector": row.type, "net": row.net,
-                     "score": meta["score"]}
+                     "score": meta["score"],
+                     **({"fit_set": row.fit_set} if row.fit_set != "train" else {}),
+                     **({"tuned": record["chosen"], "settings": record["settings"],
+                         SEARCH_KEY: record} if record else {})}
   return res
 
 
@@ -98,9 +200,24 @@ def _score_all(c, plan: build.Plan, store, workdir: str, seed: Optional[int],
   return evaluation_lib.Results.combine([fixed[r] for r in plan.rows])
 
 
+SEARCH_FILE = "search.json"
+SEARCH_KEY = "search"   # a tuned row's search record in its metadata, until written
+
+
+def write_search(search: Mapping, outdir: str) -> str:
+  """search.json: per tuned row, its validation sets, grid, chosen values and every candidate
+  with its validation metrics (ID-val vs OOD-val; never a test set)."""
+  path = os.path.join(outdir, SEARCH_FILE)
+  os.makedirs(outdir, exist_ok=True)
+  with open(path, "w") as f:
+    json.dump({"rows": dict(search)}, f, indent=2)
+  logging.info("wrote %s", path)
+  return path
+
+
 def write_results(results: dict, outdir: str, files: list[str]) -> list[str]:
   """results.{json,md,csv} with `files` and themselves listed in results["files"]."""
-  results["files"] = sorted([*(f"results.{e}" for e in ("json", "md", "csv")), *files])
+  results["files"] = sorted([*report.result_files(results), *files])
   paths = report.write_results(results, outdir)
   logging.info("wrote %s", paths)
   return results["files"]
@@ -190,15 +307,19 @@ def _evaluate(c, plan: build.Plan, workdir: str, outdir: str, own_outdir: bool) 
   workdir."""
   cache = os.path.join(outdir, "feature_cache") if own_outdir and not c.cache_dir else None
   store = arrays.ArrayStore(c, workdir, runner.sources(c), cache_dir=cache)
+  add_validation_sources(c, store)
   runner.check_labels(c, plan, store, build.needed_nets(plan))
   nets = runner.prepare_nets(plan, workdir, store, build.needed_nets(plan), restore_only=True)
   accuracy = {n: arrays.accuracy(store, n) for n in nets}
   settings = pipeline.settings_summary(c, store.backbone, pipeline.feature_boundaries(
       c, store.backbone)) if any(r.net == build.BACKBONE for r in plan.rows.values()) else {}
   settings["rows"] = {r.name: f"{r.type} on {r.net}" for r in plan.rows.values()}
-  per_seed, fixed, files, moved, notes = [], {}, [], None, {}
+  per_seed, fixed, files, moved, notes, search = [], {}, [], None, {}, {}
   for seed in plan.seeds or (None,):
     res = _score_all(c, plan, store, workdir, seed, fixed, notes)
+    for meta in res.rows.values():        # tuned rows' searches: search.json, not results
+      if SEARCH_KEY in meta:
+        search[meta["row"]] = meta.pop(SEARCH_KEY)
     extra = {"id_set": c.data.test, "ood_sets": ood_sources(c), "nets": nets,
              "accuracy": accuracy, "settings": settings,
              "timing": {**store.timing, "rows": res.timing}}
@@ -208,10 +329,14 @@ def _evaluate(c, plan: build.Plan, workdir: str, outdir: str, own_outdir: bool) 
     results = res.to_dict(**extra)
     if not per_seed and jax.process_index() == 0:
       moved = set_aside_previous(outdir)          # before this evaluation writes anything
+      if search:
+        write_search(search, outdir)
+        files.append(SEARCH_FILE)
     sub = "" if seed is None else f"seed_{seed}"
     if jax.process_index() == 0:
-      written = res.write(os.path.join(outdir, sub), plots=c.eval.plots, **extra)
-      files += [os.path.join(sub, f) for f in written]
+      written = res.write(os.path.join(outdir, sub), plots=c.eval.plots,
+                          also=[SEARCH_FILE] if search and seed is None else [], **extra)
+      files += [p for p in (os.path.join(sub, f) for f in written) if p not in files]
       results["files"] = written
     per_seed.append(results)
   if plan.seeds:

@@ -47,6 +47,7 @@ CHANGEABLE_KEYS = (
     "eval.",                         # scoring settings: each evaluation reports its own
     "data.test", "data.ood.", "data.extra_ood", "data.groups.",   # sets scored, not trained on
     "data.tfds_data_dir",            # where the data is, not what it is
+    "data.val", "data.ood_val",      # validation sets: tuning and ID-val fits, not training
     "feature_batch_size", "cache_dir", "seeds",
 )
 # Keys of a `c.nets.<name>` block that may change, like their LFDN counterparts: lower the
@@ -216,6 +217,8 @@ def changeable(key: str) -> bool:
   type, net and levels are not; other detector settings only change scoring.
   """
   parts = key.split(".")
+  if parts[0] == "detectors" and len(parts) >= 3 and parts[2] in ("tune", "grid"):
+    return True                    # tuning: chosen on validation sets at each evaluation
   if parts[0] == "detectors" and len(parts) == 3:
     from experiments.configs import common  # pylint: disable=g-import-not-at-top
     name = parts[2]

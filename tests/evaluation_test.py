@@ -124,7 +124,7 @@ def test_a_second_evaluation_moves_the_first_ones_outputs_aside(config, tmp_path
   res2 = evaluation.run_evaluate(second, str(tmp_path), str(out))
   files2 = set(res2["files"])
   assert files2 == {"results.json", "results.md", "results.csv", "scores.npz",
-                    "roc_hist_knn.png"}
+                    "roc_hist_knn.png", "results_openood.csv"}   # near / far groups
   on_disk = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
   moved = {f for f in on_disk if f.startswith("previous/")}
   assert on_disk - moved == files2 | {"config.json"}   # nothing of the first run beside it
@@ -132,7 +132,7 @@ def test_a_second_evaluation_moves_the_first_ones_outputs_aside(config, tmp_path
   (stamp,) = os.listdir(out / "previous")
   assert (f"moved the {len(files1)} files of the previous evaluation in {out} to "
           f"{out}/previous/{stamp}") in caplog.text
-  assert f"this evaluation's 5 files are in {out}" in caplog.text
+  assert f"this evaluation's 6 files are in {out}" in caplog.text
   assert moved == {f"previous/{stamp}/{f}" for f in files1}   # every file kept, not deleted
   assert json.loads((out / "previous" / stamp / "results.json").read_text())["seeds"] == [0, 1]
   assert (out / "dlsr").is_dir() and not (out / "seed_0").exists()

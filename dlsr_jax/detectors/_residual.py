@@ -71,3 +71,13 @@ def fit_residual_basis(z: np.ndarray, u: np.ndarray, dim: int, detector: str) ->
 def residual_norm(u: jax.Array, r: jax.Array, z: jax.Array) -> jax.Array:
   """[B] float32 ||(z - u) @ R|| of features z [B, D] (full-precision matmul)."""
   return jnp.linalg.norm(jnp.matmul(z - u, r, precision=_features.HIGHEST), axis=-1)
+
+
+def stack_padded(bases) -> np.ndarray:
+  """[G, D, max width] float32: residual bases R [D, D - dim] zero-padded to one width (for a
+  vmapped grid over dims; zero columns leave ||(z - u) @ R|| unchanged)."""
+  width = max(int(np.shape(r)[1]) for r in bases)
+  out = np.zeros((len(bases), int(np.shape(bases[0])[0]), width), np.float32)
+  for i, r in enumerate(bases):
+    out[i, :, :np.shape(r)[1]] = np.asarray(r, np.float32)
+  return out

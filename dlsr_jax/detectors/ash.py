@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlsr_jax.detectors import _head, base
+from dlsr_jax.detectors import _grid, _head, base
 
 __all__ = ["ash_score", "make", "top_k_mask"]
 
@@ -72,3 +72,24 @@ def make(net: Any, percentile: float = 90.0) -> base.Detector:
     return {"ash": _head.rowwise(ash_score, args, z)}
 
   return base.Detector(name="ash", reads=("pre_logits",), fit=fit, score=score, fit_reads=())
+
+
+# ---------------------------------------------------------------- tuning grid --
+GRID_SETTINGS = ("percentile",)
+
+
+@jax.jit
+def _grid_kernel(w: jax.Array, b: jax.Array, ks: jax.Array, z: jax.Array) -> jax.Array:
+  return jax.vmap(ash_score, in_axes=(None, None, 0, None), out_axes=1)(w, b, ks, z)
+
+
+def score_grid(candidates, fit: base.SetArrays, arrays: base.SetArrays, *,
+               net: Any = None) -> np.ndarray:
+  """[G, N] ASH-B scores of every percentile (its kept count k) in one vmapped call."""
+  del fit
+  w, b = _head.read_head(net, "ash")
+  dim = w.shape[0]
+  ks = np.asarray([_head.kept_count(dim, _head.check_percentile(p, "ash"), "ash")
+                   for p in _grid.column(candidates, "percentile")], np.int32)
+  z = _head.features(arrays["pre_logits"], dim, "ash")
+  return _grid.over_rows(_grid_kernel, (w, b, ks), (z,))

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpy.typing import ArrayLike
 
-from dlsr_jax.detectors import _head, base
+from dlsr_jax.detectors import _grid, _head, base
 
 __all__ = ["dice_score", "fit_mask", "make"]
 
@@ -93,3 +93,22 @@ def make(net: Any, percentile: float = 90.0) -> base.Detector:
     return {"dice": _head.rowwise(dice_score, (*args, jnp.asarray(mask, bool)), z)}
 
   return base.Detector(name="dice", reads=("pre_logits",), fit=fit, score=score)
+
+
+# ---------------------------------------------------------------- tuning grid --
+GRID_SETTINGS = ("percentile",)
+
+
+@jax.jit
+def _grid_kernel(w: jax.Array, b: jax.Array, masks: jax.Array, z: jax.Array) -> jax.Array:
+  return jax.vmap(dice_score, in_axes=(None, None, 0, None), out_axes=1)(w, b, masks, z)
+
+
+def score_grid(candidates, fit: base.SetArrays, arrays: base.SetArrays, *,
+               net: Any = None) -> np.ndarray:
+  """[G, N] DICE scores: one mask fitted per percentile, every mask in one vmapped call."""
+  w, b = _head.read_head(net, "dice")
+  masks = np.stack([fit_mask(w, fit["pre_logits"], p)
+                    for p in _grid.column(candidates, "percentile")])
+  z = _head.features(arrays["pre_logits"], w.shape[0], "dice")
+  return _grid.over_rows(_grid_kernel, (w, b, masks), (z,))

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlsr_jax.detectors import _features, base
+from dlsr_jax.detectors import _features, _grid, base
 
 __all__ = ["energy_score", "make"]
 
@@ -50,3 +50,21 @@ def make(temperature: float = 1.0) -> base.Detector:
     return {"energy": np.asarray(energy_score(logits, t))}
 
   return base.Detector(name="energy", reads=("logits",), fit=fit, score=score, fit_reads=())
+
+
+# ---------------------------------------------------------------- tuning grid --
+GRID_SETTINGS = ("temperature",)
+
+
+@jax.jit
+def _grid_kernel(temperatures: jax.Array, logits: jax.Array) -> jax.Array:
+  return jax.vmap(energy_score, in_axes=(None, 0), out_axes=1)(logits, temperatures)
+
+
+def score_grid(candidates, fit: base.SetArrays, arrays: base.SetArrays, *,
+               net=None) -> np.ndarray:
+  """[G, N] energy scores of every candidate temperature in one vmapped call (no fit)."""
+  del fit, net
+  logits = _features.as_features(arrays["logits"], "logits", dtype=np.float32)
+  t = np.asarray(_grid.column(candidates, "temperature"), np.float32)
+  return _grid.over_rows(_grid_kernel, (t,), (logits,))

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpy.typing import ArrayLike
 
-from dlsr_jax.detectors import _features, base
+from dlsr_jax.detectors import _features, _grid, base
 
 __all__ = ["gen_log_score", "gen_score", "make"]
 
@@ -97,3 +97,27 @@ def make(gamma: float = 0.1, m: int = 100) -> base.Detector:
     return {"gen": gen_score(arrays["logits"], g, m)}
 
   return base.Detector(name="gen", reads=("logits",), fit=fit, score=score)
+
+
+# ---------------------------------------------------------------- tuning grid --
+GRID_SETTINGS = ("gamma", "m")
+
+
+@functools.partial(jax.jit, static_argnames=("m",))
+def _grid_kernel(gammas: jax.Array, logits: jax.Array, *, m: int) -> jax.Array:
+  return jax.vmap(lambda g: gen_log_score(logits, g, m=m), out_axes=1)(gammas)
+
+
+def score_grid(candidates, fit: base.SetArrays, arrays: base.SetArrays, *,
+               net=None) -> np.ndarray:
+  """[G, N] GEN scores: every gamma in one vmapped call per effective M = min(m, K)."""
+  del fit, net
+  l = _features.as_features(arrays["logits"], "logits", dtype=np.float32)
+  ms = [min(int(m), l.shape[1]) for m in _grid.column(candidates, "m")]
+  gammas = np.asarray(_grid.column(candidates, "gamma"), np.float32)
+  out = np.empty((len(candidates), l.shape[0]), np.float64)
+  for m in dict.fromkeys(ms):
+    rows = [i for i, mi in enumerate(ms) if mi == m]
+    kernel = functools.partial(_grid_kernel, m=m)
+    out[rows] = np.exp(_grid.over_rows(kernel, (gammas[rows],), (l,)).astype(np.float64))
+  return out

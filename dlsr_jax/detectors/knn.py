@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpy.typing import ArrayLike
 
-from dlsr_jax.detectors import _features, base
+from dlsr_jax.detectors import _features, _grid, base
 
 __all__ = ["KNN_NORM_EPS", "KNNModel", "fit_knn", "kth_distance", "knn_distance", "knn_score",
            "make"]
@@ -160,3 +160,35 @@ def make(k: int = 50, array: str = "features", chunk_size: int = 512) -> base.De
     return {"knn": knn_distance(state, arrays[array], chunk_size)}
 
   return base.Detector(name="knn", reads=(array,), fit=fit, score=score)
+
+
+# ---------------------------------------------------------------- tuning grid --
+GRID_SETTINGS = ("k",)
+
+
+@functools.partial(jax.jit, static_argnames=("k_max",))
+def _grid_kernel(train: jax.Array, ranks: jax.Array, z: jax.Array, *, k_max: int) -> jax.Array:
+  """[B, G] distances to the ranks[g]-th nearest training row (one top_k of k_max), computed
+  as `kth_distance` does."""
+  q = z / (jnp.linalg.norm(z, axis=-1, keepdims=True) + KNN_NORM_EPS)
+  d2 = (jnp.sum(q * q, axis=-1, keepdims=True) + jnp.sum(train * train, axis=-1)[None]
+        - 2.0 * jnp.matmul(q, train.T, precision=_features.HIGHEST))   # [B, N]
+  top, _ = jax.lax.top_k(-d2, k_max)                                   # [B, k_max]
+  # The r-th largest is the smallest of the first r (no slicing: see `_knn_chunk`).
+  first = jnp.arange(k_max)[None, None, :] < ranks[None, :, None]      # [1, G, k_max]
+  kth = jnp.min(jnp.where(first, top[:, None, :], jnp.inf), axis=-1)   # [B, G]
+  return jnp.sqrt(jnp.maximum(-kth, 0.0))
+
+
+def score_grid(candidates, fit: base.SetArrays, arrays: base.SetArrays, *,
+               net=None) -> np.ndarray:
+  """[G, N] KNN distances of every k from ONE top-k search (of the largest k)."""
+  del net
+  for c in candidates:
+    make(**c)   # validates each k
+  array, chunk = candidates[0]["array"], candidates[0]["chunk_size"]
+  ks = np.asarray(_grid.column(candidates, "k"), np.int32)
+  model = fit_knn(fit[array], int(ks.max()))
+  x = _features.as_features(arrays[array], "z", dim=model.num_features, dtype=np.float32)
+  kernel = functools.partial(_grid_kernel, k_max=int(ks.max()))
+  return _grid.over_rows(kernel, (model.train, ks), (x,), chunk)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlsr_jax.detectors import _final_layer, base
+from dlsr_jax.detectors import _final_layer, _grid, base
 
 __all__ = ["NciModel", "make", "nci_score"]
 
@@ -76,3 +76,28 @@ def make(net: Any, alpha: float = 1e-4) -> base.Detector:
 
   return base.Detector(name="nci", reads=("logits", "pre_logits"), fit=fit, score=score,
                        fit_reads=("pre_logits",))
+
+
+# ---------------------------------------------------------------- tuning grid --
+GRID_SETTINGS = ("alpha",)
+
+
+@jax.jit
+def _grid_kernel(class_weights: jax.Array, center: jax.Array, alphas: jax.Array,
+                 logits: jax.Array, z: jax.Array) -> jax.Array:
+  return jax.vmap(nci_score, in_axes=(None, None, 0, None, None), out_axes=1)(
+      class_weights, center, alphas, logits, z)
+
+
+def score_grid(candidates, fit: base.SetArrays, arrays: base.SetArrays, *,
+               net: Any = None) -> np.ndarray:
+  """[G, N] NCI scores: the mean fitted once, every alpha in one vmapped call."""
+  state = make(net, **candidates[0]).fit(fit, None)
+  w, _ = _final_layer.read_head(net, "nci")
+  (d, k), what = w.shape, f"net.head's W {w.shape}"
+  alphas = np.asarray([_final_layer.number("nci", "alpha", a, 0.0)
+                       for a in _grid.column(candidates, "alpha")], np.float32)
+  logits = _final_layer.rows(arrays["logits"], "logits", "nci", k, what)
+  z = _final_layer.rows(arrays["pre_logits"], "pre_logits", "nci", d, what)
+  return _grid.over_rows(_grid_kernel, (np.ascontiguousarray(w.T), state.center, alphas),
+                         (logits, z))

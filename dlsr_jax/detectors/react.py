@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpy.typing import ArrayLike
 
-from dlsr_jax.detectors import _head, base
+from dlsr_jax.detectors import _grid, _head, base
 
 __all__ = ["fit_clip", "make", "react_score"]
 
@@ -81,3 +81,23 @@ def make(net: Any, percentile: float = 90.0) -> base.Detector:
     return {"react": _head.rowwise(react_score, (*args, np.float32(state["clip"])), z)}
 
   return base.Detector(name="react", reads=("pre_logits",), fit=fit, score=score)
+
+
+# ---------------------------------------------------------------- tuning grid --
+GRID_SETTINGS = ("percentile",)
+
+
+@jax.jit
+def _grid_kernel(w: jax.Array, b: jax.Array, clips: jax.Array, z: jax.Array) -> jax.Array:
+  return jax.vmap(react_score, in_axes=(None, None, 0, None), out_axes=1)(w, b, clips, z)
+
+
+def score_grid(candidates, fit: base.SetArrays, arrays: base.SetArrays, *,
+               net: Any = None) -> np.ndarray:
+  """[G, N] ReAct scores: one clip fitted per percentile, every clip in one vmapped call."""
+  w, b = _head.read_head(net, "react")
+  dim = w.shape[0]
+  clips = np.asarray([fit_clip(fit["pre_logits"], p, dim)
+                      for p in _grid.column(candidates, "percentile")], np.float32)
+  z = _head.features(arrays["pre_logits"], dim, "react")
+  return _grid.over_rows(_grid_kernel, (w, b, clips), (z,))

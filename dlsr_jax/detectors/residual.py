@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlsr_jax.detectors import _final_layer, _residual, base
+from dlsr_jax.detectors import _final_layer, _grid, _residual, base
 
 __all__ = ["ResidualModel", "make"]
 
@@ -65,3 +65,25 @@ def make(net: Any, dim: int | None = None) -> base.Detector:
                                               (state.origin, state.residual), (z,))}
 
   return base.Detector(name="residual", reads=("pre_logits",), fit=fit, score=score)
+
+
+# ---------------------------------------------------------------- tuning grid --
+GRID_SETTINGS = ("dim",)
+
+
+@jax.jit
+def _grid_kernel(origin: jax.Array, residuals: jax.Array, z: jax.Array) -> jax.Array:
+  return jax.vmap(_residual.residual_norm, in_axes=(None, 0, None), out_axes=1)(
+      origin, residuals, z)
+
+
+def score_grid(candidates, fit: base.SetArrays, arrays: base.SetArrays, *,
+               net: Any = None) -> np.ndarray:
+  """[G, N] Residual scores: each dim fitted (its own `fit`), the bases zero-padded to one
+  width, every dim in one vmapped call."""
+  states = [make(net, **c).fit(fit, None) for c in candidates]
+  w, _ = _final_layer.read_head(net, "residual")
+  z = _final_layer.rows(arrays["pre_logits"], "pre_logits", "residual", w.shape[0],
+                        f"net.head's W {w.shape}")
+  residuals = _residual.stack_padded([s.residual for s in states])
+  return _grid.over_rows(_grid_kernel, (states[0].origin, residuals), (z,))

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlsr_jax.detectors import _head, base
+from dlsr_jax.detectors import _grid, _head, base
 
 __all__ = ["make", "scale_score"]
 
@@ -78,3 +78,32 @@ def make(net: Any, percentile: float = 85.0) -> base.Detector:
 
   return base.Detector(name="scale", reads=("pre_logits",), fit=fit, score=score,
                        fit_reads=())
+
+
+# ---------------------------------------------------------------- tuning grid --
+GRID_SETTINGS = ("percentile",)
+
+
+@jax.jit
+def _grid_kernel(w: jax.Array, b: jax.Array, ks: jax.Array, z: jax.Array) -> jax.Array:
+  return jax.vmap(scale_score, in_axes=(None, None, 0, None), out_axes=1)(w, b, ks, z)
+
+
+def score_grid(candidates, fit: base.SetArrays, arrays: base.SetArrays, *,
+               net: Any = None) -> np.ndarray:
+  """[G, N] SCALE scores of every percentile in one vmapped call (refuses overflow as
+  `score` does)."""
+  del fit
+  w, b = _head.read_head(net, "scale")
+  dim = w.shape[0]
+  ps = _grid.column(candidates, "percentile")
+  ks = np.asarray([_head.kept_count(dim, _head.check_percentile(p, "scale"), "scale")
+                   for p in ps], np.int32)
+  z = _head.features(arrays["pre_logits"], dim, "scale")
+  out = _grid.over_rows(_grid_kernel, (w, b, ks), (z,))
+  bad = np.argwhere(~np.isfinite(out))
+  if bad.size:
+    raise ValueError(f"scale: the factor exp(s1 / s2) overflows float32 at percentile "
+                     f"{ps[bad[0][0]]!r} (row {int(bad[0][1])} of pre_logits); SCALE expects "
+                     f"non-negative (post-ReLU) features, or use a lower percentile")
+  return out

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlsr_jax.detectors import _final_layer, _residual, base
+from dlsr_jax.detectors import _final_layer, _grid, _residual, base
 
 __all__ = ["VimModel", "make", "vim_score"]
 
@@ -85,3 +85,27 @@ def make(net: Any, dim: int | None = None) -> base.Detector:
     return {"vim": _final_layer.map_rows(vim_score, args, (z,))}
 
   return base.Detector(name="vim", reads=("pre_logits",), fit=fit, score=score)
+
+
+# ---------------------------------------------------------------- tuning grid --
+GRID_SETTINGS = ("dim",)
+
+
+@jax.jit
+def _grid_kernel(w: jax.Array, b: jax.Array, origin: jax.Array, residuals: jax.Array,
+                 alphas: jax.Array, z: jax.Array) -> jax.Array:
+  return jax.vmap(vim_score, in_axes=(None, None, None, 0, 0, None), out_axes=1)(
+      w, b, origin, residuals, alphas, z)
+
+
+def score_grid(candidates, fit: base.SetArrays, arrays: base.SetArrays, *,
+               net: Any = None) -> np.ndarray:
+  """[G, N] ViM scores: each dim fitted (its own `fit`), the residual bases zero-padded to
+  one width (zero columns add nothing to the norm), every dim in one vmapped call."""
+  states = [make(net, **c).fit(fit, None) for c in candidates]
+  w, b = _final_layer.read_head(net, "vim")
+  residuals = _residual.stack_padded([s.residual for s in states])
+  alphas = np.asarray([s.alpha for s in states], np.float32)
+  z = _final_layer.rows(arrays["pre_logits"], "pre_logits", "vim", w.shape[0],
+                        f"net.head's W {w.shape}")
+  return _grid.over_rows(_grid_kernel, (w, b, states[0].origin, residuals, alphas), (z,))

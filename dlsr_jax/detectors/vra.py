@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlsr_jax.detectors import _final_layer, base
+from dlsr_jax.detectors import _final_layer, _grid, base
 
 __all__ = ["VraModel", "make", "vra_score"]
 
@@ -65,3 +65,25 @@ def make(net: Any, low: float = 10, high: float = 90) -> base.Detector:
     return {"vra": _final_layer.map_rows(vra_score, (w, b, state.lo, state.hi), (z,))}
 
   return base.Detector(name="vra", reads=("pre_logits",), fit=fit, score=score)
+
+
+# ---------------------------------------------------------------- tuning grid --
+GRID_SETTINGS = ("low", "high")
+
+
+@jax.jit
+def _grid_kernel(w: jax.Array, b: jax.Array, lo: jax.Array, hi: jax.Array,
+                 z: jax.Array) -> jax.Array:
+  return jax.vmap(vra_score, in_axes=(None, None, 0, 0, None), out_axes=1)(w, b, lo, hi, z)
+
+
+def score_grid(candidates, fit: base.SetArrays, arrays: base.SetArrays, *,
+               net: Any = None) -> np.ndarray:
+  """[G, N] VRA scores: each candidate's (lo, hi) fitted (its own `fit`), one vmapped call."""
+  states = [make(net, **c).fit(fit, None) for c in candidates]
+  w, b = _final_layer.read_head(net, "vra")
+  lo = np.asarray([s.lo for s in states], np.float32)
+  hi = np.asarray([s.hi for s in states], np.float32)
+  z = _final_layer.rows(arrays["pre_logits"], "pre_logits", "vra", w.shape[0],
+                        f"net.head's W {w.shape}")
+  return _grid.over_rows(_grid_kernel, (w, b, lo, hi), (z,))

@@ -129,6 +129,8 @@ class Results:
     rows: {key: {"row", "detector", "score", ...}} (the experiments add "net").
     timing: {row: {"fit_s", "score_s", "images_per_s"}}.
     metrics: {key: {k: {ood set | "group:g" | "average": {metric: fraction}}}}.
+    trapezoid_aupr: the metrics also hold the trapezoidal AUPRs ("aupr_in_trapezoid",
+      "aupr_out_trapezoid"; the openood_* protocols).
   """
   id_set: str
   ood_sets: tuple[str, ...]
@@ -137,10 +139,12 @@ class Results:
   rows: dict[str, dict]
   timing: dict[str, dict]
   metrics: dict = dataclasses.field(default=None)
+  trapezoid_aupr: bool = False
 
   def __post_init__(self):
     if self.metrics is None:
-      self.metrics = table.row_metrics(self.scores, self.id_set, self.groups)
+      self.metrics = table.row_metrics(self.scores, self.id_set, self.groups,
+                                       trapezoid=self.trapezoid_aupr)
 
   @property
   def ks(self) -> list[int]:
@@ -172,10 +176,12 @@ class Results:
     """The Markdown report (one table per key and k, the overview and the summary)."""
     return report.markdown(self.to_dict(**extra))
 
-  def write(self, outdir: str, *, plots: bool = True, **extra: Any) -> list[str]:
-    """results.{json,md,csv}, scores.npz ("<set>/<key>": [K or 1, N]) and, with `plots`, the
-    ROC / histogram PNGs; `extra` goes into results.json. Returns the files written
-    (relative to `outdir`, also listed in results.json "files")."""
+  def write(self, outdir: str, *, plots: bool = True, also: Sequence[str] = (),
+            **extra: Any) -> list[str]:
+    """results.{json,md,csv} (and results_openood.csv with near / far groups), scores.npz
+    ("<set>/<key>": [K or 1, N]) and, with `plots`, the ROC / histogram PNGs; `extra` goes
+    into results.json. Returns the files written (relative to `outdir`, listed in
+    results.json "files" with `also`, files the caller writes beside them)."""
     results = self.to_dict(**extra)
     os.makedirs(outdir, exist_ok=True)
     flat = {f"{s}/{key}": np.stack([by_k[k][s] for k in by_k])
@@ -184,7 +190,7 @@ class Results:
     files = ["scores.npz"]
     if plots:
       files += _write_plots(results, self.scores, outdir, self.id_set, self.ood_sets)
-    results["files"] = sorted([*(f"results.{e}" for e in ("json", "md", "csv")), *files])
+    results["files"] = sorted({*report.result_files(results), *files, *also})
     report.write_results(results, outdir)
     return results["files"]
 
@@ -195,7 +201,7 @@ class Results:
     return Results(self.id_set, self.ood_sets, self.groups,
                    {k: self.scores[k] for k in keys}, {k: self.rows[k] for k in keys},
                    {r: t for r, t in self.timing.items() if r in rows},
-                   {k: self.metrics[k] for k in keys})
+                   {k: self.metrics[k] for k in keys}, self.trapezoid_aupr)
 
   @classmethod
   def combine(cls, parts: Sequence["Results"], order: Optional[Sequence[str]] = None
@@ -221,8 +227,11 @@ class Results:
     if order is not None:
       rank = {r: i for i, r in enumerate(order)}
       keys.sort(key=lambda k: rank.get(rows[k]["row"], len(rank)))
+    if len({p.trapezoid_aupr for p in parts}) > 1:
+      raise ValueError("Results.combine: some parts have the trapezoidal AUPRs, some not")
     return cls(first.id_set, first.ood_sets, first.groups, {k: scores[k] for k in keys},
-               {k: rows[k] for k in keys}, timing, {k: metrics[k] for k in keys})
+               {k: rows[k] for k in keys}, timing, {k: metrics[k] for k in keys},
+               first.trapezoid_aupr)
 
 
 def _write_plots(results: dict, scores: Scores, outdir: str, id_set: str,
@@ -250,7 +259,8 @@ def _take(arrays: SetArrays, keys: Sequence[str]) -> dict[str, np.ndarray]:
 
 def evaluate(detectors: Mapping[str, Detector], fit: SetArrays,
              sets: Mapping[str, SetArrays], *, key: jax.Array, id_set: str = "id",
-             groups: Optional[Mapping[str, Sequence[str]]] = None) -> Results:
+             groups: Optional[Mapping[str, Sequence[str]]] = None,
+             trapezoid_aupr: bool = False) -> Results:
   """Fits each row once on `fit`, scores every set, computes every metric.
 
   Args:
@@ -261,6 +271,7 @@ def evaluate(detectors: Mapping[str, Detector], fit: SetArrays,
       `set_key(key, s)`, so a row's scores do not depend on the other rows or sets.
     id_set: the name of the ID test set in `sets`.
     groups: optional {group: [OOD set, ...]} averaged as "group:<name>" rows.
+    trapezoid_aupr: also the trapezoidal AUPRs beside the step-wise ones (OpenOOD's).
 
   Returns:
     `Results`: scores and metrics of every (row, score, k, set).
@@ -313,4 +324,4 @@ def evaluate(detectors: Mapping[str, Detector], fit: SetArrays,
       rows[keys[base]] = {"row": row, "detector": det.name, "score": base}
     timing[row] = {"fit_s": round(fit_s, 3), "score_s": round(score_s, 3),
                    "images_per_s": round(n / max(score_s, 1e-9), 1)}
-  return Results(id_set, ood, groups, scores, rows, timing)
+  return Results(id_set, ood, groups, scores, rows, timing, trapezoid_aupr=trapezoid_aupr)

@@ -63,6 +63,9 @@ from numpy.typing import ArrayLike
 
 METRIC_NAMES = ("auroc", "aupr_in", "aupr_out", "fpr95_id_positive",
                 "fpr95_ood_positive")
+# With `compute_all(..., trapezoid=True)`: the trapezoidal AUPRs beside the step-wise ones
+# (OpenOOD's evaluator reports the trapezoid; the openood_* protocols show both, named).
+TRAPEZOID_NAMES = ("aupr_in_trapezoid", "aupr_out_trapezoid")
 
 
 def _as_scores(x: ArrayLike, name: str) -> np.ndarray:
@@ -251,12 +254,15 @@ def fpr95_ood_positive(id_scores: ArrayLike, ood_scores: ArrayLike, *,
   return _fpr_at_tpr(s_ood, s_id, level)
 
 
-def compute_all(id_scores: ArrayLike, ood_scores: ArrayLike) -> Dict[str, float]:
+def compute_all(id_scores: ArrayLike, ood_scores: ArrayLike, *,
+                trapezoid: bool = False) -> Dict[str, float]:
   """All standard metrics at once.
 
   Args:
     id_scores: [n_id] scores of in-distribution inputs.
     ood_scores: [n_ood] scores of OOD inputs.
+    trapezoid: also the trapezoidal AUPRs, as ``TRAPEZOID_NAMES`` ("aupr_in_trapezoid",
+      "aupr_out_trapezoid"; see ``aupr_in(..., trapezoid=True)``).
 
   Returns:
     Dict with keys ``METRIC_NAMES`` = ("auroc", "aupr_in", "aupr_out",
@@ -264,10 +270,14 @@ def compute_all(id_scores: ArrayLike, ood_scores: ArrayLike) -> Dict[str, float]
     (AUPRs are average precision).
   """
   s_id, s_ood = _validate(id_scores, ood_scores)
-  return {
+  out = {
       "auroc": _auroc(s_ood, s_id),
       "aupr_in": _aupr(-s_id, -s_ood, False),
       "aupr_out": _aupr(s_ood, s_id, False),
       "fpr95_id_positive": _fpr_at_tpr(-s_id, -s_ood, 0.95),
       "fpr95_ood_positive": _fpr_at_tpr(s_ood, s_id, 0.95),
   }
+  if trapezoid:
+    out["aupr_in_trapezoid"] = _aupr(-s_id, -s_ood, True)
+    out["aupr_out_trapezoid"] = _aupr(s_ood, s_id, True)
+  return out

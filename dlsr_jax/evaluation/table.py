@@ -33,6 +33,12 @@ SCORE_TITLES = {"msp": "MSP", "odin": "ODIN", "energy": "Energy", "maxlogit": "M
                 "last_mfsim": "Last layer only-MFsim"}
 
 
+# Shown after METRIC_COLUMNS where the results have them (the openood_* protocols); the
+# step-wise AUPR columns are then titled as such (`metric_columns`).
+TRAPEZOID_COLUMNS = (
+    ("aupr_in_trapezoid", "AUPR-In (trapezoid)"),
+    ("aupr_out_trapezoid", "AUPR-Out (trapezoid)"),
+)
 NO_K = "-"   # the "k" key of scores that do not depend on a noise level (baselines)
 
 
@@ -41,14 +47,28 @@ def _mean_rows(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
   return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
+def metric_columns(results: Mapping) -> tuple[tuple[str, str], ...]:
+  """(metric, title) of the report's tables: METRIC_COLUMNS, plus TRAPEZOID_COLUMNS (and the
+  step-wise AUPRs titled "(step)") when the results hold the trapezoidal AUPRs."""
+  first = next((m for by_k in results.get("metrics", {}).values() for by_set in by_k.values()
+                for m in by_set.values()), {})
+  if not all(c in first for c, _ in TRAPEZOID_COLUMNS):
+    return METRIC_COLUMNS
+  step = tuple((c, f"{t} (step)" if c in ("aupr_in", "aupr_out") else t)
+               for c, t in METRIC_COLUMNS)
+  return step + TRAPEZOID_COLUMNS
+
+
 def metrics_table(id_scores: np.ndarray, ood_scores: Mapping[str, np.ndarray],
-                  groups: Optional[Mapping[str, Sequence[str]]] = None
-                  ) -> dict[str, dict[str, float]]:
+                  groups: Optional[Mapping[str, Sequence[str]]] = None, *,
+                  trapezoid: bool = False) -> dict[str, dict[str, float]]:
   """{ood set: metrics} for one score array per set, then "group:<name>" averages
-  over each group's sets, then the "average" row over all sets."""
+  over each group's sets, then the "average" row over all sets (`trapezoid`: with the
+  trapezoidal AUPRs too)."""
   if not ood_scores:
     raise ValueError("no OOD sets to evaluate")
-  rows = {name: metrics_lib.compute_all(id_scores, s) for name, s in ood_scores.items()}
+  rows = {name: metrics_lib.compute_all(id_scores, s, trapezoid=trapezoid)
+          for name, s in ood_scores.items()}
   per_set = list(rows.values())
   for g, members in (groups or {}).items():
     missing = [m for m in members if m not in ood_scores]
@@ -161,18 +181,21 @@ def result_keys(row: str, detector_type: str, names: Sequence[str]) -> dict[str,
 
 
 def row_metrics(scores: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]],
-                id_set: str, groups: Optional[Mapping[str, Sequence[str]]] = None) -> dict:
+                id_set: str, groups: Optional[Mapping[str, Sequence[str]]] = None, *,
+                trapezoid: bool = False) -> dict:
   """Metrics of every results key and k.
 
   Args:
     scores: {key: {str(k) or NO_K: {set name: [N]}}}; `id_set` names the ID test set.
     groups: optional {group: [ood set, ...]} averaged as "group:<name>" rows.
+    trapezoid: also the trapezoidal AUPRs (`metrics.TRAPEZOID_NAMES`).
 
   Returns:
     {key: {str(k) or "-": {ood set | "group:g" | "average": metrics}}}.
   """
   return {key: {k: metrics_table(by_set[id_set],
-                                 {n: s for n, s in by_set.items() if n != id_set}, groups)
+                                 {n: s for n, s in by_set.items() if n != id_set}, groups,
+                                 trapezoid=trapezoid)
                 for k, by_set in by_k.items()}
           for key, by_k in scores.items()}
 

@@ -67,6 +67,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Named groups of OOD sets averaged together (e.g. OpenOOD near/far):
   # {group: "set1,set2"}; empty = no groups.
   c.data.groups = ml_collections.ConfigDict()
+  # Validation sets, for tuning (--config.eval.tune) and the methods OpenOOD fits on ID val:
+  # data.val = "holdout:FRACTION" (a fixed held-out part of data.train) or a source;
+  # data.ood_val = a source that is none of the test sets. "" = none.
+  c.data.val = ""
+  c.data.ood_val = ""
 
   # The DLSR blocks start from the library's defaults (configs/methods.py, one place).
   dlsr = methods.DLSR
@@ -132,6 +137,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Which rows of c.detectors to run: "" = every row; else comma-separated row names
   # (e.g. --config.eval.rows=dlsr for DLSR alone).
   c.eval.rows = ""
+  # Tune each row with a grid on data.val vs data.ood_val (dlsr_jax.evaluation.tune): adds a
+  # "<row>@tuned" row beside the default one; a row's own tune=True tunes it in place.
+  c.eval.tune = False
+  # Trapezoidal AUPRs beside the step-wise ones (set by the openood_* protocols).
+  c.eval.trapezoid_aupr = False
 
   # Methods (see the module docstring): classifier nets and detector rows.
   c.nets = ml_collections.ConfigDict()

@@ -10,10 +10,12 @@ every folder path follows it). See docs/DATASETS.md for where each set comes fro
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Mapping, Union
 
 import ml_collections
+import numpy as np
 
 DEFAULT_ROOT = "data"
 ROOT_PLACEHOLDER = "{root}"
@@ -67,7 +69,17 @@ OOD_SOURCES: dict[str, str] = {
     "openood_cifar10_places365": "folder:{root}/openood/cifar10/places365",
     "openood_cifar100_tin": "folder:{root}/openood/cifar100/tin",
     "openood_cifar100_places365": "folder:{root}/openood/cifar100/places365",
+    # OpenOOD v1.5's OOD validation lists (benchmark_imglist/<id>/val_tin.txt), disjoint
+    # from its test lists: the OOD-val of the openood_* protocols (data.ood_val).
+    "openood_cifar10_tin_val": "folder:{root}/openood/cifar10/tin_val",
+    "openood_cifar100_tin_val": "folder:{root}/openood/cifar100/tin_val",
 }
+
+# data.val = "holdout:FRACTION": that share of data.train's rows, drawn by a fixed
+# permutation (HOLDOUT_SEED), is the ID validation split and is left out of the ID train
+# arrays the detectors fit on (not out of a classifier net's own training).
+HOLDOUT = "holdout"
+HOLDOUT_SEED = 0
 
 Source = Union[str, ml_collections.FieldReference]
 
@@ -150,3 +162,40 @@ def check_source(source: str) -> None:
     if s not in TFDS_SPLITS[name]:
       raise ValueError(f"TFDS data set {name!r} has no split {s!r} (source {source!r}); "
                        f"declared splits: {', '.join(TFDS_SPLITS[name])}")
+
+
+def parse_holdout(spec: str) -> float | None:
+  """"holdout:0.1" -> 0.1; another data.val (a source, or "") -> None; ValueError if the
+  fraction is not a number in (0, 1)."""
+  scheme, sep, rest = str(spec or "").partition(":")
+  if scheme != HOLDOUT:
+    return None
+  try:
+    fraction = float(rest) if sep else float("nan")
+  except ValueError:
+    fraction = float("nan")
+  if not 0.0 < fraction < 1.0:
+    raise ValueError(f"data.val = {spec!r}: a holdout must be 'holdout:FRACTION' with "
+                     "FRACTION in (0, 1), e.g. 'holdout:0.1'")
+  return fraction
+
+
+def holdout_rows(n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+  """(train rows, validation rows) of a set of n rows, both sorted: the validation rows are
+  the first round(fraction * n) of a permutation seeded with HOLDOUT_SEED (deterministic,
+  independent of class order)."""
+  m = int(round(fraction * n))
+  if not 0 < m < n:
+    raise ValueError(f"data.val = holdout:{fraction}: of the {n} ID train rows it holds out "
+                     f"{m}; need at least one row on each side")
+  perm = np.random.default_rng(HOLDOUT_SEED).permutation(n)
+  return np.sort(perm[m:]), np.sort(perm[:m])
+
+
+def source_identity(source: str) -> tuple:
+  """What a source reads, for comparing sources: (scheme, real path) for npz / folder (so
+  "npz:dir/./x.npz" and "npz:/abs/dir/x.npz" are the same set), else the stripped string."""
+  scheme, _, rest = str(source).strip().partition(":")
+  if scheme in ("npz", "folder") and rest:
+    return scheme, os.path.realpath(os.path.expanduser(rest))
+  return (str(source).strip(),)

@@ -12,6 +12,10 @@ from experiments.configs import protocol
 
 NEAR = ("cifar100", "tin")
 FAR = ("mnist", "svhn", "textures", "places365")
+# Validation sets (tuning, and the ID-val fits of ReAct, VRA, Residual, KLM, TempScale): a
+# fixed 10 % of the ID train source, and OpenOOD's OOD-val list (val_tin.txt, disjoint from
+# its test TIN) materialised under data.root like the test lists.
+VAL = "holdout:0.1"
 
 
 def ood_sets(id_set: str, near_set: str) -> dict:
@@ -29,4 +33,5 @@ def ood_sets(id_set: str, near_set: str) -> dict:
 def get_config(arg: str = ""):
   return protocol.build(arg, protocol="openood_v1.5_cifar10", id_set="cifar10",
                         ood=ood_sets("cifar10", "cifar100"),
-                        groups={"near": NEAR, "far": FAR})
+                        groups={"near": NEAR, "far": FAR},
+                        val=VAL, ood_val="openood_cifar10_tin_val")

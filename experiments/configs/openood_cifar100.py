@@ -11,9 +11,11 @@ from experiments.configs import openood_cifar10
 from experiments.configs import protocol
 
 NEAR = ("cifar10", "tin")
+VAL = openood_cifar10.VAL
 
 
 def get_config(arg: str = ""):
   return protocol.build(arg, protocol="openood_v1.5_cifar100", id_set="cifar100",
                         ood=openood_cifar10.ood_sets("cifar100", "cifar10"),
-                        groups={"near": NEAR, "far": openood_cifar10.FAR})
+                        groups={"near": NEAR, "far": openood_cifar10.FAR},
+                        val=VAL, ood_val="openood_cifar100_tin_val")

@@ -119,7 +119,8 @@ def make_groups(groups: Mapping[str, Sequence[str]]) -> ml_collections.ConfigDic
 
 
 def build(arg: str, *, protocol: str, id_set: str, ood: Mapping[str, str],
-          groups: Mapping[str, Sequence[str]] = ()) -> ml_collections.ConfigDict:
+          groups: Mapping[str, Sequence[str]] = (), val: str = "",
+          ood_val: str = "") -> ml_collections.ConfigDict:
   """A protocol config on top of common.get_config().
 
   Args:
@@ -128,6 +129,10 @@ def build(arg: str, *, protocol: str, id_set: str, ood: Mapping[str, str],
     id_set: a key of datasets.ID_SETS.
     ood: {OOD set name in the config: datasets.OOD_SOURCES key}.
     groups: {group name: OOD set names}, e.g. near/far.
+    val: data.val, the ID validation split ("holdout:FRACTION" of the ID train source, or
+      a source); "" = none.
+    ood_val: a datasets.OOD_SOURCES key: data.ood_val, the OOD validation set (never one of
+      the test sets: experiments.build refuses that); "" = none.
 
   Returns:
     The unlocked ConfigDict.
@@ -144,6 +149,10 @@ def build(arg: str, *, protocol: str, id_set: str, ood: Mapping[str, str],
   c.data.train, c.data.test = datasets.id_sources(id_set)
   datasets.set_ood(c, ood)
   c.data.groups = make_groups(groups)
+  c.data.val = val
+  if ood_val:
+    c.data.ood_val = datasets.ood_source(ood_val, c.data.get_ref("root"))
+  c.eval.trapezoid_aupr = protocol.startswith("openood")   # OpenOOD reports the trapezoid
   apply_backbone(c, args.backbone)
   if args.runlocal:
     apply_runlocal(c)
