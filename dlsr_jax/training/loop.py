@@ -229,6 +229,37 @@ def _jitted(init: InitFn, step: StepFn, mesh) -> tuple[Callable, Callable]:
                   out_shardings=(rep, rep, rep), donate_argnums=(0,)))
 
 
+def jitted_step(init: InitFn, step: StepFn, mesh=None) -> tuple[Callable, Callable]:
+  """The compiled functions `fit` runs, for benchmarks and tools that time or drive them.
+
+  Args:
+    init: `init(key) -> state`, as given to `fit`.
+    step: pure `step(state, batch, key) -> (state, metrics)`, as given to `fit`.
+    mesh: 1-D data mesh (default: every device).
+
+  Returns:
+    (`init_fn(init_key) -> state`, replicated; `step_fn(state, batch, loop_key,
+    bad_step) -> (state, metrics, bad_step)`): the step key is
+    `fold_in(loop_key, state.step)`, `bad_step` the divergence guard's on-device
+    int32 (see the module docstring), the state donated. The same cached
+    objects `fit` calls for these (init, step, mesh); inputs: `step_inputs`.
+  """
+  return _jitted(init, step, mesh or parallel.make_mesh())
+
+
+def step_inputs(seed: int, mesh=None) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(init_key, loop_key, bad_step) as `fit` makes them for `FitConfig.seed` = `seed`.
+
+  loop_key and bad_step (0: all finite so far) are replicated over `mesh`
+  (default: every device), ready for `jitted_step`'s `step_fn`.
+  """
+  mesh = mesh or parallel.make_mesh()
+  rep = parallel.replicated(mesh)
+  init_key, loop_key = jax.random.split(jax.random.key(seed))
+  return (init_key, parallel.global_to_sharded(loop_key, rep),
+          parallel.global_to_sharded(jnp.zeros((), jnp.int32), rep))
+
+
 def _is_checkpoint_step(step: int, steps_per_epoch: int, cfg: FitConfig) -> bool:
   """Epoch ends per `checkpoint_every_epochs` (first and last always), every N steps."""
   if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
@@ -357,9 +388,8 @@ def fit(init: InitFn, step: StepFn, streams: Streams, cfg: FitConfig,
   feeds = [_Stream(name, arrays, cfg.batch_size_of(name), cfg.seed, mesh)
            for name, arrays in sorted(streams.items())]
   steps_per_epoch = next(f for f in feeds if f.name == IN).steps_per_epoch
-  init_key, loop_key = jax.random.split(jax.random.key(cfg.seed))
-  loop_key = parallel.global_to_sharded(loop_key, parallel.replicated(mesh))
-  init_fn, step_fn = _jitted(init, step, mesh)
+  init_key, loop_key, bad_step = step_inputs(cfg.seed, mesh)
+  init_fn, step_fn = jitted_step(init, step, mesh)
   kept = cfg.kept_steps(steps_per_epoch)
   state = _restore(checkpointer, init_fn(init_key), kept)
   start = int(jax.device_get(state.step))       # one sync, before the loop
@@ -380,7 +410,6 @@ def fit(init: InitFn, step: StepFn, streams: Streams, cfg: FitConfig,
     bar = tqdm(total=total, initial=start, unit="step",
                desc=progress if isinstance(progress, str) else "train")
   t0, saved = time.time(), start
-  bad_step = parallel.global_to_sharded(jnp.zeros((), jnp.int32), parallel.replicated(mesh))
   try:
     with _PreemptionWatch(checkpointer is not None, start) as watch:
       for s in range(start, total):
