@@ -36,14 +36,17 @@ def no_tfds(monkeypatch):
 
 
 def _jsonl(path):
-  return [json.loads(line) for line in open(path)]
+  with open(path) as f:
+    return [json.loads(line) for line in f]
 
 
 def _events(path):
   """The Event protos of a TFRecord event file, each record's two CRCs checked."""
   from tensorboard.compat.proto import event_pb2
   from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
-  data, out, i = open(path, "rb").read(), [], 0
+  with open(path, "rb") as f:
+    data = f.read()
+  out, i = [], 0
   while i < len(data):
     header = data[i:i + 8]
     (n,) = struct.unpack("<Q", header)
