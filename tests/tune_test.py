@@ -140,11 +140,11 @@ def _tiny_config(root):
   c.data.val = "holdout:0.25"
   c.data.ood_val = f"npz:{paths['oodval']}"
   c.eval.plots = False
-  c.nets = ml_collections.ConfigDict({"clf": dict(kind="classifier", model="cifar_resnet20")})
+  c.nets = ml_collections.ConfigDict({"clf": {"kind": "classifier", "model": "cifar_resnet20"}})
   c.detectors = ml_collections.ConfigDict({
-      "react": dict(type="react", net="clf"),
-      "msp": dict(type="msp", net="clf"),
-      "energy_t": dict(type="energy", net="clf", grid={"temperature": [1.0, 5.0]}),
+      "react": {"type": "react", "net": "clf"},
+      "msp": {"type": "msp", "net": "clf"},
+      "energy_t": {"type": "energy", "net": "clf", "grid": {"temperature": [1.0, 5.0]}},
   })
   return c, paths
 
@@ -225,7 +225,8 @@ def test_tune_true_writes_search_json_and_the_chosen_values(tmp_path):
 
 def test_readme_lists_every_detector_type():
   import os  # pylint: disable=g-import-not-at-top
-  readme = open(os.path.join(os.path.dirname(__file__), os.pardir, "README.md")).read()
+  with open(os.path.join(os.path.dirname(__file__), os.pardir, "README.md")) as f:
+    readme = f.read()
   table = readme.split("### Detectors", 1)[1].split("###", 1)[0]
   listed = {line.split("`")[1] for line in table.splitlines() if line.startswith("| `")}
   assert listed == set(detectors.available())
