@@ -22,6 +22,7 @@ images/s, and ratio = torch median / JAX median (> 1: dlsr_jax is faster).
   python -m benchmarks.bench_classifier                          # CPU, ~10 min on 2 cores
   python -m benchmarks.bench_classifier --models=cifar_resnet20 --reps=3 --warmup=1   # smoke
   python -m benchmarks.bench_classifier --device=cuda --reps=50 --warmup=5  # GPU box
+  python -m benchmarks.bench_classifier --quick --out_dir=/tmp/bq   # CI smoke test, seconds
 
 Torch runs with as many intra-op threads as there are cores (--threads) and,
 by default, OMP_WAIT_POLICY=PASSIVE: on a CPU shared with other work, spinning
@@ -84,8 +85,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                  help="also time JAX under jax.default_matmul_precision(this), e.g. bfloat16")
   p.add_argument("--xla_flags", default=None, help="appended to XLA_FLAGS before jax starts")
   p.add_argument("--json_out", default=None,
-                 help="default: benchmarks/logs/bench_classifier_<device>.json ('' = none)")
+                 help="default: benchmarks/logs/bench_classifier_<device>.json ('' = none); "
+                      "with --quick or --out_dir: <out_dir>/bench_classifier.json")
+  p.add_argument("--out_dir", default=None, help="write the JSON here instead of "
+                 "benchmarks/logs (never touches the committed logs)")
+  p.add_argument("--quick", action="store_true",
+                 help="smoke run in seconds: ResNet-20 only, batch 8, 1 warm-up, 1 rep; needs "
+                      "--out_dir or --json_out (never writes benchmarks/logs)")
   args = p.parse_args(argv)
+  if args.quick:
+    if args.json_out is None and args.out_dir is None:
+      p.error("--quick needs --out_dir (or --json_out): it never writes benchmarks/logs")
+    args.models, args.odin_models = "cifar_resnet20", None
+    args.batch_size, args.odin_batch = min(args.batch_size, 8), min(args.odin_batch, 8)
+    args.warmup, args.reps = 1, 1
   bad = [m for m in args.models.split(",") + (args.odin_models or "").split(",")
          if m and m not in MODELS]
   if bad:
@@ -139,29 +152,33 @@ def image_batches(n: int, batch: int, seed: int) -> list[tuple[np.ndarray, np.nd
 
 
 def jax_train(net, batches, precision: Optional[str] = None) -> Case:
-  """The loop's jitted, donated step (`training.loop._jitted`) of cross-entropy training."""
+  """The jitted, donated step `loop.fit` runs (`loop.jitted_step`) of cross-entropy training."""
   import jax
   from dlsr_jax import parallel
   from dlsr_jax.objectives import cross_entropy
   from dlsr_jax.training import loop, optim
   obj = cross_entropy.make(net, optim.sgd(optim.SGDConfig(), TOTAL_STEPS))
   mesh = parallel.make_mesh(jax.devices()[:1])
-  init_fn, step_fn = loop._jitted(obj.init, obj.step, mesh)   # exactly what `loop.fit` runs
-  init_key, loop_key = jax.random.split(jax.random.key(0))
-  loop_key = parallel.global_to_sharded(loop_key, parallel.replicated(mesh))
+  init_fn, step_fn = loop.jitted_step(obj.init, obj.step, mesh)   # exactly what `loop.fit` runs
+  init_key, loop_key, bad_step = loop.step_inputs(0, mesh)
   xs = [{"in": {"x": parallel.host_to_global(x, mesh), "y": parallel.host_to_global(y, mesh)}}
         for x, y in batches]
-  box = {"state": init_fn(init_key), "i": 0}
+  box = {"state": init_fn(init_key), "bad_step": bad_step, "i": 0}
 
   def run():
     with _precision_ctx(precision):
-      box["state"], metrics = step_fn(box["state"], xs[box["i"] % len(xs)], loop_key)
+      box["state"], metrics, box["bad_step"] = step_fn(
+          box["state"], xs[box["i"] % len(xs)], loop_key, box["bad_step"])
     box["i"] += 1
     return metrics
 
+  def check(metrics):
+    _check_finite("JAX loss", metrics["loss"])
+    if int(jax.device_get(box["bad_step"])):
+      raise FloatingPointError(f"JAX state not finite at step {int(box['bad_step'])}")
+
   name = "jit, donated" + (f", precision={precision}" if precision else "")
-  return Case("jax", name, run, jax.block_until_ready,
-              lambda m: _check_finite("JAX loss", m["loss"]))
+  return Case("jax", name, run, jax.block_until_ready, check)
 
 
 def torch_train(net, model, batches, device: str, channels_last: bool = False) -> Case:
@@ -322,6 +339,8 @@ def main(argv: Sequence[str]) -> int:
                                    "jax_images_per_s", "torch_images_per_s",
                                    "ratio_torch_over_jax"]))
   json_out = args.json_out
+  if json_out is None and args.out_dir:
+    json_out = os.path.join(args.out_dir, "bench_classifier.json")
   if json_out is None:
     json_out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "logs",
                             f"bench_classifier_{tdev}.json")

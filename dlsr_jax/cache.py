@@ -47,8 +47,11 @@ def net_key(net: str, weights: str, dataset: str, digest: str, array: str) -> di
 class ArrayCache:
   """Named numpy arrays per key, one `.npz` file each (written atomically)."""
 
-  def __init__(self, directory: str):
+  def __init__(self, directory: str, read_also: tuple[str, ...] = ()):
+    """`read_also`: further folders read on a miss (never written), e.g. a training
+    workdir's cache that an evaluation with its own output folder must not write into."""
     self.directory = directory
+    self.read_also = tuple(read_also)
 
   def path(self, key: Mapping[str, Any]) -> str:
     blob = json.dumps(key, sort_keys=True).encode()
@@ -66,6 +69,9 @@ class ArrayCache:
     key is an error.
     """
     p = self.path(key)
+    for other in self.read_also:
+      if not os.path.exists(p):
+        p = os.path.join(other, os.path.basename(p))
     if not os.path.exists(p):
       return None
     try:

@@ -1,7 +1,9 @@
-"""x0-prediction training loss and DDIM reconstruction over feature vectors.
+"""x0-prediction training loss and objective, DDIM reconstruction over feature vectors.
 
 Everything here is a pure function of explicit arguments; the caller jits and
-shards. `apply_fn(params, z_t [B, C], t [B]) -> z0_hat [B, C]` is the denoiser
+shards. `make_x0_objective` is the LFDN's training as an `objectives.base.Objective`
+(the common `training.state.TrainState`, the shared AdamW / EMA update), which
+`training.loop.fit` trains (`dlsr_jax.trainer.fit` on cached features). `apply_fn(params, z_t [B, C], t [B]) -> z0_hat [B, C]` is the denoiser
 (e.g. `lambda p, z, t: LFDN(cfg).apply({"params": p}, z, t)`).
 """
 
@@ -12,8 +14,13 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 
+from dlsr_jax import lfdn
+from dlsr_jax.objectives import base as objectives_base
 from dlsr_jax.schedule import q_sample
+from dlsr_jax.training import state as state_lib
 
 ApplyFn = Callable[..., jax.Array]
 
@@ -66,6 +73,48 @@ def x0_loss(apply_fn: ApplyFn, params, z0: jax.Array, key: jax.Array,
   z_t = q_sample(z0, t, eps, alphas_cumprod)
   pred = apply_fn(params, z_t, t, k_drop)
   return jnp.mean(jnp.square(pred - z0))
+
+
+def init_x0_state(model_cfg: lfdn.LFDNConfig, tx: optax.GradientTransformation,
+                  key: jax.Array) -> state_lib.TrainState:
+  """A step-0 LFDN state: params drawn from `key`, `tx`'s state of them, an EMA copy."""
+  return state_lib.create({"params": lfdn.init_params(model_cfg, key)}, tx.init, ema=True)
+
+
+def make_x0_objective(model_cfg: lfdn.LFDNConfig, tx: optax.GradientTransformation,
+                      alphas_cumprod: np.ndarray, ema_decay: float
+                      ) -> objectives_base.Objective:
+  """The LFDN's training as an Objective: x0-prediction loss, the shared AdamW / EMA update.
+
+  Args:
+    model_cfg: the LFDN.
+    tx: its optimizer (`training.optim.adamw`).
+    alphas_cumprod: [T] of the noise schedule.
+    ema_decay: the EMA decay (with the warm-up of `objectives.base.ema_decay_at`).
+
+  Returns:
+    The `Objective` ("dlsr", no streams besides "in"): `init(key)` draws fresh LFDN
+    params from `key` into a common `TrainState` with EMA params (no BatchNorm, empty
+    `extra`); `step(state, batch, step_key) -> (state, {"loss", "grad_norm"})` reads
+    `batch["in"]["z"]` [B, C] clean features, and `step_key` (the loop's
+    `fold_in(loop_key, state.step)`) draws the timesteps, noise and dropout; the update is
+    `objectives.base.apply_gradients`, the one every objective uses.
+  """
+  apply = lfdn.apply_fn(model_cfg, train=True)
+  abar = jnp.asarray(alphas_cumprod, jnp.float32)
+
+  def init(key: jax.Array) -> state_lib.TrainState:
+    return init_x0_state(model_cfg, tx, key)
+
+  def step(state: state_lib.TrainState, batch: dict, step_key: jax.Array):
+    z0 = batch["in"]["z"]
+    loss, grads = jax.value_and_grad(
+        lambda p: x0_loss(apply, p, z0, step_key, abar))(state.params)
+    new = objectives_base.apply_gradients(state, grads, tx, ema_decay=ema_decay,
+                                          batch_stats=None)
+    return new, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+  return objectives_base.Objective(name="dlsr", streams=(), init=init, step=step)
 
 
 def ddim_step(z: jax.Array, x0_hat: jax.Array, a_t: jax.Array, a_prev: jax.Array,

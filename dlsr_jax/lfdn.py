@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -111,8 +111,34 @@ class LFDN(nn.Module):
     return out.astype(jnp.float32)
 
 
+PAPER_NUM_BLOCKS = 16
+
+
+def paper_config(features: int) -> LFDNConfig:
+  """The paper's LFDN size for C = `features`: width W = 2C, embedding E = C, N = 16 blocks.
+
+  (EfficientNet-B4's C = 720 gives the `LFDNConfig` defaults.)
+  """
+  return LFDNConfig(features=features, width=2 * features, embed_dim=features,
+                    num_blocks=PAPER_NUM_BLOCKS)
+
+
 def init_params(cfg: LFDNConfig, key: jax.Array) -> Any:
   """Initial LFDN params (float32) for a config."""
   x = jnp.zeros((1, cfg.features), jnp.float32)
   t = jnp.zeros((1,), jnp.int32)
   return LFDN(cfg).init({"params": key}, x, t)["params"]
+
+
+def apply_fn(cfg: LFDNConfig, train: bool = False) -> Callable[..., jax.Array]:
+  """`(params, z_t, t[, dropout_key]) -> z0_hat` of an LFDN config.
+
+  With `train`, dropout (if the config has some) is on and keyed by `dropout_key`.
+  """
+  model = LFDN(cfg)
+
+  def apply(params, z_t, t, dropout_key=None):
+    rngs = {"dropout": dropout_key} if (train and dropout_key is not None) else None
+    return model.apply({"params": params}, z_t, t, train=train, rngs=rngs)
+
+  return apply

@@ -1,112 +1,56 @@
-"""LFDN training: state, optimizer, EMA and the pure train step.
+"""The LFDN's training under its former names (compatibility; new code uses the sources).
 
-`make_x0_step` returns the pure `step(state, batch, step_key) -> (state,
-metrics)` that `dlsr_jax.training.loop.fit` jits and runs (`dlsr_jax.trainer`
-composes the two); `make_train_step` is the same step on a bare [B, C] batch
-with the loop key.
+The LFDN trains on the common stack: `diffusion.make_x0_objective` (the x0 loss with the
+shared AdamW / EMA update `objectives.base.apply_gradients`) on the common
+`training.state.TrainState`, run by `training.loop.fit` (`dlsr_jax.trainer.fit`). The
+names here build on that path only:
+
+  TrainState          = training.state.TrainState
+  OptimConfig         = training.optim.AdamWConfig
+  make_optimizer      = training.optim.adamw
+  ema_decay_at        = objectives.base.ema_decay_at
+  lfdn_apply_fn       = lfdn.apply_fn
+  create_train_state  = diffusion.init_x0_state (the objective's init)
+  make_x0_step        = the objective's step (`step(state, batch, step_key)`)
+  make_train_step     = that step on a bare [B, C] batch with the loop key
+
+Checkpoints written when the LFDN had its own four-field state (step, params, opt_state,
+ema_params) restore into the common state (`training.checkpoint`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, Optional
+from typing import Callable
 
-import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 from dlsr_jax import diffusion, lfdn
-from dlsr_jax.typedefs import Params
+from dlsr_jax.objectives.base import ema_decay_at
+from dlsr_jax.training.optim import AdamWConfig as OptimConfig
+from dlsr_jax.training.optim import adamw as make_optimizer
+from dlsr_jax.training.state import TrainState
 
-
-class TrainState(flax.struct.PyTreeNode):
-  """step, params, optimizer state and EMA params. No apply_fn, no rng."""
-  step: jax.Array
-  params: Params
-  opt_state: Any
-  ema_params: Params
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimConfig:
-  """AdamW with optional warm-up and gradient clipping; EMA of params.
-
-  Paper: lr 1e-4 constant, weight decay 1e-4, batch 128, 150 epochs.
-  The release's defaults: lr 1e-5, weight decay 0.02, batch 256.
-  """
-  learning_rate: float = 1e-4
-  weight_decay: float = 1e-4
-  b1: float = 0.9
-  b2: float = 0.999
-  eps: float = 1e-8
-  warmup_steps: int = 0
-  grad_clip_norm: Optional[float] = None
-  ema_decay: float = 0.9999
-
-
-def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
-  if cfg.warmup_steps > 0:
-    lr = optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
-  else:
-    lr = cfg.learning_rate
-  tx = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
-  if cfg.grad_clip_norm:
-    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
-  return tx
-
-
-def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
-  """EMA decay with warm-up: min(decay, (1 + n) / (10 + n)) at update n."""
-  n = jnp.asarray(step, jnp.float32)
-  return jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+__all__ = ["OptimConfig", "TrainState", "create_train_state", "ema_decay_at", "lfdn_apply_fn",
+           "make_optimizer", "make_train_step", "make_x0_step"]
 
 
 def create_train_state(model_cfg: lfdn.LFDNConfig, tx: optax.GradientTransformation,
                        key: jax.Array) -> TrainState:
-  params = lfdn.init_params(model_cfg, key)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=tx.init(params),
-                    ema_params=jax.tree.map(jnp.copy, params))
+  """A step-0 LFDN state (`diffusion.init_x0_state`)."""
+  return diffusion.init_x0_state(model_cfg, tx, key)
 
 
 def lfdn_apply_fn(model_cfg: lfdn.LFDNConfig, train: bool = False) -> Callable[..., jax.Array]:
-  """`(params, z_t, t[, dropout_key]) -> z0_hat` for an LFDN config."""
-  model = lfdn.LFDN(model_cfg)
-
-  def apply(params, z_t, t, dropout_key=None):
-    rngs = {"dropout": dropout_key} if (train and dropout_key is not None) else None
-    return model.apply({"params": params}, z_t, t, train=train, rngs=rngs)
-
-  return apply
+  """`(params, z_t, t[, dropout_key]) -> z0_hat` for an LFDN config (`lfdn.apply_fn`)."""
+  return lfdn.apply_fn(model_cfg, train=train)
 
 
 def make_x0_step(model_cfg: lfdn.LFDNConfig, tx: optax.GradientTransformation,
                  alphas_cumprod: np.ndarray, ema_decay: float) -> Callable[..., tuple]:
-  """The LFDN's step for `training.loop.fit`: x0-prediction loss, AdamW, EMA.
-
-  Returns:
-    `step(state, batch, step_key) -> (new_state, {"loss", "grad_norm"})` with
-    `batch["in"]["z"]` the [B, C] clean features; `step_key` (the loop's
-    `fold_in(loop_key, state.step)`) draws the timesteps, noise and dropout.
-  """
-  apply = lfdn_apply_fn(model_cfg, train=True)
-  abar = jnp.asarray(alphas_cumprod, jnp.float32)
-
-  def step(state: TrainState, batch: dict, step_key: jax.Array):
-    z0 = batch["in"]["z"]
-    loss_fn = lambda p: diffusion.x0_loss(apply, p, z0, step_key, abar)
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    d = ema_decay_at(state.step, ema_decay)
-    ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, params)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              ema_params=ema)
-    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-
-  return step
+  """`diffusion.make_x0_objective(...).step`: `step(state, batch, step_key)`."""
+  return diffusion.make_x0_objective(model_cfg, tx, alphas_cumprod, ema_decay).step
 
 
 def make_train_step(model_cfg: lfdn.LFDNConfig, tx: optax.GradientTransformation,
@@ -114,7 +58,7 @@ def make_train_step(model_cfg: lfdn.LFDNConfig, tx: optax.GradientTransformation
                     ema_decay: float) -> Callable[..., tuple]:
   """Builds `step(state, z0 [B, C], loop_key) -> (new_state, {"loss", "grad_norm"})`.
 
-  `make_x0_step` on a bare feature batch: the step's randomness is
+  The x0 objective's step on a bare feature batch: the step's randomness is
   `fold_in(loop_key, state.step)`, so a resumed run draws exactly what an
   uninterrupted run draws, and `training.loop.fit` computes the same numbers.
   """

@@ -1,8 +1,9 @@
 """Training the LFDN on cached features through the generic loop.
 
 `fit(features, model_cfg, optim_cfg, sched, cfg, checkpointer)` is
-`training.loop.fit` with the LFDN's init (`train.create_train_state`) and step
-(`train.make_x0_step`) on the one stream {"in": {"z": features}}; exact
+`training.loop.fit` with the LFDN's objective (`diffusion.make_x0_objective`: the common
+`training.state.TrainState`, the shared AdamW / EMA update) on the one stream
+{"in": {"z": features}}; exact
 resume, mid-epoch and reference checkpoints and SIGTERM preemption are the
 loop's (see `dlsr_jax.training.loop`), and so are the divergence checks.
 `FitConfig`, `Diverged` and `Preempted` are re-exported from there.
@@ -16,11 +17,12 @@ from typing import Any, Callable, Optional
 import jax
 import numpy as np
 
-from dlsr_jax import lfdn, parallel, schedule, train
-from dlsr_jax.training import loop
+from dlsr_jax import diffusion, lfdn, parallel, schedule, train
+from dlsr_jax.training import loop, optim
 from dlsr_jax.training.checkpoint import Checkpointer
 from dlsr_jax.training.loop import Diverged, FitConfig, _is_checkpoint_step  # noqa: F401
 from dlsr_jax.training.preemption import Preempted, _PreemptionWatch  # noqa: F401
+from dlsr_jax.training.state import TrainState
 
 
 def _check_features(z: np.ndarray) -> None:
@@ -42,13 +44,13 @@ def _jit_step(step: Callable, mesh, state) -> Callable:
                  out_shardings=(state_sh, rep), donate_argnums=(0,))
 
 
-def init_state(model_cfg: lfdn.LFDNConfig, tx, key: jax.Array, mesh) -> train.TrainState:
+def init_state(model_cfg: lfdn.LFDNConfig, tx, key: jax.Array, mesh) -> TrainState:
   rep = parallel.replicated(mesh)
-  return jax.jit(lambda k: train.create_train_state(model_cfg, tx, k), out_shardings=rep)(key)
+  return jax.jit(lambda k: diffusion.init_x0_state(model_cfg, tx, k), out_shardings=rep)(key)
 
 
 @functools.lru_cache(maxsize=8)
-def lfdn_init_and_step(model_cfg: lfdn.LFDNConfig, optim_cfg: train.OptimConfig,
+def lfdn_init_and_step(model_cfg: lfdn.LFDNConfig, optim_cfg: optim.AdamWConfig,
                        abar: bytes) -> tuple[Callable, Callable]:
   """The LFDN's pure (init, step) for `loop.fit`; cached, so `fit` does not re-compile.
 
@@ -58,18 +60,18 @@ def lfdn_init_and_step(model_cfg: lfdn.LFDNConfig, optim_cfg: train.OptimConfig,
     abar: `alphas_cumprod` as float32 bytes (hashable).
 
   Returns:
-    (`init(key) -> train.TrainState`, `step(state, batch, step_key)`).
+    (`init(key) -> TrainState`, `step(state, batch, step_key)`) of
+    `diffusion.make_x0_objective`.
   """
-  tx = train.make_optimizer(optim_cfg)
-  step = train.make_x0_step(model_cfg, tx, np.frombuffer(abar, np.float32),
-                            optim_cfg.ema_decay)
-  return (lambda k: train.create_train_state(model_cfg, tx, k)), step
+  obj = diffusion.make_x0_objective(model_cfg, optim.adamw(optim_cfg),
+                                    np.frombuffer(abar, np.float32), optim_cfg.ema_decay)
+  return obj.init, obj.step
 
 
-def fit(features: np.ndarray, model_cfg: lfdn.LFDNConfig, optim_cfg: train.OptimConfig,
+def fit(features: np.ndarray, model_cfg: lfdn.LFDNConfig, optim_cfg: optim.AdamWConfig,
         sched: schedule.NoiseSchedule, cfg: FitConfig, checkpointer: Optional[Checkpointer],
         mesh=None, write_metrics: Optional[Callable[[int, dict], Any]] = None,
-        progress: bool = True) -> train.TrainState:
+        progress: bool = True) -> TrainState:
   """Trains the LFDN on `features` [N, C] (every process passes the full array).
 
   See `training.loop.fit` for batches, checkpoints (the states at
@@ -91,3 +93,16 @@ def fit(features: np.ndarray, model_cfg: lfdn.LFDNConfig, optim_cfg: train.Optim
   return loop.fit(init, step, {loop.IN: {"z": features}}, cfg, checkpointer, mesh=mesh,
                   write_metrics=write_metrics,
                   progress="train LFDN" if progress else False)
+
+
+def restore_finished(features: np.ndarray, model_cfg: lfdn.LFDNConfig,
+                     optim_cfg: train.OptimConfig, sched: schedule.NoiseSchedule,
+                     cfg: FitConfig, checkpointer: Checkpointer, mesh=None) -> train.TrainState:
+  """The final state of the finished LFDN run `fit` would train, restored without training or
+  writing anything (`loop.restore_finished`: raises `NotFinished` for a run short of its
+  steps)."""
+  features = np.asarray(features, np.float32)
+  _check_features(features)
+  abar = np.asarray(sched.alphas_cumprod, np.float32).tobytes()
+  init, _ = lfdn_init_and_step(model_cfg, optim_cfg, abar)
+  return loop.restore_finished(init, {loop.IN: {"z": features}}, cfg, checkpointer, mesh=mesh)

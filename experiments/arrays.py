@@ -43,7 +43,10 @@ class ArrayStore:
     computed: counts of (net, set, "forward" | "features") computations (for tests).
   """
 
-  def __init__(self, c, workdir: str, sources: Mapping[str, str], shard_train: bool = False):
+  def __init__(self, c, workdir: str, sources: Mapping[str, str], shard_train: bool = False,
+               cache_dir: Optional[str] = None):
+    """`cache_dir`: where new cache entries go (default `pipeline.cache_dir`, which is then
+    still read): an evaluation writing to its own --outdir writes nothing into the workdir."""
     self.c = c
     self.sources = dict(sources)
     self.nets: dict[str, Net] = {}
@@ -55,9 +58,12 @@ class ArrayStore:
     self._backbone = None
     self._images: dict[str, data.ImageSet] = {}
     self._memo: dict[tuple[str, str, str], np.ndarray] = {}
-    self._feature_cache = features.FeatureCache(pipeline.cache_dir(c, workdir))
-    self._net_cache = cache_lib.ArrayCache(os.path.join(pipeline.cache_dir(c, workdir),
-                                                        "nets"))
+    default = pipeline.cache_dir(c, workdir)
+    write = cache_dir or default
+    read = () if write == default else (default,)
+    self._feature_cache = features.FeatureCache(write, read_also=read)
+    self._net_cache = cache_lib.ArrayCache(os.path.join(write, "nets"),
+                                           read_also=tuple(os.path.join(d, "nets") for d in read))
 
   @property
   def backbone(self):

@@ -11,8 +11,10 @@ are found by module name; the context arguments a module's `make` takes (`net`, 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import importlib
+import json
 import os
 from typing import Any, Mapping, Optional
 
@@ -58,6 +60,7 @@ class RowSpec:
   reads: tuple[str, ...]
   fit_reads: tuple[str, ...]
   context: tuple[str, ...]
+  score_names: Optional[tuple[str, ...]] = None   # when the detector declares them
   # True: settings chosen on data.val vs data.ood_val; False: not; None: not, and no
   # "<row>@tuned" twin from eval.tune (the row's tune=False).
   tune: Optional[bool] = False
@@ -139,8 +142,71 @@ def _net_spec(name: str, block: Mapping[str, Any]) -> NetSpec:
   if recipe["objective"] != "cross_entropy" and not recipe["epochs"]:
     raise ValueError(f"c.nets.{name}: objective {recipe['objective']!r} with epochs=0 trains "
                      "nothing; set epochs")
+  _check_recipe(name, recipe)
   return NetSpec(name=name, kind=kind, model=model, weights=weights,
                  init_from=str(block.get("init_from", "") or ""), recipe=recipe)
+
+
+# key of a net block -> (check, what is allowed)
+_RECIPE_CHECKS = {
+    "num_classes": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "epochs": (lambda v: _is_int(v) and v >= 0, "an int >= 0 (0 = no training)"),
+    "batch_size": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "seed": (lambda v: _is_int(v), "an int"),
+    "learning_rate": (lambda v: _is_number(v) and 0 < v < 1e3, "a number in (0, 1000)"),
+    "momentum": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "weight_decay_on": (lambda v: v in ("all", "kernels"), "'all' or 'kernels'"),
+    "ema_decay": (lambda v: _is_number(v) and 0 <= v < 1, "in [0, 1)"),
+    "log_every_steps": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "checkpoint_every_steps": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+}
+
+
+def _is_int(v: Any) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_recipe(name: str, recipe: Mapping[str, Any]) -> None:
+  """The numbers of a net block, each named by its key (`c.nets.<name>.<key>`)."""
+  for key, (ok, allowed) in _RECIPE_CHECKS.items():
+    if key in recipe and not ok(recipe[key]):
+      raise ValueError(f"c.nets.{name}.{key} = {recipe[key]!r}: must be {allowed}")
+
+
+def _check_net(name: str, spec: NetSpec, layout: FeatureLayout) -> None:
+  """Loads the net's starting weights and constructs its optimizer and objective, so that a
+  wrong model, weights file or objective setting fails now, naming `c.nets.<name>.<key>`."""
+  heads = [m for m in models.names() if m.endswith("_head")]
+  if (spec.kind == "head") != (spec.model in heads):
+    raise ValueError(f"c.nets.{name}.kind = {spec.kind!r} does not fit model {spec.model!r}: "
+                     f"a head on the backbone features is one of {heads} (kind='head'), an "
+                     "image classifier any other model (kind='classifier')")
+  try:
+    net = placeholder_net(spec, layout)
+  except (ValueError, TypeError, KeyError, OSError) as e:
+    key = "weights" if spec.weights else "model"
+    raise ValueError(f"c.nets.{name}.{key}: {spec.weights or spec.model!r} cannot be loaded "
+                     f"as a {spec.model} with num_classes={spec.recipe['num_classes']}: "
+                     f"{type(e).__name__}: {e}") from None
+  if not spec.trains:
+    return
+  settings = classifiers.objective_settings(spec.recipe)
+  if "b" in objectives.settings_of(spec.recipe["objective"]) and settings.get("b") is None:
+    settings["b"] = 0.0   # estimated from the data when training; any value to construct it
+  try:
+    from dlsr_jax.training import optim  # pylint: disable=g-import-not-at-top
+    tx = optim.sgd(classifiers.sgd_config(spec.recipe), 1)
+    objectives.make(spec.recipe["objective"], net, tx, settings,
+                    augment=bool(spec.recipe["augment"]) and net.resolution is not None,
+                    ema_decay=spec.recipe["ema_decay"] or None, data=None, workdir=None,
+                    seed=spec.recipe["seed"])
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"c.nets.{name} (objective {spec.recipe['objective']!r}): {e}") from None
 
 
 def _training_order(specs: Mapping[str, NetSpec]) -> list[str]:
@@ -159,6 +225,10 @@ def _training_order(specs: Mapping[str, NetSpec]) -> list[str]:
       if specs[src].model != specs[name].model:
         raise ValueError(f"c.nets.{name}: init_from {src!r} is a {specs[src].model}, "
                          f"not a {specs[name].model}")
+      classes = (specs[src].recipe["num_classes"], specs[name].recipe["num_classes"])
+      if classes[0] != classes[1]:
+        raise ValueError(f"c.nets.{name}.num_classes = {classes[1]}: init_from {src!r} has "
+                         f"num_classes = {classes[0]}")
       visit(src, path + (name,))
     seen.add(name)
     order.append(name)
@@ -175,17 +245,23 @@ def provides(spec: NetSpec) -> tuple[str, ...]:
 
 
 def placeholder_net(spec: NetSpec, layout: FeatureLayout) -> Net:
-  """The net with its starting weights (or a random init): for checking detector settings."""
-  return classifiers.load_net(spec.recipe, num_features=sum(layout.channels)
-                              if spec.kind == "head" else None)
+  """The net with its starting weights (or a random init): for checking detector settings
+  (loaded once per recipe and width: `build` runs several times before any work)."""
+  return _load_net(json.dumps(_plain(spec.recipe), sort_keys=True, default=str),
+                   sum(layout.channels) if spec.kind == "head" else None)
+
+
+@functools.lru_cache(maxsize=16)
+def _load_net(recipe: str, num_features: Optional[int]) -> Net:
+  return classifiers.load_net(json.loads(recipe), num_features=num_features)
 
 
 def make_detector(row: RowSpec, plan: Plan, *, net: Optional[Net] = None,
                   workdir: Optional[str] = None, seed: int = 0,
-                  write_metrics=None) -> Detector:
-  """Constructs a row's detector with its context arguments."""
+                  write_metrics=None, restore_only: bool = False) -> Detector:
+  """Constructs a row's detector with its context arguments (`restore_only`: evaluation)."""
   context = {"net": net, "layout": plan.layout, "workdir": workdir, "seed": seed,
-             "write_metrics": write_metrics}
+             "write_metrics": write_metrics, "restore_only": restore_only}
   return detectors.make(row.type, **row.settings, **{k: context[k] for k in row.context})
 
 
@@ -226,7 +302,8 @@ def _row_spec(name: str, block: Mapping[str, Any], nets: Mapping[str, NetSpec],
                      f"{', '.join(provided)}); set net= a classifier or head net"
                      + (" trained with an objective that provides them"
                         if net != BACKBONE else ""))
-  spec = dataclasses.replace(spec, reads=det.reads, fit_reads=det.fit_reads)
+  spec = dataclasses.replace(spec, reads=det.reads, fit_reads=det.fit_reads,
+                             score_names=det.score_names)
   if tune is not None and not isinstance(tune, bool):
     raise ValueError(f"c.detectors.{name}.tune must be True or False, got {tune!r}")
   if tune or (grid is not None and tune is None):   # tune= / grid= tune this row in place
@@ -234,6 +311,22 @@ def _row_spec(name: str, block: Mapping[str, Any], nets: Mapping[str, NetSpec],
   elif tune is False:
     spec = dataclasses.replace(spec, tune=None)       # never tuned (not even by eval.tune)
   return spec
+
+
+def _check_result_keys(rows: list[RowSpec]) -> None:
+  """Two rows must not give the same results key: known from the score names a detector
+  declares (DLSR: "mse", "lr_mse", ... when the row is named after its type), else the row's
+  name (one score)."""
+  from dlsr_jax.evaluation import table  # pylint: disable=g-import-not-at-top
+  owner = {}
+  for row in rows:
+    keys = (table.result_keys(row.name, row.type, row.score_names).values()
+            if row.score_names else [row.name])
+    for key in dict.fromkeys(keys):
+      if key in owner:
+        raise ValueError(f"c.detectors.{row.name} and c.detectors.{owner[key]} both give the "
+                         f"results key {key!r}: rename one of the rows")
+      owner[key] = row.name
 
 
 def tuned_spec(spec: RowSpec, nets: Mapping[str, NetSpec], layout: FeatureLayout,
@@ -309,10 +402,22 @@ def _check_streams_apart(c, specs: Mapping[str, NetSpec]) -> None:
   tests.update({f"data.ood.{k}": str(v) for k, v in pipeline.ood_sources(c).items()})
   for name, spec in specs.items():
     for stream, (source, _) in classifiers.stream_sources(spec.recipe).items():
-      clash = [k for k, v in tests.items() if v == source]
+      clash = [k for k, v in tests.items() if _same_source(v, source)]
       if clash:
         raise ValueError(f"c.nets.{name}.{stream} = {source!r} is also the test set "
                          f"{clash[0]}: training data must be disjoint from the test sets")
+
+
+def _same_source(a: str, b: str) -> bool:
+  """Whether two data sources name the same data: equal strings, or npz / folder paths that
+  resolve to the same file (`./`, `..`, symlinks). Copies are found by their images' digest
+  when the arrays are loaded (`runner`)."""
+  if a == b:
+    return True
+  (sa, _, pa), (sb, _, pb) = a.partition(":"), b.partition(":")
+  if sa != sb or sa not in ("npz", "folder"):
+    return False
+  return os.path.realpath(os.path.expanduser(pa)) == os.path.realpath(os.path.expanduser(pb))
 
 
 def build(c) -> Plan:
@@ -322,6 +427,8 @@ def build(c) -> Plan:
   if BACKBONE in blocks:
     raise ValueError(f"c.nets.{BACKBONE}: the name is reserved for the frozen backbone")
   specs = {n: _net_spec(n, b) for n, b in blocks.items()}
+  for n, spec in specs.items():
+    _check_net(n, spec, layout)
   _check_streams_apart(c, specs)
   nets = {BACKBONE: NetSpec(BACKBONE, BACKBONE)}
   nets.update({n: specs[n] for n in _training_order(specs)})
@@ -342,6 +449,7 @@ def build(c) -> Plan:
     from dlsr_jax.evaluation import tune as tune_lib  # pylint: disable=g-import-not-at-top
     selected = [dataclasses.replace(r, fit_set="val") if r.type in tune_lib.OPENOOD_VAL_FIT
                 else r for r in selected]
+  _check_result_keys(selected)
   check_validation_sets(c, {r.name: r for r in selected})
   order = list(nets)
   selected = {r.name: r for r in sorted(selected, key=lambda r: order.index(r.net))}

@@ -52,7 +52,7 @@ import numpy as np
 from dlsr_jax import models, parallel
 from dlsr_jax.models.net import Net
 from dlsr_jax.objectives import base as objectives
-from dlsr_jax.training import loop, optim
+from dlsr_jax.training import loop, metrics_writer, optim
 from dlsr_jax.training.checkpoint import Checkpointer
 
 DEFAULTS = dict(model="cifar_resnet20", init_from="", num_classes=10, seed=0, epochs=0,
@@ -136,8 +136,8 @@ def sgd_config(nc) -> optim.SGDConfig:
 
 
 def train_classifier(net: Net, images: np.ndarray, labels: np.ndarray, nc, workdir: str,
-                     mesh=None, streams: Optional[Mapping[str, Mapping[str, np.ndarray]]] = None
-                     ) -> Net:
+                     mesh=None, streams: Optional[Mapping[str, Mapping[str, np.ndarray]]] = None,
+                     restore_only: bool = False) -> Net:
   """Trains `net` with the block's objective (cross-entropy by default); resumes from `workdir`.
 
   Args:
@@ -149,6 +149,9 @@ def train_classifier(net: Net, images: np.ndarray, labels: np.ndarray, nc, workd
     workdir: the run's directory (checkpoints, metrics, net_config.json).
     mesh: data mesh (default: every device).
     streams: the objective's other streams, e.g. {"outliers": {"x": uint8 images}}.
+    restore_only: evaluation: restore the finished run only; nothing is trained, moved or
+      written (`loop.NotFinished` "run experiments.train to finish: step 8 of 24" for a run
+      short of its steps).
 
   Returns:
     The trained net (the objective's `net`: a method that adds a head returns the new one)
@@ -178,13 +181,18 @@ def train_classifier(net: Net, images: np.ndarray, labels: np.ndarray, nc, workd
   obj = objectives.make(name, net, tx, objective_settings(nc),
                         augment=bool(_get(nc, "augment")) and image_net, ema_decay=ema,
                         data=data, workdir=workdir, seed=_get(nc, "seed"))
+  if restore_only:
+    ckpt = Checkpointer(workdir, read_only=True)
+    try:
+      state = loop.restore_finished(obj.init, data, cfg, ckpt, mesh=mesh)
+    finally:
+      ckpt.close()
+    return dataclasses.replace(obj.net or net, params=obj.variables(state))
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "net_config.json"), "w") as f:
       json.dump(dict(nc) if isinstance(nc, dict) else nc.to_dict(), f, indent=2)
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  writer = metric_writers.create_default_writer(workdir,
-                                                just_logging=jax.process_index() > 0)
+  writer = metrics_writer.create(workdir)
   ckpt = Checkpointer(workdir)
   try:   # on Preempted too: flush the metrics, finish the checkpoint writes
     state = loop.fit(obj.init, obj.step, data, cfg, ckpt,
@@ -192,7 +200,7 @@ def train_classifier(net: Net, images: np.ndarray, labels: np.ndarray, nc, workd
                      write_metrics=lambda s, m: writer.write_scalars(s, m),
                      progress=f"train {_get(nc, 'model')} ({name})")
   finally:
-    writer.flush()
+    writer.close()
     ckpt.close()
   if obj.finish is not None and jax.process_index() == 0:
     obj.finish(state, workdir)

@@ -20,6 +20,7 @@ import fnmatch
 import json
 import os
 import time
+import warnings
 from typing import Mapping, Optional
 
 import jax
@@ -153,22 +154,30 @@ def table_plain(value):
 
 
 def evaluate_row(c, plan: build.Plan, row: build.RowSpec, store: arrays.ArrayStore,
-                 workdir: str, seed: Optional[int]) -> evaluation_lib.Results:
+                 workdir: str, seed: Optional[int],
+                 notes: Optional[list[str]] = None) -> evaluation_lib.Results:
   """One row through `dlsr_jax.evaluation.evaluate`: fitted on the ID train arrays of its net
   (data.val for the types OpenOOD fits on ID val, when the protocol names one), the ID test
   set and every OOD set scored. A tuned row first chooses its settings (`tune_row`); its
   search record rides in the row's metadata as "search" until `run_evaluate` takes it out
-  for search.json."""
+  for search.json. The warnings it raises (e.g. N <= C features, a one-image set) are logged
+  and appended to `notes` ("<row>: <message>") for the results."""
   set_names = ["id", *ood_sources(c)]
   record = None
-  if row.tune:
-    row, record = tune_row(c, row, store)
-  with runner.row_detector(c, plan, row, store, workdir, seed) as det:
-    res = evaluation_lib.evaluate(
-        {row.name: det}, _fit_arrays(c, store, row, row.fit_reads),
-        {s: _Arrays(store, row.net, s, row.reads) for s in set_names},
-        key=jax.random.key(c.eval.seed), id_set="id", groups=parse_groups(c),
-        trapezoid_aupr=bool(c.eval.get("trapezoid_aupr", False)))
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    if row.tune:
+      row, record = tune_row(c, row, store)
+    with runner.row_detector(c, plan, row, store, workdir, seed, restore_only=True) as det:
+      res = evaluation_lib.evaluate(
+          {row.name: det}, _fit_arrays(c, store, row, row.fit_reads),
+          {s: _Arrays(store, row.net, s, row.reads) for s in set_names},
+          key=jax.random.key(c.eval.seed), id_set="id", groups=parse_groups(c),
+          trapezoid_aupr=bool(c.eval.get("trapezoid_aupr", False)))
+  for message in dict.fromkeys(str(w.message) for w in caught):
+    logging.warning("row %s: %s", row.name, message)
+    if notes is not None:
+      notes.append(f"{row.name}: {message}")
   for key, meta in res.rows.items():
     res.rows[key] = {"row": row.name, "detector": row.type, "net": row.net,
                      "score": meta["score"],
@@ -179,11 +188,15 @@ def evaluate_row(c, plan: build.Plan, row: build.RowSpec, store: arrays.ArraySto
 
 
 def _score_all(c, plan: build.Plan, store, workdir: str, seed: Optional[int],
-               fixed: dict) -> evaluation_lib.Results:
-  """Results of every row for one seed; rows that train nothing are evaluated once (`fixed`)."""
+               fixed: dict, notes: Optional[dict] = None) -> evaluation_lib.Results:
+  """Results of every row for one seed; rows that train nothing are evaluated once (`fixed`);
+  `notes`: {row: its warnings}."""
   for row in plan.rows.values():
     if row.trains or row.name not in fixed:
-      fixed[row.name] = evaluate_row(c, plan, row, store, workdir, seed)
+      row_notes = []
+      fixed[row.name] = evaluate_row(c, plan, row, store, workdir, seed, row_notes)
+      if notes is not None:
+        notes[row.name] = row_notes
   return evaluation_lib.Results.combine([fixed[r] for r in plan.rows])
 
 
@@ -257,30 +270,62 @@ def run_evaluate(c, workdir: str, outdir: Optional[str] = None) -> dict:
   each seed's table goes to `<outdir>/seed_<s>/` and the top-level results hold the mean over
   seeds with the standard deviation beside it (rows that train nothing: std 0).
   """
+  own_outdir = bool(outdir) and os.path.abspath(outdir) != os.path.abspath(workdir)
   outdir = outdir or workdir
   if not ood_sources(c):
     raise ValueError("no OOD sets configured: set --config.data.extra_ood=NAME=SOURCE")
   parse_groups(c)
   validate.validate_config(c)                               # before any extraction
+  if jax.process_index() == 0:
+    workdir_lib.check_writable(outdir, "output folder", "" if own_outdir else
+                               ": give --outdir=<a writable folder>")
   workdir_lib.check_config(c, workdir, for_eval=True)      # trained with these settings?
   plan = build.build(c)
+  runner.check_sources(c, plan)                            # every set: a typo fails now
   runner.require_trained(plan, workdir)
-  store = arrays.ArrayStore(c, workdir, runner.sources(c))
+  with _eval_lock(workdir, take=not own_outdir):
+    return _evaluate(c, plan, workdir, outdir, own_outdir)
+
+
+@contextlib.contextmanager
+def _eval_lock(workdir: str, take: bool):
+  """A workdir that a training run holds is refused. Writing its results into the workdir
+  (`take`), the evaluation holds the lock itself; with an output folder of its own it only
+  checks it, so that it writes nothing at all into the workdir."""
+  if take:
+    with workdir_lib.lock(workdir):
+      yield
+  else:
+    workdir_lib.check_unlocked(workdir)
+    yield
+
+
+def _evaluate(c, plan: build.Plan, workdir: str, outdir: str, own_outdir: bool) -> dict:
+  """`run_evaluate` once every check passed: restores (never trains) and scores. With an
+  output folder of its own and no `c.cache_dir`, new cache entries go to
+  <outdir>/feature_cache (the workdir's cache is still read): nothing is written into the
+  workdir."""
+  cache = os.path.join(outdir, "feature_cache") if own_outdir and not c.cache_dir else None
+  store = arrays.ArrayStore(c, workdir, runner.sources(c), cache_dir=cache)
   add_validation_sources(c, store)
-  nets = runner.prepare_nets(plan, workdir, store, build.needed_nets(plan))
+  runner.check_labels(c, plan, store, build.needed_nets(plan))
+  nets = runner.prepare_nets(plan, workdir, store, build.needed_nets(plan), restore_only=True)
   accuracy = {n: arrays.accuracy(store, n) for n in nets}
   settings = pipeline.settings_summary(c, store.backbone, pipeline.feature_boundaries(
       c, store.backbone)) if any(r.net == build.BACKBONE for r in plan.rows.values()) else {}
   settings["rows"] = {r.name: f"{r.type} on {r.net}" for r in plan.rows.values()}
-  per_seed, fixed, files, moved, search = [], {}, [], None, {}
+  per_seed, fixed, files, moved, notes, search = [], {}, [], None, {}, {}
   for seed in plan.seeds or (None,):
-    res = _score_all(c, plan, store, workdir, seed, fixed)
+    res = _score_all(c, plan, store, workdir, seed, fixed, notes)
     for meta in res.rows.values():        # tuned rows' searches: search.json, not results
       if SEARCH_KEY in meta:
         search[meta["row"]] = meta.pop(SEARCH_KEY)
     extra = {"id_set": c.data.test, "ood_sets": ood_sources(c), "nets": nets,
              "accuracy": accuracy, "settings": settings,
              "timing": {**store.timing, "rows": res.timing}}
+    warned = [w for r in plan.rows for w in notes.get(r, [])]
+    if warned:
+      extra["warnings"] = warned
     results = res.to_dict(**extra)
     if not per_seed and jax.process_index() == 0:
       moved = set_aside_previous(outdir)          # before this evaluation writes anything

@@ -1,5 +1,15 @@
 """Process setup shared by the entry points: JAX flags, multi-host, TF without GPUs, logging.
 
+Console and metrics flags (every entry point that imports this module accepts them):
+
+  --log_to_console          also show third-party INFO log lines (orbax, jax, absl) on the
+                            console; by default they go only to <workdir>/log.txt, and the
+                            console shows our stage lines, progress bars and results
+                            (`dlsr_jax.logs`)
+  --tensorboard=auto|on|off TensorBoard event files next to each run's metrics.jsonl: auto =
+                            when the tensorboard package is installed; on without it fails
+                            at once naming `pip install 'dlsr_jax[tensorboard]'`
+
 Multi-host flags (defined here, so every entry point that imports this module
 accepts them):
 
@@ -25,7 +35,9 @@ from typing import Iterator, Optional
 import jax
 from absl import flags, logging
 
+from dlsr_jax import extras, logs
 from dlsr_jax import multihost as multihost_lib
+from dlsr_jax.training import metrics_writer
 from dlsr_jax.training.checkpoint import CheckpointError
 from dlsr_jax.training.loop import Diverged
 from dlsr_jax.training.preemption import Preempted
@@ -39,7 +51,7 @@ INTERRUPTED_EXIT_CODE = 130   # 128 + SIGINT: a Ctrl-C outside the training loop
 # The failures a user can cause and fix (bad config or data, a damaged checkpoint, a busy
 # workdir, a diverged run): one line each, no traceback (`reported_failures`).
 KNOWN_FAILURES = (Diverged, CheckpointError, WorkdirLocked, WorkdirConfigError, ValueError,
-                  FileNotFoundError)
+                  FileNotFoundError, extras.MissingExtra)
 
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", None, "Join a multi-process JAX job via jax.distributed.initialize(). "
@@ -52,6 +64,13 @@ _PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, "This process's index (multi-host; default auto).")
 _INIT_TIMEOUT = flags.DEFINE_integer(
     "multihost_timeout_s", 300, "Seconds to wait for every process to join.")
+_LOG_TO_CONSOLE = flags.DEFINE_bool(
+    "log_to_console", False, "Also print third-party INFO log lines (orbax, jax, absl) on the "
+    "console; by default they go only to <workdir>/log.txt.")
+_TENSORBOARD = flags.DEFINE_enum(
+    "tensorboard", "auto", list(metrics_writer.MODES),
+    "TensorBoard event files beside each run's metrics.jsonl: auto = if the tensorboard "
+    "package is installed; on = always (needs pip install 'dlsr_jax[tensorboard]').")
 
 
 def setup(multihost: Optional[bool] = None) -> None:
@@ -64,6 +83,7 @@ def setup(multihost: Optional[bool] = None) -> None:
   jax.config.parse_flags_with_absl()
   jax.config.update("jax_threefry_partitionable", True)
   if flags.FLAGS.is_parsed():
+    check_tensorboard()
     if multihost is None:
       multihost = _MULTIHOST.value
     multihost_lib.initialize(multihost, coordinator_address=_COORDINATOR.value,
@@ -71,10 +91,29 @@ def setup(multihost: Optional[bool] = None) -> None:
                              timeout_s=_INIT_TIMEOUT.value)
   else:
     multihost_lib.initialize(multihost)
+  if flags.FLAGS.is_parsed():
+    route_logs()
   hide_accelerators_from_tf()
   logging.info("JAX process %d / %d, %d local / %d global devices (%s)",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices()[0].platform)
+
+
+def check_tensorboard() -> None:
+  """Applies --tensorboard before any work: `on` without the extra exits 1 naming it."""
+  try:
+    metrics_writer.set_tensorboard(_TENSORBOARD.value)
+  except extras.MissingExtra as e:
+    print(failure_message(e), file=sys.stderr, flush=True)
+    sys.exit(FAILED_EXIT_CODE)
+
+
+def route_logs() -> None:
+  """Third-party INFO lines to <workdir>/log.txt only, unless --log_to_console
+  (`dlsr_jax.logs.route`); an entry point without --workdir keeps absl's console logging."""
+  workdir = flags.FLAGS["workdir"].value if "workdir" in flags.FLAGS else None
+  if workdir:
+    logs.route(workdir, to_console=_LOG_TO_CONSOLE.value)
 
 
 def hide_accelerators_from_tf() -> None:

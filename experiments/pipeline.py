@@ -19,6 +19,7 @@ from dlsr_jax import (backbones, data, diffusion, features, lfdn, multihost, par
                       schedule, scoring)
 from dlsr_jax import train as train_lib
 from dlsr_jax import trainer
+from dlsr_jax.training import metrics_writer
 from dlsr_jax.training.checkpoint import Checkpointer
 from experiments import workdir as workdir_lib
 
@@ -180,19 +181,24 @@ def seed_runs(c, workdir: str) -> list[tuple[object, str]]:
   return runs
 
 
-@workdir_lib.guarded   # validates c, locks workdir, checks and records config.json
 def run_train(c, workdir: str):
-  """Trains every classifier net and training detector row of `c` (`runner.run_train`)."""
-  from experiments import runner  # pylint: disable=g-import-not-at-top
-  return runner.run_train(c, workdir)
+  """Trains every classifier net and training detector row of `c` (`runner.run_train`).
+
+  Validates `c` and counts the images of its data sources (checking the batch sizes), then
+  locks `workdir`, checks and records config.json (`workdir_lib.guard`)."""
+  from experiments import build, runner  # pylint: disable=g-import-not-at-top
+
+  def check(cfg):
+    runner.check_sources(cfg, build.build(cfg), with_ood=False)
+
+  with workdir_lib.guard(c, workdir, check=check):
+    return runner.run_train(c, workdir)
 
 
 @workdir_lib.guarded
 def train_on_features(c, workdir: str, z: np.ndarray) -> train_lib.TrainState:
   """Trains (or resumes) the LFDN of config `c` in `workdir` on features `z` [N, C]."""
-  from clu import metric_writers
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
+  writer = metrics_writer.create(workdir)
   ckpt = Checkpointer(workdir)
   fit_cfg = fit_config(c)
   t0 = time.time()
@@ -202,7 +208,7 @@ def train_on_features(c, workdir: str, z: np.ndarray) -> train_lib.TrainState:
                         mesh=parallel.make_mesh(),
                         write_metrics=lambda s, m: writer.write_scalars(s, m))
   finally:
-    writer.flush()
+    writer.close()
     ckpt.close()
   logging.info("training took %.1f s", time.time() - t0)
   return state

@@ -12,7 +12,7 @@ and letters, photo crops, noise (far-OOD) -> results.{json,md,csv}, scores.npz, 
 
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import evaluation, launch, pipeline
@@ -42,7 +42,6 @@ def main(argv):
   print(f"\nfeatures + training: {t1 - t0:.1f} s, evaluation: {t2 - t1:.1f} s, "
         f"total {t2 - t0:.1f} s")
   print(f"results: {wd}/results.{{json,md,csv}}, {wd}/scores.npz, {wd}/roc_hist_*.png")
-  logging.info("quickstart done in %.1f s", t2 - t0)
 
 
 if __name__ == "__main__":

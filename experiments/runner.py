@@ -16,10 +16,14 @@ import time
 from typing import Any, Iterator, Optional
 
 import jax
+import numpy as np
 from absl import logging
 
+from dlsr_jax import cache as cache_lib
 from dlsr_jax import evaluation
 from dlsr_jax.detectors.base import Detector
+from dlsr_jax.training import metrics_writer
+from dlsr_jax.training import loop
 from experiments import arrays, build, classifiers, pipeline
 
 
@@ -29,6 +33,72 @@ def sources(c, with_ood: bool = True) -> dict[str, str]:
   if with_ood:
     out.update(pipeline.ood_sources(c))
   return out
+
+
+def source_keys(c, with_ood: bool = True) -> dict[str, str]:
+  """{set name of `sources`: the config key that names its source} (for messages)."""
+  keys = {"train": "data.train", "id": "data.test"}
+  if with_ood:
+    keys.update({n: f"data.ood.{n}" if n in c.data.ood else f"data.extra_ood {n}"
+                 for n in pipeline.ood_sources(c)})
+  return keys
+
+
+def check_sources(c, plan: build.Plan, with_ood: bool = True) -> dict[str, int]:
+  """Counts the images of every data source (no decoding) and checks the training batch
+  sizes against them, before any record, extraction or training.
+
+  Returns:
+    {set name: number of images}.
+
+  Raises:
+    FileNotFoundError / ValueError: one line naming the config key and its source or file.
+  """
+  counts = {}
+  for name, source in sources(c, with_ood).items():
+    key = source_keys(c, with_ood)[name]
+    try:
+      counts[name] = pipeline.count_source(c, source)
+    except FileNotFoundError as e:
+      raise FileNotFoundError(f"{key} = {source!r}: {e}") from None
+    except (OSError, ValueError, KeyError, AssertionError) as e:
+      raise ValueError(f"{key} = {source!r} cannot be read: {type(e).__name__}: {e}") from None
+  n = counts["train"]
+  for name in build.needed_nets(plan) if with_ood else plan.nets:
+    spec = plan.nets[name]
+    if spec.trains and int(spec.recipe["batch_size"]) > n:
+      raise ValueError(f"c.nets.{name}.batch_size = {spec.recipe['batch_size']} is more than "
+                       f"the {n} images of data.train ({c.data.train}): lower it")
+  for row in plan.rows.values():
+    bs = row.settings.get("batch_size")
+    if row.trains and bs is not None and int(bs) > n:
+      raise ValueError(f"c.detectors.{row.name}.batch_size (train.batch_size) = {bs} is more "
+                       f"than the {n} images of data.train ({c.data.train}): lower it")
+  return counts
+
+
+def check_labels(c, plan: build.Plan, store: arrays.ArrayStore,
+                 names: Optional[list[str]] = None) -> None:
+  """Every net that trains with labels and every row that fits on them needs labels of
+  data.train in 0..num_classes-1; checked once the set is loaded, before any training."""
+  nets = [n for n in (plan.nets if names is None else names)
+          if plan.nets[n].kind != build.BACKBONE and plan.nets[n].trains]
+  rows = [r.name for r in plan.rows.values() if "labels" in r.fit_reads]
+  if not nets and not rows:
+    return
+  y = np.asarray(store.get(build.BACKBONE, "train", ["labels"])["labels"])
+  users = ", ".join([f"net {n}" for n in nets] + [f"row {r}" for r in rows])
+  if y.size == 0 or np.all(y < 0):
+    raise ValueError(f"data.train has no labels ({c.data.train}: every label is -1); "
+                     f"{users} train(s) on them: give a labelled training set")
+  if np.any(y < 0):
+    raise ValueError(f"data.train ({c.data.train}) has {int(np.sum(y < 0))} unlabelled images "
+                     f"(label -1) among {y.size}; {users} train(s) on the labels")
+  for n in nets:
+    k = int(plan.nets[n].recipe["num_classes"])
+    if int(y.max()) >= k:
+      raise ValueError(f"labels of data.train lie in {int(y.min())}..{int(y.max())}; net {n} "
+                       f"has num_classes={k} (c.nets.{n}.num_classes)")
 
 
 def net_workdir(workdir: str, name: str) -> str:
@@ -59,11 +129,13 @@ def require_trained(plan: build.Plan, workdir: str) -> None:
 
 
 def prepare_nets(plan: build.Plan, workdir: str, store: arrays.ArrayStore,
-                 names: Optional[list[str]] = None) -> dict[str, dict]:
+                 names: Optional[list[str]] = None, restore_only: bool = False
+                 ) -> dict[str, dict]:
   """Trains / resumes / restores the classifier and head nets; adds them to `store`.
 
   Args:
     names: the nets to prepare, in training order (default: every net of the plan).
+    restore_only: evaluation: restore finished runs only (nothing is trained or written).
 
   Returns:
     {net: {"model", "kind", "weights"}} for the results.
@@ -82,9 +154,17 @@ def prepare_nets(plan: build.Plan, workdir: str, store: arrays.ArrayStore,
                     ["features" if spec.kind == "head" else "images"]).popitem()[1]
       y = store.get(build.BACKBONE, "train", ["labels"])["labels"]
       wd = net_workdir(workdir, name)
-      logging.info("net %s: training / restoring in %s", name, wd)
-      net = classifiers.train_classifier(net, x, y, spec.recipe, wd,
-                                         streams=_streams(store, name, spec, x))
+      logging.info("net %s: %s in %s", name,
+                   "restoring" if restore_only else "training / restoring", wd)
+      try:
+        net = classifiers.train_classifier(net, x, y, spec.recipe, wd,
+                                           streams=_streams(store, name, spec, x),
+                                           restore_only=restore_only)
+      except loop.Diverged as e:   # the net's own key, not the LFDN's optim.learning_rate
+        raise e.with_advice(
+            f"Lower c.nets.{name}.learning_rate (now {spec.recipe['learning_rate']}; "
+            f"--config.nets.{name}.learning_rate=...) before re-running: it may change in "
+            "this workdir.") from None
     store.add_net(name, spec.kind, net)
     info[name] = {"model": spec.model, "kind": spec.kind,
                   "weights": spec.weights or (f"net {spec.init_from}" if spec.init_from
@@ -106,8 +186,38 @@ def _streams(store: arrays.ArrayStore, name: str, spec: build.NetSpec,
     if images.shape[1:] != x_in.shape[1:]:
       raise ValueError(f"c.nets.{name}: {stream} {source!r} has images of shape "
                        f"{images.shape[1:]}, the ID training images {x_in.shape[1:]}")
+    _check_not_a_test_set(store, f"c.nets.{name}.{stream}", source, images)
     out[stream] = {"x": images}
   return out
+
+
+def check_streams(plan: build.Plan, store: arrays.ArrayStore) -> None:
+  """Loads every training net's extra streams (e.g. OE's outliers) and checks that none holds
+  a test set's images, before any net trains."""
+  for name, spec in plan.nets.items():
+    if spec.trains:
+      for stream, (source, _) in classifiers.stream_sources(spec.recipe).items():
+        set_name = stream_set(name, stream)
+        store.sources[set_name] = source
+        images = store.get(build.BACKBONE, set_name, ["images"])["images"]
+        _check_not_a_test_set(store, f"c.nets.{name}.{stream}", source, images)
+
+
+def _check_not_a_test_set(store: arrays.ArrayStore, key: str, source: str,
+                          images: np.ndarray) -> None:
+  """A training stream must not hold the images of a test set (the same file under another
+  name, a symlink or a copy): compares the images' digest with every test set's."""
+  c = store.c
+  digest = cache_lib.images_digest(np.asarray(images))
+  for name, test_source in sources(c).items():
+    if name == "train":
+      continue
+    store.sources.setdefault(name, test_source)
+    other = store.image_set(name).images
+    if other.shape == images.shape and cache_lib.images_digest(np.asarray(other)) == digest:
+      raise ValueError(f"{key} = {source!r} holds the same images as the test set "
+                       f"{source_keys(c)[name]} = {test_source!r}: training data must be "
+                       "disjoint from the test sets")
 
 
 def stream_set(net: str, stream: str) -> str:
@@ -121,23 +231,26 @@ def fit_key(c, row: str) -> jax.Array:
 
 @contextlib.contextmanager
 def row_detector(c, plan: build.Plan, row: build.RowSpec, store: arrays.ArrayStore,
-                 workdir: str, seed: Optional[int]) -> Iterator[Detector]:
+                 workdir: str, seed: Optional[int], restore_only: bool = False
+                 ) -> Iterator[Detector]:
   """A row's detector with its trained net; a row whose fit trains (DLSR) gets its workdir
-  (with the config record) and a metrics writer, flushed when the context ends."""
+  (with the config record) and a metrics writer, flushed when the context ends.
+  `restore_only` (evaluation): the row's fit only restores its finished run; no record, no
+  metrics writer, nothing written."""
   wd = row_workdir(workdir, row.name, seed) if row.trains else None
   writer = None
-  if wd is not None:
-    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  if wd is not None and not restore_only:
     cs = c if seed is None else _with_seed(c, seed)
     pipeline.write_config(cs, wd)
-    writer = metric_writers.create_default_writer(wd, just_logging=jax.process_index() > 0)
+    writer = metrics_writer.create(wd)
   try:
     yield build.make_detector(row, plan, net=store.nets.get(row.net), workdir=wd,
                               seed=c.seed if seed is None else seed,
-                              write_metrics=writer and writer.write_scalars)
+                              write_metrics=writer and writer.write_scalars,
+                              restore_only=restore_only)
   finally:
     if writer is not None:
-      writer.flush()
+      writer.close()
 
 
 def fit_row(c, plan: build.Plan, row: build.RowSpec, store: arrays.ArrayStore, workdir: str,
@@ -171,8 +284,11 @@ def record_run(workdir: str, info: dict) -> None:
 def run_train(c, workdir: str) -> build.Plan:
   """Trains every classifier net (init_from order) and every training row of `c`."""
   plan = build.build(c)
+  check_sources(c, plan, with_ood=False)
   pipeline.write_config(c, workdir)
   store = arrays.ArrayStore(c, workdir, sources(c, with_ood=False), shard_train=True)
+  check_labels(c, plan, store)
+  check_streams(plan, store)
   info = prepare_nets(plan, workdir, store)
   if info and jax.process_index() == 0:
     record_run(workdir, info)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from dlsr_jax import backbones, diffusion, schedule, scoring
+from dlsr_jax import backbones, diffusion, extras, schedule, scoring
 
 DTYPES = ("float32", "bfloat16", "float16")
 MIN_RESOLUTION = 32        # every backbone downsamples 32x: smaller inputs lose levels
@@ -94,7 +94,27 @@ def problems(c) -> list[str]:
   except (ValueError, TypeError) as e:
     out.append(f"--config.nets / --config.detectors / --config.eval.rows: {e}")
   out += _library_checks(c)
+  out += _extras_checks(c)
   return out
+
+
+def _strings(node, prefix: str = ""):
+  """(dotted key, value) of every string value in a ConfigDict / dict tree."""
+  for key, value in node.items():
+    if hasattr(value, "items"):
+      yield from _strings(value, f"{prefix}{key}.")
+    elif isinstance(value, str):
+      yield f"{prefix}{key}", value
+
+
+def _extras_checks(c) -> list[str]:
+  """`tfds:` sources (any key, e.g. data.train, data.ood.*, a net's outliers) without the
+  `tfds` extra installed: named with the pip command, before any work."""
+  if extras.installed("tfds"):
+    return []
+  return [f"--config.{key}={value!r}: {extras.missing_message('tfds', 'a tfds: source')}"
+          for key, value in _strings(c) if value.startswith("tfds:")
+          or (key.endswith("extra_ood") and "=tfds:" in value)]
 
 
 def _library_checks(c) -> list[str]:

@@ -15,7 +15,10 @@ record and stops before any work if a key outside `CHANGEABLE_KEYS` differs,
 listing each as `key: old -> new`. Changeable keys are written back to the
 record (so it shows the latest run's values); the guarded keys never change.
 Keys that exist on only one side (added or removed since the record was
-written) are not compared.
+written) are not compared. A record with no checkpoint behind it (a first run
+that failed before training anything) is replaced by the new config, with a
+warning listing what changed. `c.nets.<name>` keys in `CHANGEABLE_NET_KEYS`
+(learning_rate, epochs, ...) may change like their LFDN counterparts.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ CHANGEABLE_KEYS = (
     "data.val", "data.ood_val",      # validation sets: tuning and ID-val fits, not training
     "feature_batch_size", "cache_dir", "seeds",
 )
+# Keys of a `c.nets.<name>` block that may change, like their LFDN counterparts: lower the
+# learning rate after a divergence, extend the run, log / checkpoint more often.
+CHANGEABLE_NET_KEYS = ("learning_rate", "epochs", "log_every_steps", "checkpoint_every_steps")
 
 
 class WorkdirLocked(RuntimeError):
@@ -55,6 +61,23 @@ class WorkdirLocked(RuntimeError):
 
 class WorkdirConfigError(ValueError):
   """The config differs from the one the workdir was started with."""
+
+
+class WorkdirNotWritable(ValueError):
+  """The workdir (or the output folder) cannot be written by this process."""
+
+
+def check_writable(path: str, what: str = "workdir", hint: str = "") -> None:
+  """Raises `WorkdirNotWritable` (one line) if `path`, or the folder that would hold it, is not
+  a writable directory."""
+  probe = path
+  while probe and not os.path.exists(probe):
+    probe = os.path.dirname(probe.rstrip(os.sep)) or "."
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise WorkdirNotWritable(f"{what} {path} is a file, not a folder{hint}")
+  if not os.access(probe, os.W_OK | os.X_OK):
+    raise WorkdirNotWritable(f"{what} {path} is not writable by this process"
+                             + (f" ({probe} is read-only)" if probe != path else "") + hint)
 
 
 # -------------------------------------------------------------------- lock --
@@ -140,6 +163,21 @@ def acquire(workdir: str) -> bool:
   raise WorkdirLocked(f"could not take the lock {path}: other runs keep taking it")
 
 
+def check_unlocked(workdir: str) -> None:
+  """Raises `WorkdirLocked` if a live process holds `<workdir>/.lock` (writes nothing: for
+  reading a workdir this process cannot write)."""
+  path = os.path.join(workdir, LOCK_NAME)
+  try:
+    info = _read_lock(path)
+  except FileNotFoundError:
+    return
+  if info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
+    return
+  if info and (info.get("host") != socket.gethostname() or _alive(int(info.get("pid", -1)))):
+    raise WorkdirLocked(f"workdir {workdir} is in use by {_owner(info)}. Wait for that run to "
+                        "finish (or stop it) before evaluating it.")
+
+
 def release(workdir: str) -> None:
   path = os.path.join(workdir, LOCK_NAME)
   with contextlib.suppress(FileNotFoundError):
@@ -188,6 +226,8 @@ def changeable(key: str) -> bool:
       block, leaf = common.DLSR_REFS[name]
       return changeable(f"{block}.{leaf}")
     return name not in ("type", "net", "levels")
+  if parts[0] == "nets" and len(parts) == 3:
+    return parts[2] in CHANGEABLE_NET_KEYS
   return any(key == k or (k.endswith(".") and key.startswith(k)) for k in CHANGEABLE_KEYS)
 
 
@@ -212,6 +252,18 @@ def _recorded(workdir: str) -> dict | None:
                              "--workdir") from None
 
 
+def has_checkpoints(workdir: str, depth: int = 4) -> bool:
+  """Whether any run under `workdir` (itself, a net's, a row's, a seed's) saved a checkpoint."""
+  if depth < 0 or not os.path.isdir(workdir):
+    return False
+  ckpt = os.path.join(workdir, "checkpoints")
+  if os.path.isdir(ckpt) and any(n.isdigit() for n in os.listdir(ckpt)):
+    return True
+  return any(has_checkpoints(os.path.join(workdir, n), depth - 1) for n in os.listdir(workdir)
+             if not n.startswith((".", "checkpoints", "feature_cache"))
+             and os.path.isdir(os.path.join(workdir, n)))
+
+
 def check_config(c, workdir: str, for_eval: bool = False) -> list[str]:
   """Raises `WorkdirConfigError` if `c` differs from the workdir's record in a guarded key.
 
@@ -230,6 +282,12 @@ def check_config(c, workdir: str, for_eval: bool = False) -> list[str]:
                       workdir, CONFIG_NAME)
     return []
   guarded, changed = differences(old, _as_dict(c))
+  if guarded and not has_checkpoints(workdir):
+    logging.warning("%s records other settings but no checkpoint was written under it (an "
+                    "earlier run failed before training): %s:\n  %s",
+                    os.path.join(workdir, CONFIG_NAME), "not compared" if for_eval else
+                    "the new settings replace them", "\n  ".join(guarded))
+    return guarded + changed
   if guarded:
     what = "evaluated" if for_eval else "resumed"
     raise WorkdirConfigError(
@@ -257,11 +315,17 @@ def record_config(c, workdir: str) -> None:
 
 
 @contextlib.contextmanager
-def guard(c, workdir: str) -> Iterator[None]:
-  """Validates `c`, locks `workdir`, checks and records the config; unlocks on exit."""
+def guard(c, workdir: str, check: Callable[[Any], Any] | None = None) -> Iterator[None]:
+  """Validates `c` (and runs `check(c)`, e.g. the data sources), checks that `workdir` is
+  writable, locks it, checks and records the config; unlocks on exit."""
   from experiments import validate  # pylint: disable=g-import-not-at-top
   validate.validate_config(c)
+  if jax.process_index() == 0:
+    check_writable(workdir, hint=": use another --workdir")
   with lock(workdir):
+    check_config(c, workdir)
+    if check is not None:   # under the lock, before the record is written
+      check(c)
     record_config(c, workdir)
     yield
 

@@ -1,5 +1,6 @@
 """Every experiment config loads, names valid sources and takes command-line overrides."""
 
+import dataclasses
 import glob
 import importlib
 import os
@@ -112,6 +113,26 @@ def test_backbone_arg_sets_weights_and_paper_lfdn_size(name):
   assert _load(name).data.limit == 0
   assert _load(name, "backbone=lite2").weights == "imagenet"  # also shipped offline
   assert _load(name, "backbone=lite3").weights == "efficientnet-lite3-*.pth"
+
+
+def test_dlsr_defaults_come_from_the_library():
+  from dlsr_jax import lfdn, schedule  # pylint: disable=g-import-not-at-top
+  from dlsr_jax.detectors.dlsr import DLSRSettings  # pylint: disable=g-import-not-at-top
+  from dlsr_jax.training import loop, optim  # pylint: disable=g-import-not-at-top
+  from experiments.configs import common  # pylint: disable=g-import-not-at-top
+  c, settings = common.get_config(), DLSRSettings()
+  assert set(common.DLSR_REFS) == {f.name for f in dataclasses.fields(DLSRSettings)} - {"levels"}
+  for name, (block, key) in common.DLSR_REFS.items():
+    assert c[block][key] == getattr(settings, name), name
+    assert type(c[block][key]) is type(getattr(settings, name)), name
+  # DLSRSettings' own defaults are the library configs' (the paper's recipe).
+  paper = lfdn.paper_config(720)
+  assert (settings.width, settings.embed_dim, settings.num_blocks) == (1440, 720, 16) == (
+      paper.width, paper.embed_dim, paper.num_blocks)
+  assert settings.model(720) == lfdn.LFDNConfig(features=720) == paper
+  assert settings.schedule_kind == schedule.ScheduleConfig().kind == "scaled_linear"
+  assert settings.optim() == optim.AdamWConfig()
+  assert settings.fit(seed=0) == loop.FitConfig()
 
 
 def test_legacy_cifar10_configs_keep_their_backbones():

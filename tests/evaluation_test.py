@@ -83,9 +83,9 @@ def test_forward_on_features_and_images():
   np.testing.assert_allclose(out["logits"], np.asarray(head.apply(head.params, z)[0]), rtol=1e-6)
 
 
-def _fake_scores(c, plan, store, workdir, seed, fixed):
+def _fake_scores(c, plan, store, workdir, seed, fixed, notes=None):
   """Synthetic scores of every configured row: k-free rows and, for "dlsr", mse at eval.ks."""
-  del store, workdir, fixed
+  del store, workdir, fixed, notes
   rng = np.random.default_rng(seed or 0)
   sets = ["id", *evaluation.ood_sources(c)]
   draw = lambda: {s: rng.normal(size=6) + (s != "id") for s in sets}

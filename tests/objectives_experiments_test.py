@@ -39,8 +39,8 @@ def test_objectives_train_resume_and_evaluate_in_one_table(config, tmp_path):
   runs = json.loads((tmp_path / "train_runs.json").read_text())
   assert runs[-1]["nets"]["oe"]["objective"] == "outlier_exposure"
   assert runs[-1]["nets"]["conf"]["objective"] == "confidence_branch"
-  oe_metrics = (tmp_path / "oe").glob("events.out.tfevents.*")
-  assert list(oe_metrics) and (tmp_path / "oe" / "checkpoints" / "3").is_dir()   # 24 / 8
+  oe_metrics = (tmp_path / "oe" / "metrics.jsonl").read_text().splitlines()
+  assert oe_metrics and (tmp_path / "oe" / "checkpoints" / "3").is_dir()   # 24 / 8
   res = evaluation.run_evaluate(config, str(tmp_path))
   assert set(res["metrics"]) == {"oe_msp", "conf_msp", "conf_confidence"}
   assert res["rows"]["conf_confidence"] == {"row": "conf_confidence", "detector": "confidence",

@@ -85,9 +85,16 @@ def test_invalid_config_fails_before_config_json_or_lock(tmp_path, no_work):
   assert not os.listdir(tmp_path)
 
 
+def _trained(wd) -> None:
+  """A checkpoint step under `wd`: the record now has a trained run behind it (a record
+  without one accepts a new config: a first run that failed trained nothing)."""
+  os.makedirs(os.path.join(wd, "head", "checkpoints", "2"))
+
+
 def test_changed_model_or_data_stops_before_any_work_and_lists_the_keys(tmp_path, no_work):
   with pytest.raises(WorkStarted):
     pipeline.run_train(_cfg(), str(tmp_path))
+  _trained(tmp_path)
   recorded = (tmp_path / "config.json").read_text()
   changed = _cfg(**{"model.width": 64, "schedule.kind": "linear", "data.train": "npz:x.npz"})
   with pytest.raises(workdir.WorkdirConfigError) as err:
@@ -125,6 +132,7 @@ def test_seed_runs_are_guarded_too(tmp_path, monkeypatch):
 
   monkeypatch.setattr(runner.arrays, "ArrayStore", lambda *a, **k: None)
   monkeypatch.setattr(runner, "prepare_nets", lambda *a, **k: None)
+  monkeypatch.setattr(runner, "check_labels", lambda *a, **k: None)
   monkeypatch.setattr(runner, "fit_row", fake_fit_row)
   pipeline.run_train(c, str(tmp_path))
   assert [s for s in seen if s[0] == "dlsr"] == [("dlsr", 0, True), ("dlsr", 1, True)]
@@ -147,6 +155,7 @@ def test_evaluating_with_another_schedule_stops_before_any_extraction(tmp_path, 
 
   with pytest.raises(WorkStarted):             # "trained": the guard recorded the config
     pipeline.run_train(_cfg(), str(tmp_path))
+  _trained(tmp_path)
   monkeypatch.setattr(features, "extract", no_extraction)
   monkeypatch.setattr(evaluation.arrays, "ArrayStore", no_extraction)
   monkeypatch.setattr(evaluation.runner, "require_trained", lambda *a: None)

@@ -16,10 +16,14 @@ def load(path: str, limit: Optional[int]) -> Tuple[np.ndarray, np.ndarray]:
   with np.load(path, allow_pickle=False) as z:
     if "images" not in z.files:
       raise ValueError(f"npz file {path} has no 'images' array (keys: {sorted(z.files)})")
-    images = z["images"] if limit is None else z["images"][:limit]
-    labels = None
-    if "labels" in z.files:
-      labels = z["labels"] if limit is None else z["labels"][:limit]
+    try:
+      images = z["images"] if limit is None else z["images"][:limit]
+      labels = None
+      if "labels" in z.files:
+        labels = z["labels"] if limit is None else z["labels"][:limit]
+    except ValueError as e:   # object arrays (pickles) are never loaded
+      raise ValueError(f"npz file {path}: {e} ('images' and 'labels' must be plain numeric "
+                       "arrays, not object arrays)") from None
   images = to_rgb_uint8(images, f"npz file {path}")
   if labels is None:
     labels = np.full((images.shape[0],), -1, np.int64)

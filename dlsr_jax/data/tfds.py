@@ -1,4 +1,9 @@
-"""``tfds:NAME:SPLIT`` sources: TensorFlow Datasets already prepared (never downloads)."""
+"""``tfds:NAME:SPLIT`` sources: TensorFlow Datasets already prepared (never downloads).
+
+Needs the `tfds` extra (`pip install 'dlsr_jax[tfds]'`: tensorflow-datasets, tensorflow-cpu);
+without it every function here raises `extras.MissingExtra` naming that command, before
+reading anything.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from dlsr_jax import extras
 from dlsr_jax.data.image_set import resize_image, stack_images, to_rgb_uint8
 
 
@@ -20,9 +26,15 @@ def parse(spec: str) -> Tuple[str, str]:
   return m.group(1), m.group(2)
 
 
+def require(spec: str) -> None:
+  """Raises extras.MissingExtra (naming `pip install 'dlsr_jax[tfds]'`) if TFDS is absent."""
+  extras.require("tfds", f"data source 'tfds:{spec}'")
+
+
 def _dataset(spec: str, data_dir: Optional[str], image_key: str):
   """(tf.data.Dataset of examples, name, split, has_label); never downloads."""
   name, split = parse(spec)
+  require(spec)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -65,6 +77,7 @@ def count(spec: str, data_dir: Optional[str], image_key: str) -> int:
 def load(spec: str, image_size: Optional[int], data_dir: Optional[str],
                limit: Optional[int], image_key: str,
                rows: Optional[Tuple[int, int]]) -> Tuple[np.ndarray, np.ndarray]:
+  require(spec)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   ds, name, split, has_label = _dataset(spec, data_dir, image_key)

@@ -9,7 +9,8 @@ Context arguments: besides its settings, a module's `make` may take parameters w
 names, which the experiment glue (`experiments/build.py`) fills in from the row's network:
 `net` (the classifier `Net`, e.g. ODIN), `layout` (the `FeatureLayout` of "features"),
 `workdir` (a directory of its own: a detector taking it trains in `fit` and is trained by
-`experiments.train`, e.g. DLSR), `seed` and `write_metrics` (a training metrics callback).
+`experiments.train`, e.g. DLSR), `seed`, `write_metrics` (a training metrics callback) and
+`restore_only` (True in an evaluation: `fit` restores the finished training run, read only).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ __all__ = ["CONTEXT_ARGS", "Detector", "FeatureLayout", "SetArrays", "available"
 SetArrays = Mapping[str, np.ndarray]
 PyTree = Any
 _NOT_DETECTORS = ("base",)   # modules of this package that are not detector types
-CONTEXT_ARGS = ("net", "layout", "workdir", "seed", "write_metrics")
+CONTEXT_ARGS = ("net", "layout", "workdir", "seed", "write_metrics", "restore_only")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,12 +92,16 @@ class Detector:
       would tie scores, e.g. "confidence").
     fit_reads: the keys `fit` needs; defaults to `reads`. Differs when fitting needs more than
       scoring, e.g. the class-conditional Mahalanobis needs "labels" on the ID train set only.
+    score_names: the names `score` returns, when known before scoring (e.g. DLSR's
+      "mse@3", ...); None = one score (or not declared). Lets an evaluation find rows whose
+      results keys collide before any fitting.
   """
   name: str
   reads: tuple[str, ...]
   fit: Callable[[SetArrays, jax.Array], PyTree]
   score: Callable[[PyTree, SetArrays, jax.Array], dict[str, np.ndarray]]
   fit_reads: Optional[tuple[str, ...]] = None
+  score_names: Optional[tuple[str, ...]] = None
 
   def __post_init__(self):
     for field in ("reads", "fit_reads"):

@@ -22,16 +22,29 @@ import jax
 import numpy as np
 
 from dlsr_jax import diffusion, lfdn, parallel, schedule, scoring, trainer
-from dlsr_jax import train as train_lib
 from dlsr_jax.detectors import base
+from dlsr_jax.training import optim as optim_lib
+from dlsr_jax.training import loop
 from dlsr_jax.training.checkpoint import Checkpointer
 
 __all__ = ["DLSRSettings", "make", "restore_ema"]
+
+# The defaults of the library's own configs; DLSRSettings takes its defaults from these, so
+# each lives in one place (experiments/configs take theirs from DLSRSettings).
+_LFDN = lfdn.paper_config(720)            # EfficientNet-B4's C: the LFDNConfig defaults
+_SCHEDULE = schedule.ScheduleConfig()
+_ADAMW = optim_lib.AdamWConfig()
+_FIT = loop.FitConfig()
+_DDIM = diffusion.DDIMConfig()
 
 
 @dataclasses.dataclass(frozen=True)
 class DLSRSettings:
   """Every setting of a DLSR row (defaults: the paper's; configs take `c.model` etc.).
+
+  The defaults are the library configs' (`lfdn.paper_config(720)`, `ScheduleConfig`,
+  `AdamWConfig`, `FitConfig`, `DDIMConfig`) and, for scoring, the ones below;
+  `experiments/configs/methods.py` hands them to the configs.
 
   LFDN (`c.model`): width, embed_dim, num_blocks, dropout, use_time_embedding, dtype.
   Schedule (`c.schedule`): schedule_kind, num_steps, beta_start, beta_end.
@@ -42,32 +55,32 @@ class DLSRSettings:
     k_strategy ("vmap" | "per_k"), lr (also the LR scores), lr_orientation.
   levels: None = every level of the features; else the named levels, e.g. ("level5",).
   """
-  width: int = 1440
-  embed_dim: int = 720
-  num_blocks: int = 16
-  dropout: float = 0.0
-  use_time_embedding: bool = True
-  dtype: str = "float32"
-  schedule_kind: str = "scaled_linear"
-  num_steps: int = 100
-  beta_start: float = 0.0015
-  beta_end: float = 0.0195
-  learning_rate: float = 1e-4
-  weight_decay: float = 1e-4
-  warmup_steps: int = 0
-  grad_clip_norm: float = 0.0
-  ema_decay: float = 0.9999
-  batch_size: int = 128
-  num_epochs: int = 150
-  log_every_steps: int = 100
-  checkpoint_every_epochs: int = 1
-  checkpoint_every_steps: int = 0
-  lr_reference_steps: int = 391
-  keep_steps: tuple[int, ...] = ()
+  width: int = _LFDN.width
+  embed_dim: int = _LFDN.embed_dim
+  num_blocks: int = _LFDN.num_blocks
+  dropout: float = _LFDN.dropout
+  use_time_embedding: bool = _LFDN.use_time_embedding
+  dtype: str = _LFDN.dtype
+  schedule_kind: str = _SCHEDULE.kind
+  num_steps: int = _SCHEDULE.num_steps
+  beta_start: float = _SCHEDULE.beta_start
+  beta_end: float = _SCHEDULE.beta_end
+  learning_rate: float = _ADAMW.learning_rate
+  weight_decay: float = _ADAMW.weight_decay
+  warmup_steps: int = _ADAMW.warmup_steps
+  grad_clip_norm: float = _ADAMW.grad_clip_norm or 0.0   # 0 = no clipping
+  ema_decay: float = _ADAMW.ema_decay
+  batch_size: int = _FIT.batch_size
+  num_epochs: int = _FIT.num_epochs
+  log_every_steps: int = _FIT.log_every_steps
+  checkpoint_every_epochs: int = _FIT.checkpoint_every_epochs
+  checkpoint_every_steps: int = _FIT.checkpoint_every_steps
+  lr_reference_steps: int = _FIT.lr_reference_steps
+  keep_steps: tuple[int, ...] = _FIT.keep_steps
   ks: tuple[int, ...] = (3, 5, 10)
-  stride: int = 1
-  eta: float = 1.0
-  release_compat: bool = False
+  stride: int = _DDIM.stride
+  eta: float = _DDIM.eta
+  release_compat: bool = _DDIM.release_compat
   num_draws: int = 1
   eval_batch_size: int = 256
   k_strategy: str = "vmap"
@@ -96,9 +109,10 @@ class DLSRSettings:
         kind=self.schedule_kind, num_steps=self.num_steps, beta_start=self.beta_start,
         beta_end=self.beta_end))
 
-  def optim(self) -> train_lib.OptimConfig:
-    return train_lib.OptimConfig(learning_rate=self.learning_rate,
-                                 weight_decay=self.weight_decay, warmup_steps=self.warmup_steps,
+  def optim(self) -> optim_lib.AdamWConfig:
+    return optim_lib.AdamWConfig(learning_rate=self.learning_rate,
+                                 weight_decay=self.weight_decay,
+                                 warmup_steps=self.warmup_steps,
                                  grad_clip_norm=self.grad_clip_norm or None,
                                  ema_decay=self.ema_decay)
 
@@ -118,14 +132,17 @@ class DLSRSettings:
         num_draws=self.num_draws, mfsim_skip_first=self.release_compat)
 
 
-def restore_ema(workdir: str, model_cfg: lfdn.LFDNConfig, optim_cfg: train_lib.OptimConfig,
-                reference_step: Optional[int] = None) -> Any:
-  """EMA params of the latest checkpoint in `workdir` (or of a kept reference step)."""
-  tx = train_lib.make_optimizer(optim_cfg)
+def restore_ema(workdir: str, model_cfg: lfdn.LFDNConfig, optim_cfg: optim_lib.AdamWConfig,
+                reference_step: Optional[int] = None) -> Any:   # reads only
+  """EMA params of the latest checkpoint in `workdir` (or of a kept reference step).
+
+  Workdirs written before the LFDN trained on the common `TrainState` restore too.
+  """
+  tx = optim_lib.adamw(optim_cfg)
   rep = parallel.replicated(parallel.make_mesh())
-  target = jax.eval_shape(lambda: train_lib.create_train_state(model_cfg, tx, jax.random.key(0)))
+  target = jax.eval_shape(lambda: diffusion.init_x0_state(model_cfg, tx, jax.random.key(0)))
   target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), target)
-  ckpt = Checkpointer(workdir)
+  ckpt = Checkpointer(workdir, read_only=True)
   try:
     if reference_step is not None:
       return ckpt.restore_reference(target, reference_step).ema_params
@@ -142,7 +159,7 @@ def restore_ema(workdir: str, model_cfg: lfdn.LFDNConfig, optim_cfg: train_lib.O
 def _score_fn(settings: DLSRSettings, boundaries: tuple[int, ...]) -> Callable:
   """The jitted, data-sharded score function (cached: one compile per LFDN shape)."""
   sched = settings.schedule()
-  apply_fn = train_lib.lfdn_apply_fn(settings.model(boundaries[-1]))
+  apply_fn = lfdn.apply_fn(settings.model(boundaries[-1]))
   mesh = parallel.make_mesh()
   parallel.check_divisible(settings.eval_batch_size, mesh)
   return parallel.shard_score_fn(
@@ -167,11 +184,14 @@ def _columns(layout: base.FeatureLayout, levels: Optional[tuple[str, ...]]
 
 def make(workdir: str, layout: base.FeatureLayout, seed: int = 0,
          write_metrics: Optional[Callable[[int, dict], Any]] = None,
-         **settings: Any) -> base.Detector:
+         restore_only: bool = False, **settings: Any) -> base.Detector:
   """The DLSR detector.
 
   Args:
     workdir: the LFDN run's directory (checkpoints; training resumes there).
+    restore_only: `fit` only restores the finished run (evaluation): it trains, moves and
+      writes nothing, and fails ("run experiments.train to finish: step 8 of 24") if the
+      newest usable checkpoint is short of the configured steps.
     layout: the level names and widths of the "features" array.
     seed: the LFDN's init / shuffle / step seed.
     write_metrics: optional (step, metrics) callback of the training loop.
@@ -194,10 +214,14 @@ def make(workdir: str, layout: base.FeatureLayout, seed: int = 0,
     del key   # the LFDN's randomness comes from `seed` (exact resume)
     z = np.ascontiguousarray(np.asarray(arrays["features"], np.float32)[:, cols])
     fit_cfg = s.fit(seed)
-    ckpt = Checkpointer(workdir)
+    ckpt = Checkpointer(workdir, read_only=restore_only)
     try:   # on Preempted too: finish the checkpoint writes
-      state = trainer.fit(z, model_cfg, s.optim(), s.schedule(), fit_cfg, ckpt,
-                          mesh=parallel.make_mesh(), write_metrics=write_metrics)
+      if restore_only:
+        state = trainer.restore_finished(z, model_cfg, s.optim(), s.schedule(), fit_cfg, ckpt,
+                                         mesh=parallel.make_mesh())
+      else:
+        state = trainer.fit(z, model_cfg, s.optim(), s.schedule(), fit_cfg, ckpt,
+                            mesh=parallel.make_mesh(), write_metrics=write_metrics)
     finally:
       ckpt.close()
     ref = None
@@ -223,4 +247,7 @@ def make(workdir: str, layout: base.FeatureLayout, seed: int = 0,
         out.update({f"lr_{t}@{k}": lr[j] for j, k in enumerate(s.ks)})
     return out
 
-  return base.Detector(name="dlsr", reads=("features",), fit=fit, score=score)
+  names = [f"{t}@{k}" for t in scoring.SCORE_TYPES for k in s.ks]
+  names += [f"lr_{t}@{k}" for t in scoring.SCORE_TYPES for k in s.ks] if s.lr else []
+  return base.Detector(name="dlsr", reads=("features",), fit=fit, score=score,
+                       score_names=tuple(names))

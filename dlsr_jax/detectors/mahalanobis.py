@@ -14,6 +14,7 @@ matmuls, in fixed-size chunks of rows.
 
 from __future__ import annotations
 
+import warnings
 from typing import Union
 
 import flax.struct
@@ -84,14 +85,17 @@ def _covariance(d: np.ndarray, shrinkage: Shrinkage) -> tuple[np.ndarray, float]
   return (_shrunk(cov, alpha) if alpha > 0.0 else cov), alpha
 
 
-def _eigh_checked(cov: np.ndarray, shrinkage: float, hint: str) -> tuple[np.ndarray, np.ndarray]:
-  """(w [C], v [C, C]) with cov = v diag(w) v^T; raises if cov is singular."""
+def _eigh_checked(cov: np.ndarray, shrinkage: float, hint: str,
+                  zero: str = "z_train has zero variance in every feature (all rows "
+                              "identical): a Gaussian cannot be fitted"
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """(w [C], v [C, C]) with cov = v diag(w) v^T; raises if cov is singular (`zero`: the
+  message for a covariance that is zero)."""
   c = cov.shape[0]
   w, v = np.linalg.eigh((cov + cov.T) / 2.0)
   top = max(float(w[-1]), 0.0)
   if top == 0.0:
-    raise ValueError("z_train has zero variance in every feature (all rows identical): "
-                     "a Gaussian cannot be fitted")
+    raise ValueError(zero)
   tol = top * c * np.finfo(np.float64).eps   # numpy/scipy pinvh's rcond
   rank = int(np.sum(w > tol))
   if rank < c:
@@ -99,6 +103,14 @@ def _eigh_checked(cov: np.ndarray, shrinkage: float, hint: str) -> tuple[np.ndar
         f"the covariance of z_train is singular: rank {rank} < C = {c}{hint}, shrinkage "
         f"{shrinkage}; pass shrinkage > 0 (e.g. 0.1) or shrinkage='ledoit_wolf'")
   return w, v
+
+
+def _warn_few_rows(what: str, alpha: float) -> None:
+  """A covariance estimated from fewer rows than features is mostly the shrinkage's: say so
+  (the evaluation puts the warning into its results)."""
+  warnings.warn(f"mahalanobis: {what}: the covariance is mostly the shrinkage ({alpha}), not "
+                "the data; its scores are unreliable (use more training rows or fewer "
+                "features)", stacklevel=3)
 
 
 def fit_mahalanobis(z_train: ArrayLike, shrinkage: Shrinkage = 0.0) -> MahalanobisModel:
@@ -125,6 +137,8 @@ def fit_mahalanobis(z_train: ArrayLike, shrinkage: Shrinkage = 0.0) -> Mahalanob
   n, c = x.shape
   hint = f" (N = {n} <= C = {c} always gives a singular covariance)" if n <= c else ""
   w, v = _eigh_checked(cov, alpha, hint)
+  if n <= c:
+    _warn_few_rows(f"N = {n} training rows <= C = {c} features", alpha)
   precision = (v / w) @ v.T
   precision = (precision + precision.T) / 2.0
   return MahalanobisModel(mean=jnp.asarray(mean, jnp.float32),
@@ -211,7 +225,16 @@ def fit_class_conditional(z_train: ArrayLike, labels: ArrayLike,
   dof, c = x.shape[0] - classes.size, x.shape[1]
   hint = (f" (N - K = {dof} <= C = {c} always gives a singular covariance)" if dof <= c
           else "")
-  w, v = _eigh_checked(cov, alpha, hint)
+  single = int(np.sum(counts == 1))
+  zero = (f"the pooled within-class covariance is zero: every one of the {classes.size} "
+          f"classes has {'a single training row' if single == classes.size else 'identical rows'}"
+          f" (N = {x.shape[0]} rows, K = {classes.size} classes; {single} with one row), so no "
+          "row differs from its class mean; give each class at least 2 distinct rows, or use "
+          "class_conditional=False")
+  w, v = _eigh_checked(cov, alpha, hint, zero)
+  if dof <= c:
+    _warn_few_rows(f"N - K = {dof} training rows beyond the {classes.size} class means <= C = "
+                   f"{c} features", alpha)
   whiten = v / np.sqrt(w)                   # W W^T = v diag(1/w) v^T = P
   center = x.mean(axis=0)
   return ClassMahalanobisModel(

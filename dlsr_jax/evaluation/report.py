@@ -35,6 +35,9 @@ def markdown(results: Mapping) -> str:
   if acc:
     lines += ["ID test top-1 accuracy of the classifier nets: " + ", ".join(
         f"`{n}` {100 * a:.2f}%" for n, a in acc.items()), ""]
+  if results.get("warnings"):
+    lines += ["**Warnings** (these numbers may mislead):", "",
+              *[f"- {w}" for w in results["warnings"]], ""]
   if "rows" in results:
     lines += ["## Every row: AUROC (%) per OOD set", "", overview_table(results), ""]
   if std is not None:

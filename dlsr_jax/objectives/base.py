@@ -40,10 +40,10 @@ from types import ModuleType
 from typing import Any, Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from dlsr_jax.models.net import Net
-from dlsr_jax.train import ema_decay_at
 from dlsr_jax.training import state as state_lib
 from dlsr_jax.training.state import TrainState
 
@@ -125,7 +125,7 @@ def supervised(name: str, loss_fn: LossFn, tx: optax.GradientTransformation,
     variables: initial Flax variables {"params": ...[, "batch_stats": ...]}.
     streams: data streams read besides "in".
     ema_decay: keep an EMA of the params with this decay (with warm-up,
-      `train.ema_decay_at`); None = no EMA.
+      `ema_decay_at`); None = no EMA.
     augment: `augment(key, batch) -> batch`, applied in the step before the loss.
 
   Returns:
@@ -152,6 +152,16 @@ def supervised(name: str, loss_fn: LossFn, tx: optax.GradientTransformation,
   return Objective(name=name, streams=tuple(streams), init=init, step=step)
 
 
+def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
+  """EMA decay with warm-up: min(decay, (1 + n) / (10 + n)) at update n.
+
+  The early EMA follows the params closely, so it is usable long before 1 / (1 - decay)
+  updates.
+  """
+  n = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+
+
 def apply_gradients(state: TrainState, grads: PyTree, tx: optax.GradientTransformation, *,
                     ema_decay: Optional[float], batch_stats: Optional[PyTree]) -> TrainState:
   """One optimizer update of `state.params` (+ EMA, BatchNorm statistics, step + 1).
@@ -163,7 +173,7 @@ def apply_gradients(state: TrainState, grads: PyTree, tx: optax.GradientTransfor
     state: the current state.
     grads: gradients of the loss with respect to `state.params`.
     tx: the optimizer.
-    ema_decay: the EMA decay (with warm-up, `train.ema_decay_at`); used only
+    ema_decay: the EMA decay (with warm-up, `ema_decay_at`); used only
       when the state keeps EMA params.
     batch_stats: the new BatchNorm statistics, or None (keep the state's).
 

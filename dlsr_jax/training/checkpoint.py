@@ -24,6 +24,12 @@ run continues from the good step and numbers its new checkpoints after it. A
 step that cannot be read raises `CheckpointError`, one message naming the
 folder and the step, without orbax's traceback (nor the "Event loop is closed"
 reports of the reads still in flight: `_quiet_closed_loop_callbacks`).
+
+Legacy LFDN checkpoints: before the LFDN trained on the common `training.state.TrainState`,
+it saved its own four-field state (step, params, opt_state, ema_params). Such a step restores
+into a common `TrainState` target that keeps EMA params and has no BatchNorm statistics nor
+method state (the LFDN's): the four saved fields are read into the target's and the rest
+stay None / empty (`_legacy_lfdn_target`).
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
+
+from dlsr_jax.training import state as state_lib
 
 LATEST_DIR = "checkpoints"
 REFERENCE_DIR = "checkpoints_lr_reference"
@@ -93,10 +102,52 @@ def _quiet_closed_loop_callbacks() -> None:
   logging_lib.getLogger("asyncio").addFilter(_OrbaxTaskErrors())
 
 
+# The fields of the LFDN's own state before it moved onto `training.state.TrainState`.
+LEGACY_LFDN_FIELDS = ("step", "params", "opt_state", "ema_params")
+
+
+def _saved_fields(manager: ocp.CheckpointManager, step: int) -> Optional[set[str]]:
+  """The top-level names of the tree saved at `step`, or None if they cannot be read.
+
+  Read with a handler of its own: a manager that has not restored or saved yet has no
+  handler for its item, and its `item_metadata` is None.
+  """
+  path = os.path.join(str(manager.directory), str(step), "default")
+  if not os.path.isdir(path):
+    return None
+  try:
+    return set(ocp.StandardCheckpointHandler().metadata(epath.Path(path)).keys())
+  except Exception:  # pylint: disable=broad-except  # damaged: the restore reports it
+    return None
+
+
+def _legacy_lfdn_target(manager: ocp.CheckpointManager, step: int,
+                        target: Any) -> Optional[dict]:
+  """The four-field dict target of a legacy LFDN step restored into `target`, else None.
+
+  Only where `target` is a common `TrainState` with EMA params, no BatchNorm statistics
+  and empty `extra`, and the step saved exactly `LEGACY_LFDN_FIELDS`.
+  """
+  if not isinstance(target, state_lib.TrainState) or target.ema_params is None:
+    return None
+  if target.batch_stats is not None or jax.tree.leaves(target.extra):
+    return None
+  if _saved_fields(manager, step) != set(LEGACY_LFDN_FIELDS):
+    return None
+  return {k: getattr(target, k) for k in LEGACY_LFDN_FIELDS}
+
+
 def _restore_step(manager: ocp.CheckpointManager, step: int, target: Any) -> Any:
-  """`manager`'s `step` restored into `target`; `CheckpointError` if it cannot be read."""
+  """`manager`'s `step` restored into `target`; `CheckpointError` if it cannot be read.
+
+  A legacy LFDN step (four-field state) is read into a common `TrainState` target's fields.
+  """
   _quiet_closed_loop_callbacks()
   try:
+    legacy = _legacy_lfdn_target(manager, step, target)
+    if legacy is not None:
+      saved = manager.restore(step, args=ocp.args.StandardRestore(abstract_like(legacy)))
+      return target.replace(**saved)
     return manager.restore(step, args=ocp.args.StandardRestore(abstract_like(target)))
   except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds
     raise CheckpointError(
@@ -119,13 +170,16 @@ def _barriers(prefix: str):
 class Checkpointer:
   """Latest + reference-step checkpoints of a training run in `workdir`."""
 
-  def __init__(self, workdir: str, max_to_keep: int = 2):
+  def __init__(self, workdir: str, max_to_keep: int = 2, read_only: bool = False):
+    """`read_only`: for evaluation: creates no folder and writes nothing (save is an error)."""
     workdir = os.path.abspath(workdir)
     self.workdir = workdir
+    self.read_only = read_only
     # Each manager's finalize thread syncs the processes at a barrier whose name is fixed
     # unless prefixed; two managers finishing saves at once (a reference step) would meet at
     # the same barrier ("... is already ongoing" in a multi-process run), so each gets its own.
-    opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+    opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
+                                        read_only=read_only,
                                         multiprocessing_options=_barriers("latest"))
     self.latest = ocp.CheckpointManager(os.path.join(workdir, LATEST_DIR), options=opts)
     ref_dir = os.path.join(workdir, REFERENCE_DIR)
@@ -134,7 +188,8 @@ class Checkpointer:
       ref_dir = legacy
     self.reference = ocp.CheckpointManager(
         ref_dir, options=ocp.CheckpointManagerOptions(
-            max_to_keep=None, create=True, multiprocessing_options=_barriers("reference")))
+            max_to_keep=None, create=not read_only, read_only=read_only,
+            multiprocessing_options=_barriers("reference")))
 
   def save(self, step: int, state: Any, *, reference: bool = False,
            force: bool = True) -> None:
@@ -177,7 +232,7 @@ class Checkpointer:
           if problems:
             logging.warning("falling back to checkpoint step %d in %s", step,
                             self.latest.directory)
-          if problems and set_aside:
+          if problems and set_aside and not self.read_only:
             self._set_aside([s for s in steps if s > step])
           return state
         problem = (f"checkpoint step {step} in {self.latest.directory} holds NaN/inf "
@@ -214,8 +269,8 @@ class Checkpointer:
       raise FileNotFoundError(
           f"no reference checkpoint of step {step} in {self.reference.directory} (kept: "
           f"{steps or 'none'}): the LR score needs a run that trained past "
-          f"train.lr_reference_steps with that setting; set it to one of the kept steps "
-          "or retrain")
+          f"train.lr_reference_steps with that setting; set it to one of the kept steps, "
+          "retrain, or evaluate without the LR scores (--config.eval.lr=False)")
     return _restore_step(self.reference, step, target)
 
   def wait(self) -> None:

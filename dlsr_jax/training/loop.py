@@ -134,10 +134,14 @@ class Diverged(FloatingPointError):
   Attributes:
     step: the first step (update count) whose loss or state was not finite.
     last_good_step: the newest checkpoint (all finite), or None.
+    advice: the message's last sentence: which setting to change (`with_advice` replaces it,
+      e.g. with the classifier net's own key).
   """
+  ADVICE = "Lower optim.learning_rate or set optim.grad_clip_norm before re-running."
 
-  def __init__(self, step: int, seen_at: int, checkpointer: Optional[Checkpointer]):
-    self.step = step
+  def __init__(self, step: int, seen_at: int, checkpointer: Optional[Checkpointer],
+               advice: str = ADVICE):
+    self.step, self.seen_at, self.advice = step, seen_at, advice
     self.last_good_step = None if checkpointer is None else checkpointer.latest_step()
     if checkpointer is None:
       where = "no checkpoints are written by this run"
@@ -146,10 +150,25 @@ class Diverged(FloatingPointError):
     else:
       where = (f"the last good checkpoint is step {self.last_good_step} in "
                f"{checkpointer.latest.directory}; re-running resumes from it")
-    super().__init__(
-        f"training diverged: the loss or the training state became NaN/inf at step {step} "
-        f"(seen at step {seen_at}); no non-finite state was saved and {where}. Lower "
-        "optim.learning_rate or set optim.grad_clip_norm before re-running.")
+    self.where = where
+    super().__init__(self._text())
+
+  def _text(self) -> str:
+    return (f"training diverged: the loss or the training state became NaN/inf at step "
+            f"{self.step} (seen at step {self.seen_at}); no non-finite state was saved and "
+            f"{self.where}. {self.advice}")
+
+  def with_advice(self, advice: str) -> "Diverged":
+    """The same error with another last sentence (what to change)."""
+    new = Diverged.__new__(Diverged)
+    new.__dict__.update(self.__dict__)
+    new.advice = advice
+    new.args = (new._text(),)
+    return new
+
+
+class NotFinished(ValueError):
+  """A run's latest usable checkpoint is short of (or beyond) the configured steps."""
 
 
 class _Stream:
@@ -210,6 +229,37 @@ def _jitted(init: InitFn, step: StepFn, mesh) -> tuple[Callable, Callable]:
                   out_shardings=(rep, rep, rep), donate_argnums=(0,)))
 
 
+def jitted_step(init: InitFn, step: StepFn, mesh=None) -> tuple[Callable, Callable]:
+  """The compiled functions `fit` runs, for benchmarks and tools that time or drive them.
+
+  Args:
+    init: `init(key) -> state`, as given to `fit`.
+    step: pure `step(state, batch, key) -> (state, metrics)`, as given to `fit`.
+    mesh: 1-D data mesh (default: every device).
+
+  Returns:
+    (`init_fn(init_key) -> state`, replicated; `step_fn(state, batch, loop_key,
+    bad_step) -> (state, metrics, bad_step)`): the step key is
+    `fold_in(loop_key, state.step)`, `bad_step` the divergence guard's on-device
+    int32 (see the module docstring), the state donated. The same cached
+    objects `fit` calls for these (init, step, mesh); inputs: `step_inputs`.
+  """
+  return _jitted(init, step, mesh or parallel.make_mesh())
+
+
+def step_inputs(seed: int, mesh=None) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(init_key, loop_key, bad_step) as `fit` makes them for `FitConfig.seed` = `seed`.
+
+  loop_key and bad_step (0: all finite so far) are replicated over `mesh`
+  (default: every device), ready for `jitted_step`'s `step_fn`.
+  """
+  mesh = mesh or parallel.make_mesh()
+  rep = parallel.replicated(mesh)
+  init_key, loop_key = jax.random.split(jax.random.key(seed))
+  return (init_key, parallel.global_to_sharded(loop_key, rep),
+          parallel.global_to_sharded(jnp.zeros((), jnp.int32), rep))
+
+
 def _is_checkpoint_step(step: int, steps_per_epoch: int, cfg: FitConfig) -> bool:
   """Epoch ends per `checkpoint_every_epochs` (first and last always), every N steps."""
   if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
@@ -237,6 +287,45 @@ def _restore(checkpointer: Optional[Checkpointer], state: PyTree,
     logging.warning("no reference checkpoint of steps %s next to the latest one (step %d): "
                     "the LR score needs one of them", lost, step)
   return restored
+
+
+def restore_finished(init: InitFn, streams: Streams, cfg: FitConfig,
+                     checkpointer: Checkpointer, mesh=None) -> PyTree:
+  """The final state of a finished run, restored read-only (for evaluation).
+
+  Nothing is trained, moved or written: a damaged or non-finite latest step is skipped for the
+  newest good one (`restore_latest` without set_aside), which must be the run's last step.
+
+  Raises:
+    FileNotFoundError: no checkpoint.
+    NotFinished: the newest good checkpoint is short of the configured steps ("run
+      experiments.train to finish: step 8 of 24") or beyond them.
+    CheckpointError: checkpoints exist and none can be restored.
+  """
+  mesh = mesh or parallel.make_mesh()
+  rep = parallel.replicated(mesh)
+  n = next(iter(streams[IN].values())).shape[0]
+  total = (n // cfg.batch_size) * cfg.num_epochs
+  target = jax.eval_shape(init, jax.random.key(cfg.seed))
+  target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), target)
+  state = checkpointer.restore_latest(target)
+  where = checkpointer.latest.directory
+  if state is None:
+    raise FileNotFoundError(f"no checkpoint in {where}: run experiments.train with this "
+                            "--workdir first")
+  step = int(jax.device_get(state.step))
+  if step < total:
+    raise NotFinished(f"the run in {checkpointer.workdir} is not finished (newest usable "
+                      f"checkpoint in {where}): run experiments.train to finish: step {step} "
+                      f"of {total}")
+  if step > total:
+    raise NotFinished(beyond_message(step, total, checkpointer.workdir))
+  return state
+
+
+def beyond_message(step: int, total: int, workdir: str) -> str:
+  return (f"the checkpoint in {workdir} is at step {step}, beyond this config's {total} "
+          "steps: set the epochs back to (at least) the run's own, or use a new --workdir")
 
 
 def _log_metrics(step: int, start: int, t0: float, metrics: dict,
@@ -299,9 +388,8 @@ def fit(init: InitFn, step: StepFn, streams: Streams, cfg: FitConfig,
   feeds = [_Stream(name, arrays, cfg.batch_size_of(name), cfg.seed, mesh)
            for name, arrays in sorted(streams.items())]
   steps_per_epoch = next(f for f in feeds if f.name == IN).steps_per_epoch
-  init_key, loop_key = jax.random.split(jax.random.key(cfg.seed))
-  loop_key = parallel.global_to_sharded(loop_key, parallel.replicated(mesh))
-  init_fn, step_fn = _jitted(init, step, mesh)
+  init_key, loop_key, bad_step = step_inputs(cfg.seed, mesh)
+  init_fn, step_fn = jitted_step(init, step, mesh)
   kept = cfg.kept_steps(steps_per_epoch)
   state = _restore(checkpointer, init_fn(init_key), kept)
   start = int(jax.device_get(state.step))       # one sync, before the loop
@@ -311,6 +399,8 @@ def fit(init: InitFn, step: StepFn, streams: Streams, cfg: FitConfig,
     logging.warning("the LR reference step %d lies beyond this run's %d steps: no LR score "
                     "for it (set train.lr_reference_steps lower, or 0 for one epoch)",
                     ref, total)
+  if start > total:
+    raise NotFinished(beyond_message(start, total, checkpointer.workdir))
   if start:
     logging.info("resuming from step %d of %d", start, total)
   main = jax.process_index() == 0
@@ -320,7 +410,6 @@ def fit(init: InitFn, step: StepFn, streams: Streams, cfg: FitConfig,
     bar = tqdm(total=total, initial=start, unit="step",
                desc=progress if isinstance(progress, str) else "train")
   t0, saved = time.time(), start
-  bad_step = parallel.global_to_sharded(jnp.zeros((), jnp.int32), parallel.replicated(mesh))
   try:
     with _PreemptionWatch(checkpointer is not None, start) as watch:
       for s in range(start, total):

@@ -6,10 +6,11 @@ statistics and method state in `extra` (a pytree dict: a Lagrange multiplier,
 masks, a second network). No apply_fn and no rng: the network is a static
 argument of the objective's step and randomness comes from the step key.
 
-The LFDN keeps its own four-field `dlsr_jax.train.TrainState` (step, params,
-opt_state, ema_params): orbax restores a checkpoint only into the tree it was
-saved from, so keeping that type keeps every existing LFDN workdir restorable.
-The loop (`training.loop.fit`) trains any pytree state with a `step` field.
+The LFDN trains on this state too (`diffusion.make_x0_objective`: params, opt_state,
+ema_params; no BatchNorm, empty `extra`). Its checkpoints written before, with its own
+four-field state (step, params, opt_state, ema_params), restore into it
+(`training.checkpoint`). The loop (`training.loop.fit`) trains any pytree state with a
+`step` field.
 """
 
 from __future__ import annotations

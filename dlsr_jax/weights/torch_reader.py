@@ -163,6 +163,11 @@ def load_torch_object(path: PathLike) -> Any:
     if len(start) >= 262 and start[257:262] == b"ustar":
       raise CheckpointFormatError(
           f"{path}: tar-based torch checkpoints (PyTorch < 0.4) are not supported")
+    if start.startswith(b"PK\x03\x04"):
+      raise CheckpointFormatError(
+          f"{path}: a zip (PyTorch >= 1.6) checkpoint that is truncated or damaged (its "
+          f"central directory is missing; {os.path.getsize(path)} bytes): copy or download it "
+          "again")
     if not start.startswith(b"\x80"):
       raise CheckpointFormatError(f"{path}: not a PyTorch checkpoint (neither zip nor pickle)")
     return _load_legacy(path)

@@ -30,6 +30,8 @@ entry before any work):
 
 import ml_collections
 
+from experiments.configs import methods
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -71,56 +73,60 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.val = ""
   c.data.ood_val = ""
 
+  # The DLSR blocks start from the library's defaults (configs/methods.py, one place).
+  dlsr = methods.DLSR
+
   # LFDN (SPEC 1.3); C comes from the features.
   c.model = ml_collections.ConfigDict()
-  c.model.width = 1440
-  c.model.embed_dim = 720
-  c.model.num_blocks = 16
-  c.model.dropout = 0.0
-  c.model.use_time_embedding = True   # False = the AutoEncoder ablation
-  c.model.dtype = "float32"
+  c.model.width = dlsr.width
+  c.model.embed_dim = dlsr.embed_dim
+  c.model.num_blocks = dlsr.num_blocks
+  c.model.dropout = dlsr.dropout
+  c.model.use_time_embedding = dlsr.use_time_embedding   # False = the AutoEncoder ablation
+  c.model.dtype = dlsr.dtype
 
   # Diffusion schedule (SPEC 1.4).
   c.schedule = ml_collections.ConfigDict()
-  c.schedule.kind = "scaled_linear"
-  c.schedule.num_steps = 100
-  c.schedule.beta_start = 0.0015
-  c.schedule.beta_end = 0.0195
+  c.schedule.kind = dlsr.schedule_kind
+  c.schedule.num_steps = dlsr.num_steps
+  c.schedule.beta_start = dlsr.beta_start
+  c.schedule.beta_end = dlsr.beta_end
 
   # Optimiser: the paper's recipe (the release used lr 1e-5, wd 0.02, batch 256).
   c.optim = ml_collections.ConfigDict()
-  c.optim.learning_rate = 1e-4
-  c.optim.weight_decay = 1e-4
-  c.optim.warmup_steps = 0
-  c.optim.grad_clip_norm = 0.0  # 0 = no clipping
-  c.optim.ema_decay = 0.9999
+  c.optim.learning_rate = dlsr.learning_rate
+  c.optim.weight_decay = dlsr.weight_decay
+  c.optim.warmup_steps = dlsr.warmup_steps
+  c.optim.grad_clip_norm = dlsr.grad_clip_norm  # 0 = no clipping
+  c.optim.ema_decay = dlsr.ema_decay
 
   c.train = ml_collections.ConfigDict()
-  c.train.batch_size = 128
-  c.train.num_epochs = 150
-  c.train.log_every_steps = 100
-  c.train.checkpoint_every_epochs = 1
-  c.train.checkpoint_every_steps = 0   # > 0: also every N steps (less lost on a kill)
+  c.train.batch_size = dlsr.batch_size
+  c.train.num_epochs = dlsr.num_epochs
+  c.train.log_every_steps = dlsr.log_every_steps
+  c.train.checkpoint_every_epochs = dlsr.checkpoint_every_epochs
+  # > 0: also every N steps (less lost on a kill)
+  c.train.checkpoint_every_steps = dlsr.checkpoint_every_steps
   # The LR score's early model: the state after this many steps, kept apart. 391 = the
   # paper's first epoch (50,000 CIFAR images, batch 128) whatever the training-set size;
   # 0 = one epoch of this training set. keep_steps: more steps kept the same way.
-  c.train.lr_reference_steps = 391
-  c.train.keep_steps = ()
+  c.train.lr_reference_steps = dlsr.lr_reference_steps
+  c.train.keep_steps = dlsr.keep_steps
 
   # Scoring (SPEC 1.5).
   c.eval = ml_collections.ConfigDict()
-  c.eval.ks = (3, 5, 10)
-  c.eval.stride = 1
-  c.eval.eta = 1.0
-  c.eval.release_compat = False
-  c.eval.num_draws = 1
-  c.eval.batch_size = 256
+  c.eval.ks = dlsr.ks
+  c.eval.stride = dlsr.stride
+  c.eval.eta = dlsr.eta
+  c.eval.release_compat = dlsr.release_compat
+  c.eval.num_draws = dlsr.num_draws
+  c.eval.batch_size = dlsr.eval_batch_size
   # "vmap": all k in one call (K * max(k) network evaluations); "per_k": one call
   # per k with the same compile (sum of k evaluations). Same scores.
-  c.eval.k_strategy = "vmap"
+  c.eval.k_strategy = dlsr.k_strategy
   c.eval.seed = 0
-  c.eval.lr = True              # also the LR score (needs the lr_reference_steps checkpoint)
-  c.eval.lr_orientation = "first_minus_final"
+  c.eval.lr = dlsr.lr              # also the LR score (needs the lr_reference_steps checkpoint)
+  c.eval.lr_orientation = dlsr.lr_orientation
   c.eval.plots = True
   # Settings of the default mahalanobis and knn rows (backbone features, ID train fitted).
   # Per-layer z-scoring makes every layer's slice sum to zero, so the feature

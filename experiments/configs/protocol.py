@@ -28,9 +28,9 @@ import ml_collections
 
 from experiments.configs import common
 from experiments.configs import datasets
+from experiments.configs import methods
 
 DEFAULT_BACKBONE = "efficientnet_b4"
-NUM_BLOCKS = 16
 BACKBONE_ALIASES = {
     **{f"b{i}": f"efficientnet_b{i}" for i in range(8)},
     **{f"lite{i}": f"efficientnet_lite{i}" for i in range(5)},
@@ -101,7 +101,7 @@ def apply_backbone(c: ml_collections.ConfigDict, backbone: str) -> None:
   dim = feature_dim(backbone)
   c.backbone = backbone
   c.weights = default_weights(backbone)
-  c.model.width, c.model.embed_dim, c.model.num_blocks = 2 * dim, dim, NUM_BLOCKS
+  c.model.width, c.model.embed_dim, c.model.num_blocks = methods.lfdn_size(dim)
 
 
 def apply_runlocal(c: ml_collections.ConfigDict) -> None:
