@@ -92,6 +92,18 @@ def test_known_best_knn_k():
   assert rows[1]["auroc"] == 1.0 and rows[0]["auroc"] < 1.0
 
 
+def test_a_refused_candidate_is_recorded_not_chosen(arrays):
+  net, fit, id_val, ood_val = arrays
+  best, rows = tune_lib.tune("knn", {"k": [3, 500, 7]}, fit, id_val, ood_val,   # 60 fit rows
+                             key=jax.random.key(0), settings={"array": "pre_logits"})
+  assert rows[1]["auroc"] is None and "exceeds the number of training" in rows[1]["error"]
+  assert best["k"] in (3, 7) and [r["best"] for r in rows].count(True) == 1
+  assert all("error" not in rows[i] for i in (0, 2))
+  with pytest.raises(ValueError, match="every react candidate was refused"):
+    tune_lib.tune("react", {"percentile": [50.0]}, {"pre_logits": fit["pre_logits"][:, :3]},
+                  id_val, ood_val, key=jax.random.key(0), net=net)
+
+
 def test_default_grids_and_refusals(arrays):
   net = arrays[0]
   assert tune_lib.default_grid("vim", net) == {"dim": [2, 4, 6]}          # D = 8
