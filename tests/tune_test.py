@@ -92,6 +92,18 @@ def test_known_best_knn_k():
   assert rows[1]["auroc"] == 1.0 and rows[0]["auroc"] < 1.0
 
 
+def test_a_refused_candidate_is_recorded_not_chosen(arrays):
+  net, fit, id_val, ood_val = arrays
+  best, rows = tune_lib.tune("knn", {"k": [3, 500, 7]}, fit, id_val, ood_val,   # 60 fit rows
+                             key=jax.random.key(0), settings={"array": "pre_logits"})
+  assert rows[1]["auroc"] is None and "exceeds the number of training" in rows[1]["error"]
+  assert best["k"] in (3, 7) and [r["best"] for r in rows].count(True) == 1
+  assert all("error" not in rows[i] for i in (0, 2))
+  with pytest.raises(ValueError, match="every react candidate was refused"):
+    tune_lib.tune("react", {"percentile": [50.0]}, {"pre_logits": fit["pre_logits"][:, :3]},
+                  id_val, ood_val, key=jax.random.key(0), net=net)
+
+
 def test_default_grids_and_refusals(arrays):
   net = arrays[0]
   assert tune_lib.default_grid("vim", net) == {"dim": [2, 4, 6]}          # D = 8
@@ -140,11 +152,11 @@ def _tiny_config(root):
   c.data.val = "holdout:0.25"
   c.data.ood_val = f"npz:{paths['oodval']}"
   c.eval.plots = False
-  c.nets = ml_collections.ConfigDict({"clf": dict(kind="classifier", model="cifar_resnet20")})
+  c.nets = ml_collections.ConfigDict({"clf": {"kind": "classifier", "model": "cifar_resnet20"}})
   c.detectors = ml_collections.ConfigDict({
-      "react": dict(type="react", net="clf"),
-      "msp": dict(type="msp", net="clf"),
-      "energy_t": dict(type="energy", net="clf", grid={"temperature": [1.0, 5.0]}),
+      "react": {"type": "react", "net": "clf"},
+      "msp": {"type": "msp", "net": "clf"},
+      "energy_t": {"type": "energy", "net": "clf", "grid": {"temperature": [1.0, 5.0]}},
   })
   return c, paths
 
@@ -225,7 +237,8 @@ def test_tune_true_writes_search_json_and_the_chosen_values(tmp_path):
 
 def test_readme_lists_every_detector_type():
   import os  # pylint: disable=g-import-not-at-top
-  readme = open(os.path.join(os.path.dirname(__file__), os.pardir, "README.md")).read()
+  with open(os.path.join(os.path.dirname(__file__), os.pardir, "README.md")) as f:
+    readme = f.read()
   table = readme.split("### Detectors", 1)[1].split("###", 1)[0]
   listed = {line.split("`")[1] for line in table.splitlines() if line.startswith("| `")}
   assert listed == set(detectors.available())

@@ -245,23 +245,44 @@ def tune(detector_type: str, settings_grid: Optional[Grid], fit: SetArrays,
   Returns:
     (best settings: complete settings of the first candidate with the highest AUROC,
      candidates: [{"settings", "auroc", "aupr_in", "aupr_out", "fpr95_id_positive",
-     "fpr95_ood_positive", "best"}] in grid order).
+     "fpr95_ood_positive", "best"}] in grid order). A candidate the detector refuses (a
+     value it rejects, a fit it cannot make, e.g. knn's k above the fit rows, or scores
+     the metrics refuse) is kept with "error" (its reason) and metrics None.
 
   Raises:
-    ValueError: an unknown type or setting, a setting value the type refuses, an empty grid,
-      or scores the metrics refuse (e.g. non-finite).
+    ValueError: an unknown type or setting, an empty grid, or every candidate refused.
   """
   cands = candidates(detector_type, settings_grid, settings, net=net)
-  pairs = score_candidates(detector_type, cands, fit, id_val, ood_val, key=key, net=net,
-                           use_grid=use_grid)
+  try:
+    pairs = score_candidates(detector_type, cands, fit, id_val, ood_val, key=key, net=net,
+                             use_grid=use_grid)
+    errors = [None] * len(cands)
+  except ValueError:   # some candidate is refused: score each alone, recording why
+    pairs, errors = [], []
+    for c in cands:
+      try:
+        pairs.append(score_candidates(detector_type, [c], fit, id_val, ood_val, key=key,
+                                      net=net, use_grid=False)[0])
+        errors.append(None)
+      except ValueError as e:
+        pairs.append(None)
+        errors.append(str(e))
   rows = []
-  for c, (s_id, s_ood) in zip(cands, pairs):
-    try:
-      m = metrics_lib.compute_all(s_id, s_ood)
-    except ValueError as e:
-      raise ValueError(f"tune: {detector_type} candidate {c}: {e}") from None
+  for c, pair, error in zip(cands, pairs, errors):
+    if error is None:
+      try:
+        m = metrics_lib.compute_all(*pair)
+      except ValueError as e:
+        error = f"metrics: {e}"
+    if error is not None:
+      m = {name: None for name in metrics_lib.METRIC_NAMES}
+      m["error"] = error
     rows.append({"settings": plain_settings(c), **m, "best": False})
-  best = max(range(len(rows)), key=lambda i: (rows[i]["auroc"], -i))
+  ok = [i for i, r in enumerate(rows) if "error" not in r]
+  if not ok:
+    raise ValueError(f"tune: every {detector_type} candidate was refused; the first: "
+                     f"{cands[0]}: {rows[0]['error']}")
+  best = max(ok, key=lambda i: (rows[i]["auroc"], -i))
   rows[best]["best"] = True
   return dict(cands[best]), rows
 

@@ -184,7 +184,7 @@ def holdout_rows(n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
   """(train rows, validation rows) of a set of n rows, both sorted: the validation rows are
   the first round(fraction * n) of a permutation seeded with HOLDOUT_SEED (deterministic,
   independent of class order)."""
-  m = int(round(fraction * n))
+  m = round(fraction * n)
   if not 0 < m < n:
     raise ValueError(f"data.val = holdout:{fraction}: of the {n} ID train rows it holds out "
                      f"{m}; need at least one row on each side")
