@@ -30,6 +30,9 @@ syncs with the host. The loop reads it at every log and checkpoint boundary:
 a non-finite state is never saved, and `fit` raises `Diverged` naming that step
 and the last good checkpoint (the checkpointer keeps the last two, plus the
 reference steps). A resume restores the newest finite, readable checkpoint.
+
+Benchmarks and tools that time or drive the step get exactly what `fit` runs
+from `jitted_step(init, step, mesh)` and `step_inputs(seed, mesh)`.
 """
 
 from __future__ import annotations
