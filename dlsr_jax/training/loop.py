@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from dlsr_jax import data, parallel
+from dlsr_jax import data, multihost, parallel
 from dlsr_jax.training.checkpoint import Checkpointer, all_finite
 from dlsr_jax.training.preemption import Preempted, _PreemptionWatch
 
@@ -388,6 +388,7 @@ def fit(init: InitFn, step: StepFn, streams: Streams, cfg: FitConfig,
   if IN not in streams:
     raise ValueError(f"fit needs an {IN!r} stream, got {sorted(streams)}")
   mesh = mesh or parallel.make_mesh()
+  multihost.connect_collectives(mesh)   # CPU processes in step at the first collective
   feeds = [_Stream(name, arrays, cfg.batch_size_of(name), cfg.seed, mesh)
            for name, arrays in sorted(streams.items())]
   steps_per_epoch = next(f for f in feeds if f.name == IN).steps_per_epoch
