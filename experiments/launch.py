@@ -110,12 +110,21 @@ def check_tensorboard() -> None:
 
 
 def route_logs(process_index: int) -> None:
-  """Third-party INFO lines to <workdir>/log.txt (log.<i>.txt on process i > 0) only, unless
-  --log_to_console (`dlsr_jax.logs.route`); an entry point without --workdir keeps absl's
-  console logging."""
-  workdir = flags.FLAGS["workdir"].value if "workdir" in flags.FLAGS else None
-  if workdir:
-    logs.route(workdir, to_console=_LOG_TO_CONSOLE.value, process_index=process_index)
+  """Third-party INFO lines to log.txt (log.<i>.txt on process i > 0) only, unless
+  --log_to_console (`dlsr_jax.logs.route`): in --outdir when the entry point has one and it
+  is given (an evaluation with its own output folder writes nothing into the workdir), else
+  in --workdir; an entry point without either keeps absl's console logging. A folder that
+  cannot be written keeps the logs on the console (the entry point's own check then names
+  the folder in one line)."""
+  where = [flags.FLAGS[f].value for f in ("outdir", "workdir") if f in flags.FLAGS]
+  folder = next((w for w in where if w), None)
+  if not folder:
+    return
+  try:
+    logs.route(folder, to_console=_LOG_TO_CONSOLE.value, process_index=process_index)
+  except OSError as e:
+    print(f"note: no log file in {folder} ({e.strerror or e}); library logs stay on the "
+          "console", file=sys.stderr, flush=True)
 
 
 def hide_accelerators_from_tf() -> None:
