@@ -112,10 +112,17 @@ def check_tensorboard() -> None:
 def route_logs(process_index: int) -> None:
   """Third-party INFO lines to <workdir>/log.txt (log.<i>.txt on process i > 0) only, unless
   --log_to_console (`dlsr_jax.logs.route`); an entry point without --workdir keeps absl's
-  console logging."""
-  workdir = flags.FLAGS["workdir"].value if "workdir" in flags.FLAGS else None
-  if workdir:
-    logs.route(workdir, to_console=_LOG_TO_CONSOLE.value, process_index=process_index)
+  console logging. With --outdir (evaluate) the log goes there: an evaluation writes nothing
+  into the training workdir. A folder that cannot be written keeps console logging (the run
+  then fails with one line if it must write there)."""
+  value = lambda name: flags.FLAGS[name].value if name in flags.FLAGS else None
+  target = value("outdir") or value("workdir")
+  if target:
+    try:
+      logs.route(target, to_console=_LOG_TO_CONSOLE.value, process_index=process_index)
+    except OSError as e:
+      logging.warning("cannot write the log file in %s (%s): logging to the console only",
+                      target, e)
 
 
 def hide_accelerators_from_tf() -> None:
