@@ -449,3 +449,20 @@ def test_evaluate_logs_into_its_outdir_not_into_the_workdir(tmp_path):
   subprocess.run([sys.executable, "-c", code, ROOT, str(wd), str(out)], cwd=ROOT, check=True,
                  env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
   assert not os.listdir(wd) and "routed" in (out / "log.txt").read_text()
+
+
+def test_a_full_disk_inside_another_error_is_one_line(capsys):
+  import errno  # pylint: disable=g-import-not-at-top
+
+  def save():
+    try:
+      raise OSError(errno.ENOSPC, "No space left on device", "/wd/checkpoints/8")
+    except OSError as e:
+      raise RuntimeError("orbax: async save failed") from e
+
+  err = _fails(capsys, save)
+  assert err.startswith("FAILED (OSError): [Errno 28] No space left on device") and (
+      "/wd/checkpoints/8" in err), err
+  with pytest.raises(RuntimeError, match="a bug"):   # anything else keeps its traceback
+    with launch.reported_failures("wd"):
+      raise RuntimeError("a bug")
