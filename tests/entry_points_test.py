@@ -70,6 +70,7 @@ def test_evaluate_with_a_bad_detector_type_is_one_line(tmp_path):
 
 def test_evaluate_a_workdir_trained_with_another_schedule_names_it(tmp_path):
   workdir.record_config(quickstart.get_config("tiny"), str(tmp_path))   # as train wrote it
+  os.makedirs(tmp_path / "dlsr" / "checkpoints" / "2")   # a trained run: the record binds
   proc = _run("experiments.evaluate", f"--config={TINY}", f"--workdir={tmp_path}",
               "--config.schedule.kind=cosine")
   assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
@@ -77,7 +78,7 @@ def test_evaluate_a_workdir_trained_with_another_schedule_names_it(tmp_path):
   assert "cannot be evaluated with these:\n" in message, message
   assert "\n  schedule.kind: 'scaled_linear' -> 'cosine'\n" in message, message
   assert "\nUse the recorded values, or start a fresh run with a new --workdir" in message
-  assert sorted(os.listdir(tmp_path)) == ["config.json", "log.txt"]   # nothing extracted
+  assert sorted(os.listdir(tmp_path)) == ["config.json", "dlsr", "log.txt"]   # no extraction
 
 
 @pytest.mark.parametrize("args,message", [

@@ -77,10 +77,11 @@ def _cfg(**changes):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-  """A finished training workdir of `_cfg()` (copy it before changing it)."""
+  """A finished training workdir of `_cfg()` and its tiny DLSR row (copy it before changing
+  it)."""
   wd = tmp_path_factory.mktemp("trained")
   with _stand_in_backbone():
-    pipeline.run_train(_cfg(), str(wd))
+    pipeline.run_train(_cfg(**{"eval.rows": "head_msp,dlsr"}), str(wd))
   return wd
 
 
@@ -141,6 +142,15 @@ def test_evaluate_of_a_short_run_says_train_to_finish_and_trains_nothing(trained
   err = _fails(capsys, evaluation.run_evaluate, _cfg(**{"nets.head.epochs": 4}), str(wd),
                str(tmp_path / "out"))
   assert "run experiments.train to finish: step 4 of 8" in err, err
+  assert _snapshot(wd) == before
+
+
+def test_evaluate_never_trains_the_lfdn_further(trained, tmp_path, capsys):
+  wd = _copy(trained, tmp_path)
+  before = _snapshot(wd)
+  err = _fails(capsys, evaluation.run_evaluate,
+               _cfg(**{"eval.rows": "dlsr", "train.num_epochs": 4}), str(wd), str(tmp_path / "o"))
+  assert "run experiments.train to finish: step 2 of 4" in err and str(wd / "dlsr") in err, err
   assert _snapshot(wd) == before
 
 
@@ -425,3 +435,34 @@ def test_an_object_npz_names_its_file_and_a_truncated_pth_says_so(tmp_path):
   pth.write_bytes(pth.read_bytes()[:300])
   with pytest.raises(torch_reader.CheckpointFormatError, match=r"truncated or damaged"):
     torch_reader.read_torch_checkpoint(str(pth))
+
+
+def test_evaluate_logs_into_its_outdir_not_into_the_workdir(tmp_path):
+  """The entry point's log.txt goes to --outdir (7: nothing written into the workdir)."""
+  wd, out = tmp_path / "wd", tmp_path / "out"
+  wd.mkdir()
+  code = ("import sys; sys.path.insert(0, sys.argv[1]); from absl import flags, logging;"
+          " from experiments import evaluate, launch;"
+          " flags.FLAGS(['evaluate', '--config=experiments/configs/quickstart.py:tiny',"
+          " '--workdir=' + sys.argv[2], '--outdir=' + sys.argv[3]]);"
+          " launch.route_logs(0); logging.info('routed')")
+  subprocess.run([sys.executable, "-c", code, ROOT, str(wd), str(out)], cwd=ROOT, check=True,
+                 env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+  assert not os.listdir(wd) and "routed" in (out / "log.txt").read_text()
+
+
+def test_a_full_disk_inside_another_error_is_one_line(capsys):
+  import errno  # pylint: disable=g-import-not-at-top
+
+  def save():
+    try:
+      raise OSError(errno.ENOSPC, "No space left on device", "/wd/checkpoints/8")
+    except OSError as e:
+      raise RuntimeError("orbax: async save failed") from e
+
+  err = _fails(capsys, save)
+  assert err.startswith("FAILED (OSError): [Errno 28] No space left on device") and (
+      "/wd/checkpoints/8" in err), err
+  with pytest.raises(RuntimeError, match="a bug"):   # anything else keeps its traceback
+    with launch.reported_failures("wd"):
+      raise RuntimeError("a bug")
