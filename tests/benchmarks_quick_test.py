@@ -2,11 +2,16 @@
 
 `benchmarks/gpu_suite.sh --quick` runs bench_lfdn, bench_classifier and
 bench_backbone (each --quick, own process) and merges their JSONs; bf16_effect
-and epoch_sweep run in this process (argparse mains, sharing compiled LFDN
-steps); the three absl offline_* scripts run in subprocesses (their flags
-clash in one process) on tiny random data that --quick writes itself, in one
-shared folder (offline_classifiers reuses offline_cifar10's feature cache). No
-run may write benchmarks/RESULTS.md or benchmarks/logs/.
+and epoch_sweep run in one process (their mains, sharing the compiled LFDN
+step); the three absl offline_* scripts run in their own processes (their flags
+clash in one) on tiny random data that --quick writes itself, in one shared
+folder (offline_classifiers reuses offline_cifar10's feature cache). No run may
+write benchmarks/RESULTS.md or benchmarks/logs/.
+
+CI time: every run is a subprocess on one CPU device (not conftest's four fake
+ones: nothing here tests sharding) sharing one persistent XLA compilation cache,
+so the many identical compiles (the backbone per data set, the scorer per set,
+the same nets across scripts) are paid once.
 """
 
 from __future__ import annotations
@@ -30,16 +35,25 @@ def _committed_outputs() -> dict[str, tuple[int, float]]:
   return {p: (os.stat(p).st_size, os.stat(p).st_mtime) for p in paths if os.path.exists(p)}
 
 
+_CACHE: list[str] = []   # the module's persistent compilation cache folder
+
+
 @pytest.fixture(scope="module")
 def out_dir(tmp_path_factory):
   """One output folder for the module; asserts the committed results were not touched."""
   before = _committed_outputs()
+  _CACHE[:] = [str(tmp_path_factory.mktemp("xla_cache"))]
   yield str(tmp_path_factory.mktemp("bench_quick"))
+  _CACHE.clear()
   assert _committed_outputs() == before, "a --quick run wrote benchmarks/RESULTS.md or logs/"
 
 
 def _run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-  env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=ROOT)
+  env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="")
+  if _CACHE:
+    env.update(JAX_COMPILATION_CACHE_DIR=_CACHE[0], JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=timeout, check=False)
 
@@ -82,6 +96,15 @@ def test_suite_merge_reports_a_failed_or_missing_benchmark(tmp_path):
   assert runs["bench_backbone"]["error"] == "not run"
 
 
+def test_gpu_suite_refuses_bad_arguments_before_writing_anything():
+  inside = os.path.join(BENCH, "logs", "suite_must_not_exist")
+  r = _run(["bash", os.path.join(BENCH, "gpu_suite.sh"), f"--out_dir={inside}"])
+  assert r.returncode == 2 and "must not be under benchmarks/" in r.stderr
+  assert not os.path.exists(inside)
+  r = _run(["bash", os.path.join(BENCH, "gpu_suite.sh"), "--fast"])
+  assert r.returncode == 2 and "unknown argument '--fast'" in r.stderr
+
+
 def test_quick_refuses_to_run_without_an_out_dir():
   from benchmarks import bench_classifier, bench_lfdn, bf16_effect
   for mod in (bench_classifier, bench_lfdn):
@@ -92,14 +115,16 @@ def test_quick_refuses_to_run_without_an_out_dir():
 
 
 def test_bf16_effect_and_epoch_sweep_quick(out_dir):
-  from benchmarks import bf16_effect, epoch_sweep
   d = os.path.join(out_dir, "lfdn_auroc")
-  assert bf16_effect.main(["--quick", f"--out_dir={d}"]) == 0
+  code = ("import sys; from benchmarks import bf16_effect, epoch_sweep; "
+          f"sys.exit(bf16_effect.main(['--quick', '--out_dir={d}']) "
+          f"or epoch_sweep.main(['--quick', '--out_dir={d}']))")
+  r = _run([sys.executable, "-c", code])
+  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
   res = _load(os.path.join(d, "bf16_effect.json"))["results"]
   assert sorted(res) == ["backbone fp32 / LFDN bf16", "backbone fp32 / LFDN fp32"]
   for r in res.values():
     assert 0 <= r["mfsim_k1"]["far_avg"] <= 100 and r["train_s"] > 0
-  assert epoch_sweep.main(["--quick", f"--out_dir={d}"]) == 0
   sweep = _load(os.path.join(d, "epoch_sweep.json"))
   assert sorted(sweep) == ["1", "2"]
   assert all(0 <= sweep[e]["mse_k1"]["far_avg"] <= 100 for e in sweep)
