@@ -357,14 +357,14 @@ def jax_train(size: Size, v: JaxVariant, params, batches) -> Case:
   abar = np.asarray(schedule.make_schedule().alphas_cumprod, np.float32).tobytes()
   init, pure_step = trainer.lfdn_init_and_step(cfg, ocfg, abar)
   mesh = parallel.make_mesh(jax.devices()[:1])
-  rep = parallel.replicated(mesh)
-  state = jax.jit(lambda p: train.TrainState(
-      step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
-      ema_params=jax.tree.map(jnp.copy, p)), out_shardings=rep)(params)
-  _, step_fn = loop.jitted_step(init, pure_step, mesh)
+  init_fn, step_fn = loop.jitted_step(init, pure_step, mesh)
+  init_key, key, bad_step = loop.step_inputs(1, mesh)
+  # The loop's own step-0 state (its structure whatever TrainState holds), with `params`.
+  state = jax.jit(lambda s, p: s.replace(params=p, opt_state=tx.init(p),
+                                         ema_params=jax.tree.map(jnp.copy, p)),
+                  out_shardings=parallel.replicated(mesh))(init_fn(init_key), params)
   if not v.donate:   # the same keyed step (jax.jit keeps it as __wrapped__), not donated
     step_fn = jax.jit(step_fn.__wrapped__)
-  _, key, bad_step = loop.step_inputs(1, mesh)
   xs = [{"in": {"z": parallel.host_to_global(b, mesh)}} for b in batches]
   box = {"state": state, "bad": bad_step, "i": 0}
   del state

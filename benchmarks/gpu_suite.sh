@@ -30,11 +30,12 @@ done
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python}"
 SCALE="${SUITE_TIMEOUT_S:-1.0}"
-mkdir -p "$OUT_DIR" || exit 2
-OUT_DIR="$(cd "$OUT_DIR" && pwd)"
-case "$OUT_DIR/" in
-  "$ROOT/benchmarks/"*) echo "gpu_suite.sh: --out_dir must not be under benchmarks/" >&2; exit 2 ;;
+OUT_DIR="$(realpath -m "$OUT_DIR")"
+case "$OUT_DIR/" in   # checked before anything is created: committed results stay untouched
+  "$(realpath -m "$ROOT/benchmarks")/"*)
+    echo "gpu_suite.sh: --out_dir must not be under benchmarks/" >&2; exit 2 ;;
 esac
+mkdir -p "$OUT_DIR" || exit 2
 STATUS="$OUT_DIR/status.tsv"
 : > "$STATUS"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false   # JAX and PyTorch share the GPU's memory

@@ -11,6 +11,14 @@ features. Writes the full report (results.json/.md/.csv, scores.npz, PNGs) to
 
 `--data_dir` holds `<name>.npz` files with `images` (uint8 NHWC) and `labels`;
 nothing in the library depends on it.
+
+  python -m benchmarks.offline_cifar10 --quick --out_dir=/tmp/bq   # smoke run, seconds
+
+--quick: tiny random sets written to <out_dir>/data (unless --data_dir is given),
+random Lite0 weights at 32x32, one seed, the exact training set, a 1-block LFDN
+for 1 epoch, k = 1 and 3, no AutoEncoder ablation, no second backbone; the workdir is <out_dir>/offline_cifar10
+and the section goes to <out_dir>/RESULTS.md (never benchmarks/RESULTS.md). Its
+AUROCs mean nothing: it checks that the script runs.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from dlsr_jax import features, scoring
 from dlsr_jax.evaluation import metrics, report, table
 from experiments import evaluation, launch, pipeline
 from experiments.configs import common
+from benchmarks import common as common_bench
 from benchmarks.common import machine, write_section
 
 _DATA = flags.DEFINE_string("data_dir", None, "Folder with the .npz data sets.")
@@ -63,7 +72,12 @@ _SWEEP_EPOCHS = flags.DEFINE_list("sweep_epochs", [],
                                   "Training lengths of a DLSR-vs-epochs table (empty: skip).")
 _SWEEP_SIZES = flags.DEFINE_list("sweep_sizes", ["512x4", "1024x8"],
                                  "LFDN sizes WxN of the DLSR-vs-epochs table.")
-flags.mark_flags_as_required(["data_dir"])
+_WEIGHTS = flags.DEFINE_string("weights", "imagenet", "Backbone weights: imagenet (the "
+                               "bundled offline weights), a file, or none (random).")
+_RESOLUTION = flags.DEFINE_integer("resolution", 0, "Backbone input resolution (0: native).")
+_QUICK = flags.DEFINE_bool("quick", False, "Smoke run in seconds (see the module docstring); "
+                           "needs --out_dir.")
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "--quick: where everything is written.")
 
 ID_TRAIN, ID_TRAIN_JPG, ID_TEST = "cifar10_train_exact", "cifar10_train_jpg", "cifar10_test_exact"
 FAR = {"isun": "isun", "mnist": "mnist_test", "fashionmnist": "fashionmnist_test", "dtd": "dtd"}
@@ -83,8 +97,8 @@ def npz_source(data_dir: str, name: str) -> str:
 
 def make_config(data_dir: str, backbone: str = "efficientnet_lite0"):
   c = common.get_config()
-  c.backbone, c.weights = backbone, "imagenet"
-  c.resolution = NATIVE_RESOLUTION.get(backbone, 224)
+  c.backbone, c.weights = backbone, _WEIGHTS.value
+  c.resolution = _RESOLUTION.value or NATIVE_RESOLUTION.get(backbone, 224)
   c.normalisation = _NORM.value
   c.data.train, c.data.test = npz_source(data_dir, ID_TRAIN), npz_source(data_dir, ID_TEST)
   for k, v in {**FAR, **NEAR}.items():
@@ -218,7 +232,8 @@ def run(data_dir: str, workdir: str) -> dict:
   stages, out = {}, {"settings": {}, "results": {}, "per_seed": {}, "lr": {}, "sizes": {}}
   c = make_config(data_dir)
   t0 = time.time()
-  backbone, sets, train, feat_timing = load_sets(c, data_dir, workdir)
+  backbone, sets, train, feat_timing = load_sets(c, data_dir, workdir,
+                                                 with_jpg="all" in _TRAIN_SETS.value)
   stages[f"features ({c.backbone}, all sets)"] = time.time() - t0
   out["feature_timing"] = {c.backbone: feat_timing}
   for ts in _TRAIN_SETS.value:
@@ -227,6 +242,8 @@ def run(data_dir: str, workdir: str) -> dict:
     variants = model_variants(c)
     if ts != "exact":   # the last-level ablation once, on the exact set (CPU time)
       variants.pop("last")
+    if _QUICK.value:    # the AutoEncoder is the DLSR code path with another config
+      variants.pop("ae")
     res, per_seed, lr = score_setting(c, backbone, sets, train[ts],
                                       os.path.join(workdir, f"lite0_{ts}"), variants,
                                       seeds, stages, label, lr_steps)
@@ -367,9 +384,32 @@ def lr_table(lr: dict) -> str:
   return "\n".join(lines)
 
 
+QUICK_SETS = [ID_TRAIN, ID_TRAIN_JPG, ID_TEST, *FAR.values(), *NEAR.values()]
+QUICK_N = 96   # images per quick set: > 64 + 10 (a ResNet-20's class covariance: full rank)
+
+
+def quick_flags() -> None:
+  """--quick: tiny settings, random data and weights, everything under --out_dir."""
+  out = _OUT_DIR.value
+  common_bench.set_quick_flags(out, {
+      "workdir": os.path.join(out or "", "offline_cifar10"),
+      "results_md": os.path.join(out or "", "RESULTS.md"), "weights": "none",
+      "resolution": 32, "epochs": 1, "width": 32, "blocks": 1, "batch_size": 16,
+      "ks": ["1", "3"], "headline_k": 3, "seeds": ["0"], "train_sets": ["exact"],
+      "second_backbone": "", "lr_reference_steps": ["2"], "lr_reference": 2,
+      "sweep_epochs": []})
+  if _DATA.value is None:
+    flags.FLAGS.data_dir = common_bench.synthetic_npz_dir(os.path.join(out, "data"),
+                                                          QUICK_SETS, n=QUICK_N)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _QUICK.value:
+    quick_flags()
+  elif _DATA.value is None:
+    raise app.UsageError("--data_dir is required (or --quick)")
   launch.setup()
   t0 = time.time()
   out = run(_DATA.value, _WORKDIR.value)

@@ -15,6 +15,13 @@ fit sets = `cifar10_train_exact` (5,170 images with labels). Writes a section of
 
 ODIN on the head: its input is the feature vector, not pixels, so only the temperature part
 applies (eps = 0; the row is named "ODIN (T only)").
+
+  python -m benchmarks.offline_classifiers --quick --out_dir=/tmp/bq   # smoke run, seconds
+
+--quick: tiny random sets in <out_dir>/data (unless --data_dir is given; shared with
+`offline_cifar10 --quick`, whose feature cache in <out_dir>/offline_cifar10 it reuses),
+a randomly initialised ResNet-20 only (no weights files), random Lite0 at 32x32, a 1-epoch
+head, KNN k = 5; the section goes to <out_dir>/RESULTS.md, never benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from dlsr_jax.data import batching
 from dlsr_jax.evaluation import metrics
 from experiments import classifiers, launch, pipeline
 from experiments.configs import common
+from benchmarks import common as common_bench
 from benchmarks.common import machine, write_section
 
 _DATA = flags.DEFINE_string("data_dir", None, "Folder with the .npz data sets.")
@@ -47,7 +55,9 @@ _KNN_K = flags.DEFINE_integer("knn_k", 50, "KNN neighbour rank (Sun et al.: 50).
 _HEAD_EPOCHS = flags.DEFINE_integer("head_epochs", 30, "Linear-head training epochs.")
 _HEAD_LR = flags.DEFINE_float("head_lr", 0.1, "Linear-head peak learning rate (cosine).")
 _LIMIT = flags.DEFINE_integer("limit", 0, "First N images of every set (0 = all; smoke runs).")
-flags.mark_flags_as_required(["data_dir", "weights_dir"])
+_QUICK = flags.DEFINE_bool("quick", False, "Smoke run in seconds (see the module docstring); "
+                           "needs --out_dir.")
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "--quick: where everything is written.")
 
 ID_TRAIN, ID_TEST = "cifar10_train_exact", "cifar10_test_exact"
 FAR = {"isun": "isun", "mnist": "mnist_test", "fashionmnist": "fashionmnist_test", "dtd": "dtd"}
@@ -148,6 +158,8 @@ def lite0_features(stages: dict) -> tuple[dict, dict]:
   """Cached Lite0 features (the offline_cifar10 cache) of the train, test and OOD sets."""
   c = common.get_config()
   c.backbone, c.weights, c.resolution = "efficientnet_lite0", "imagenet", 224
+  if _QUICK.value:
+    c.weights, c.resolution = "none", 32
   c.data.limit = _LIMIT.value
   cache = features.FeatureCache(os.path.join(_FEATURES.value, "feature_cache"))
   bb = pipeline.load_backbone(c)
@@ -186,12 +198,16 @@ def run() -> dict:
   stages["load images"] = time.time() - t0
   img = lambda d: {"x": d["images"], "images": d["images"], "labels": d["labels"]}
   for title, (name, fname) in NETS.items():
-    net = models.load(name, weights=os.path.join(_WEIGHTS.value, fname))
+    if _QUICK.value and title != "ResNet-20":
+      continue
+    net = models.load(name, weights=None if _QUICK.value
+                      else os.path.join(_WEIGHTS.value, fname))
     out[title] = run_net(title, net, img(train_set), {n: img(a) for n, a in sets.items()},
                          stages, head=False)
   z_train, z_sets = lite0_features(stages)
   head_nc = classifiers.net_config(model="linear_head", epochs=_HEAD_EPOCHS.value,
-                                   learning_rate=_HEAD_LR.value)
+                                   learning_rate=_HEAD_LR.value,
+                                   batch_size=min(128, len(train_set["labels"])))
   t0 = time.time()
   head = classifiers.train_classifier(
       classifiers.load_net(head_nc, num_features=z_train.shape[1]), z_train,
@@ -228,9 +244,25 @@ def table(out: dict) -> str:
   return "\n".join(lines)
 
 
+def quick_flags() -> None:
+  """--quick: tiny settings, random data and nets, everything under --out_dir."""
+  out = _OUT_DIR.value
+  common_bench.set_quick_flags(out, {
+      "workdir": os.path.join(out or "", "offline_classifiers"),
+      "feature_workdir": os.path.join(out or "", "offline_cifar10"),
+      "results_md": os.path.join(out or "", "RESULTS.md"), "head_epochs": 1, "knn_k": 5})
+  if _DATA.value is None:
+    flags.FLAGS.data_dir = common_bench.synthetic_npz_dir(
+        os.path.join(out, "data"), [ID_TRAIN, ID_TEST, *FAR.values(), *NEAR.values()], n=96)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _QUICK.value:
+    quick_flags()
+  elif _DATA.value is None or _WEIGHTS.value is None:
+    raise app.UsageError("--data_dir and --weights_dir are required (or --quick)")
   launch.setup()
   t0 = time.time()
   out = run()

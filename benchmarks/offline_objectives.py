@@ -16,6 +16,14 @@ Energy and class-conditional Mahalanobis (pre-logits), the confidence net also t
 confidence score. Nothing is tuned on the test sets. The workdir resumes: re-running skips
 finished nets. Writes the `offline_objectives` section of RESULTS.md, the full results
 (results.json / .md / .csv) in the workdir and the GAN's sample grid to benchmarks/logs/.
+
+  python -m benchmarks.offline_objectives --quick --out_dir=/tmp/bq   # smoke run, seconds
+
+--quick: tiny random sets (and outliers) in <out_dir>/data unless --data_dir is given, no
+weights file (base: a random ResNet-20 trained 1 epoch), the nets base and plain only
+(--nets to choose others), 1 fine-tuning epoch; the workdir is <out_dir>/offline_objectives,
+the section goes to <out_dir>/RESULTS.md and the log JSON to <out_dir>, never to
+benchmarks/RESULTS.md or benchmarks/logs/.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
+from benchmarks import common as common_bench
 from benchmarks.common import machine, write_section
 from experiments import evaluation, launch, pipeline
 from experiments.configs import objectives_cifar10
@@ -46,7 +55,9 @@ _NETS = flags.DEFINE_list("nets", [], "Train / evaluate only these nets (and the
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Rewrite the RESULTS.md section from "
                                   "benchmarks/logs/offline_objectives.json (same flags).")
 _LIMIT = flags.DEFINE_integer("limit", 0, "First N images of every set (0 = all; smoke runs).")
-flags.mark_flags_as_required(["data_dir", "weights_dir"])
+_QUICK = flags.DEFINE_bool("quick", False, "Smoke run in seconds (see the module docstring); "
+                           "needs --out_dir.")
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "--quick: where everything is written.")
 
 WEIGHTS = "resnet20-12fca82f.th"
 ID_TRAIN, ID_TRAIN_JPG, ID_TEST = "cifar10_train_exact", "cifar10_train_jpg", "cifar10_test_exact"
@@ -93,9 +104,11 @@ def stage_data(workdir: str) -> dict[str, str]:
 
 
 def config(sources: dict[str, str]):
-  c = objectives_cifar10.get_config(
-      f"weights={os.path.join(os.path.abspath(_WEIGHTS.value), WEIGHTS)},"
-      f"outliers=npz:{_npz(OUTLIERS)}")
+  weights = ("" if _QUICK.value else
+             f"weights={os.path.join(os.path.abspath(_WEIGHTS.value), WEIGHTS)},")
+  c = objectives_cifar10.get_config(f"{weights}outliers=npz:{_npz(OUTLIERS)}")
+  if _QUICK.value:
+    c.methods.base_epochs = 1   # no weights file: base is a random ResNet-20, 1 epoch
   c.data.train, c.data.test = sources["train"], sources["id"]
   c.data.ood = {n: sources[n] for n in [*FAR, *NEAR]}
   c.data.groups = {"far": ",".join(FAR), "near": ",".join(NEAR)}
@@ -166,16 +179,33 @@ def summary(results: dict, nets: list[str]) -> str:
   return "\n".join(lines)
 
 
+def quick_flags() -> None:
+  """--quick: tiny settings, random data, everything under --out_dir."""
+  out = _OUT_DIR.value
+  common_bench.set_quick_flags(out, {
+      "workdir": os.path.join(out or "", "offline_objectives"),
+      "results_md": os.path.join(out or "", "RESULTS.md"), "finetune_epochs": 1,
+      "big_ood_limit": 48, "nets": _NETS.value or ["plain"]})
+  if _DATA.value is None:
+    flags.FLAGS.data_dir = common_bench.synthetic_npz_dir(
+        os.path.join(out, "data"),
+        [ID_TRAIN, ID_TRAIN_JPG, ID_TEST, *FAR.values(), *NEAR.values(), OUTLIERS], n=96)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _QUICK.value:
+    quick_flags()
+  elif _DATA.value is None or _WEIGHTS.value is None:
+    raise app.UsageError("--data_dir and --weights_dir are required (or --quick)")
   launch.setup()
   wd = _WORKDIR.value
   os.makedirs(wd, exist_ok=True)
   t0 = time.time()
   sources = stage_data(wd)
   c = config(sources)
-  logs = os.path.join(os.path.dirname(__file__), "logs")
+  logs = _OUT_DIR.value if _QUICK.value else os.path.join(os.path.dirname(__file__), "logs")
   log_path = os.path.join(logs, "offline_objectives.json")
   if _REPORT_ONLY.value:     # rewrite the section from the saved log of a finished run
     with open(log_path) as f:
