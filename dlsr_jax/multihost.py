@@ -152,6 +152,7 @@ def allgather_rows(local: np.ndarray, n: int) -> np.ndarray:
   if count == 1:
     return local
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  connect_collectives()   # the processes may reach this gather far apart (extraction)
   width = -(-n // count)
   padded = np.zeros((width,) + local.shape[1:], local.dtype)
   padded[:local.shape[0]] = local
@@ -166,8 +167,8 @@ _CONNECTED: set[tuple[int, ...]] = set()
 _BARRIERS = [0]    # barriers passed by this process (every process counts the same)
 
 
-def connect_collectives(mesh, timeout_s: int = 300) -> None:
-  """Connects the CPU collectives of `mesh` while all processes are in step.
+def connect_collectives(mesh=None, timeout_s: int = 300) -> None:
+  """Connects the CPU collectives of `mesh` (default: every device) while all processes are in step.
 
   On CPU, JAX's gloo collectives connect the processes of a device group at
   the first collective over that group, with a fixed deadline of 30 s: a
@@ -181,6 +182,8 @@ def connect_collectives(mesh, timeout_s: int = 300) -> None:
   No-op with one process or off CPU (TPU / GPU collectives have no such
   deadline).
   """
+  if mesh is None:
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("devices",))
   devices = tuple(sorted(d.id for d in mesh.devices.flat))
   if jax.process_count() == 1 or mesh.devices.flat[0].platform != "cpu" \
       or devices in _CONNECTED:

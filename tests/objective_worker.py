@@ -37,12 +37,12 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_IN, N_OUT, BATCH, OUT_BATCH, EPOCHS = 32, 24, 8, 8, 3   # 4 steps an epoch, 12 in all
 NUM_CLASSES, SEED = 3, 3
-GAN = dict(nz=8, ngf=8, ndf=8, num_samples=16)
+GAN = {"nz": 8, "ngf": 8, "ndf": 8, "num_samples": 16}
 # run name -> (objective, settings, ema_decay)
 RUNS = {
-    "oe": ("outlier_exposure", dict(weight=0.5), 0.9),
-    "umap": ("unleashing_mask", dict(prune=True, keep=0.8), None),
-    "cb": ("confidence_branch", dict(lambda0=0.1, beta=0.3), None),
+    "oe": ("outlier_exposure", {"weight": 0.5}, 0.9),
+    "umap": ("unleashing_mask", {"prune": True, "keep": 0.8}, None),
+    "cb": ("confidence_branch", {"lambda0": 0.1, "beta": 0.3}, None),
     "gan": ("gan_outliers", GAN, None),
     "gan_again": ("gan_outliers", GAN, None),
 }
@@ -62,6 +62,7 @@ def tiny_net():
   """The objective tests' TinyCNN (conv, BatchNorm, dense) on 32x32 images."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   from dlsr_jax.models.net import Net  # pylint: disable=g-import-not-at-top
   from tests.training_test import TinyCNN  # pylint: disable=g-import-not-at-top
   module = TinyCNN(strides=2)
@@ -78,6 +79,7 @@ def fed_rows(data: dict, rows: dict):
   every global batch to its devices; each fed image is looked up by its bytes.
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from dlsr_jax import parallel  # pylint: disable=g-import-not-at-top
   where = {}
   for stream, arrays in data.items():
@@ -157,6 +159,7 @@ def main(argv=None) -> None:
   sys.path.insert(0, ROOT)
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from dlsr_jax import multihost  # pylint: disable=g-import-not-at-top
   from dlsr_jax.training.preemption import Preempted  # pylint: disable=g-import-not-at-top
   from experiments import launch  # pylint: disable=g-import-not-at-top
