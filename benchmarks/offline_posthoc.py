@@ -221,21 +221,27 @@ def tune_rows(net, rows, fit, id_val, ood_val, sets, groups, key, num_classes, d
   from dlsr_jax import detectors, evaluation  # pylint: disable=g-import-not-at-top
   from dlsr_jax.evaluation import tune  # pylint: disable=g-import-not-at-top
   tuned, search = {}, {}
+  del num_classes, dim   # the grids take D from net.head; GEN's m >= C are one candidate
   for kind in rows:
-    base = default_settings(kind, net, num_classes, dim, len(fit["labels"]))
-    grid = tune.default_grid(kind, dim=dim, num_classes=num_classes)
-    if not grid:
+    base = default_settings(kind, net, len(fit["logits"][0]), len(fit["pre_logits"][0]),
+                            len(fit["labels"]))
+    context = {"net": base.pop("net")} if "net" in base else {}
+    grid = tune.default_grid(kind, net)
+    if len(tune.candidates(kind, grid, base, net=net)) < 2:
       continue
     t0 = time.time()
-    best, candidates = tune.tune(kind, base, grid, fit, id_val, ood_val, key=key)
+    best, candidates = tune.tune(kind, grid, fit, id_val, ood_val, key=key, settings=base,
+                                 **context)
     grid_s = time.time() - t0
     t0 = time.time()
-    tune.tune(kind, base, grid, fit, id_val, ood_val, key=key, one_by_one=True)
+    tune.tune(kind, grid, fit, id_val, ood_val, key=key, settings=base, use_grid=False,
+              **context)
     one_by_one_s = time.time() - t0
-    det = detectors.make(kind, **{**base, **best})
+    det = detectors.make(kind, **best, **context)
     res = evaluation.evaluate({kind + "@tuned": det}, fit, sets, key=key, groups=groups)
     tuned.update(summarise(res, [kind + "@tuned"]))
-    search[kind] = {"chosen": best, "grid_s": grid_s, "one_by_one_s": one_by_one_s,
+    search[kind] = {"chosen": {k: best[k] for k in grid}, "grid_s": grid_s,
+                    "one_by_one_s": one_by_one_s,
                     "candidates": candidates}
   return {"tuned": tuned, "search": search}
 
