@@ -3,8 +3,9 @@
 One run, one machine, the same model sizes (paper: C=720, W=1440, E=720, N=16;
 cpu: C=512, W=512, E=256, N=4):
 
-  a. train step (x0 loss, AdamW, EMA): our jitted, donated step
-     (`dlsr_jax.trainer.make_jitted_step`) vs `reference.torch_lfdn.TorchTrainer`
+  a. train step (x0 loss, AdamW, EMA): the jitted, donated step `trainer.fit`
+     runs (`loop.jitted_step` of `trainer.lfdn_init_and_step`) vs
+     `reference.torch_lfdn.TorchTrainer`
      (eager, and `torch.compile` where asked and working), in ms/step;
   b. scoring from cached features (DDIM from level k, MSE + MFsim): our jitted
      `dlsr_jax.scoring.make_score_fn` vs `reference.torch_lfdn.score` under
@@ -22,7 +23,7 @@ variants try 1 thread, fused AdamW, torch.compile, bf16 autocast (and TF32 on
 CUDA, where JAX's default precision is TF32: our strict-fp32 row asks for
 precision "highest" there).
 
-  python -m benchmarks.bench_lfdn --quick                 # smoke run, tiny size (~1 min)
+  python -m benchmarks.bench_lfdn --quick --out_dir=/tmp/bq   # smoke run, tiny size, seconds
   python -m benchmarks.bench_lfdn --omp_wait_policy=PASSIVE --json_out=/tmp/b.json
                                                           # full run, < 10 min on 2 cores
   python -m benchmarks.bench_lfdn --device=cuda --score_batch=4096 --reps=20 \
@@ -151,7 +152,9 @@ TORCH_THREADS = [1]   # set by main: --threads or all cores
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--quick", action="store_true", help="tiny size, 1 warm-up, 2 reps")
+  p.add_argument("--quick", action="store_true",
+                 help="smoke run in seconds: tiny size, fp32 pair only (no torch.compile, no "
+                      "multi-k case), 1 warm-up, 1 rep; needs --out_dir or --json_out")
   p.add_argument("--sizes", default="paper,cpu", help="comma list of: " + ",".join(SIZES))
   p.add_argument("--parts", default="train,score", help="comma list of: train,score")
   p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -186,11 +189,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                       "(compiling the paper size takes minutes on 2 CPU cores)")
   p.add_argument("--xla_flags", default=None, help="appended to XLA_FLAGS before jax starts")
   p.add_argument("--json_out", default=None, help="write all results here")
+  p.add_argument("--out_dir", default=None,
+                 help="write <out_dir>/bench_lfdn.json (unless --json_out is given)")
   args = p.parse_args(argv)
   if args.quick:
-    args.sizes, args.warmup, args.reps, args.paper_reps = "tiny", 1, 2, 1
+    if args.json_out is None and args.out_dir is None:
+      p.error("--quick needs --out_dir (or --json_out)")
+    args.sizes, args.warmup, args.reps, args.paper_reps = "tiny", 1, 1, 1
     args.paper_warmup = 1
-    args.score_batch = min(args.score_batch, 64)
+    args.score_batch, args.score_batches = min(args.score_batch, 64), 1
+    args.variants, args.torch_compile, args.multi_k = "base", "none", ""
+  if args.json_out is None and args.out_dir:
+    args.json_out = os.path.join(args.out_dir, "bench_lfdn.json")
   return args
 
 
@@ -330,35 +340,48 @@ def _check_finite(what: str, value) -> None:
 
 
 def jax_train(size: Size, v: JaxVariant, params, batches) -> Case:
-  """Our jitted train step (`trainer.make_jitted_step`: donated state), state on device."""
+  """The LFDN step `trainer.fit` runs: `loop.jitted_step` of `trainer.lfdn_init_and_step`.
+
+  The state starts from `params` (the torch side's weights); the step is the
+  loop's keyed, donated step with its divergence guard. The no-donate variant
+  jits the same keyed step without donation.
+  """
   import jax
   import jax.numpy as jnp
+  import numpy as np
   from dlsr_jax import parallel, schedule, train, trainer
+  from dlsr_jax.training import loop
   cfg = lfdn_config(size, v.dtype)
   ocfg = train.OptimConfig()
   tx = train.make_optimizer(ocfg)
-  sched = schedule.make_schedule()
+  abar = np.asarray(schedule.make_schedule().alphas_cumprod, np.float32).tobytes()
+  init, pure_step = trainer.lfdn_init_and_step(cfg, ocfg, abar)
   mesh = parallel.make_mesh(jax.devices()[:1])
   rep = parallel.replicated(mesh)
   state = jax.jit(lambda p: train.TrainState(
       step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
       ema_params=jax.tree.map(jnp.copy, p)), out_shardings=rep)(params)
-  if v.donate:
-    step_fn = trainer.make_jitted_step(cfg, tx, sched, ocfg.ema_decay, mesh, state)
-  else:
-    step_fn = jax.jit(train.make_train_step(cfg, tx, sched.alphas_cumprod, ocfg.ema_decay))
-  xs = [parallel.host_to_global(b, mesh) for b in batches]
-  key = jax.device_put(jax.random.key(1), rep)
-  box = {"state": state, "i": 0}
+  _, step_fn = loop.jitted_step(init, pure_step, mesh)
+  if not v.donate:   # the same keyed step (jax.jit keeps it as __wrapped__), not donated
+    step_fn = jax.jit(step_fn.__wrapped__)
+  _, key, bad_step = loop.step_inputs(1, mesh)
+  xs = [{"in": {"z": parallel.host_to_global(b, mesh)}} for b in batches]
+  box = {"state": state, "bad": bad_step, "i": 0}
   del state
 
   def run():
     with precision_ctx(v.precision):
-      box["state"], metrics = step_fn(box["state"], xs[box["i"] % len(xs)], key)
+      box["state"], metrics, box["bad"] = step_fn(box["state"], xs[box["i"] % len(xs)], key,
+                                                  box["bad"])
     box["i"] += 1
     return metrics
 
-  return Case(run, jax.block_until_ready, lambda m: _check_finite("JAX loss", m["loss"]))
+  def check(metrics):
+    _check_finite("JAX loss", metrics["loss"])
+    if int(jax.device_get(box["bad"])):
+      raise FloatingPointError("JAX train state not finite")
+
+  return Case(run, jax.block_until_ready, check)
 
 
 def torch_model(size: Size, params, device: str):

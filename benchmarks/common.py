@@ -188,3 +188,39 @@ def write_section(path: str, name: str, body: str) -> None:
     text = text.rstrip() + "\n\n" + block + "\n"
   with open(path, "w") as f:
     f.write(text)
+
+
+def synthetic_npz_dir(path: str, names: Sequence[str], n: int = 48, size: int = 32,
+                      num_classes: int = 10) -> str:
+  """Writes tiny random `<name>.npz` sets (uint8 `images` [n, size, size, 3], `labels`).
+
+  The `--quick` runs of the offline benchmarks use them in place of the real
+  data folder (`../shared/data`), so a smoke run needs nothing outside the
+  repository. Files already there are kept (the quick runs share one folder and
+  its feature caches). Each set gets its own seed and a per-set brightness offset, so
+  the sets differ a little and every metric is defined. Returns `path`.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  os.makedirs(path, exist_ok=True)
+  for i, name in enumerate(names):
+    if os.path.exists(os.path.join(path, name + ".npz")):   # another quick run's: keep it
+      continue
+    rng = np.random.default_rng(1000 + i)
+    images = rng.integers(0, 200, (n, size, size, 3)) + 5 * i
+    labels = np.arange(n) % num_classes
+    np.savez(os.path.join(path, name + ".npz"), images=images.astype(np.uint8),
+             labels=labels.astype(np.int64))
+  return path
+
+
+def set_quick_flags(out_dir: Optional[str], overrides: dict[str, Any]) -> None:
+  """Sets absl flags for a `--quick` run of an offline benchmark (after parsing).
+
+  Raises a usage error without `--out_dir`: a smoke run writes only there, never
+  to benchmarks/RESULTS.md or the committed logs.
+  """
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  if not out_dir:
+    raise app.UsageError("--quick needs --out_dir (it never writes benchmarks/RESULTS.md)")
+  for name, value in overrides.items():
+    setattr(flags.FLAGS, name, value)

@@ -160,3 +160,46 @@ def allgather_rows(local: np.ndarray, n: int) -> np.ndarray:
            enumerate(shard_range(n, p, count) for p in range(count))]
   return np.concatenate(parts, axis=0)
 
+
+
+_CONNECTED: set[tuple[int, ...]] = set()
+_BARRIERS = [0]    # barriers passed by this process (every process counts the same)
+
+
+def connect_collectives(mesh, timeout_s: int = 300) -> None:
+  """Connects the CPU collectives of `mesh` while all processes are in step.
+
+  On CPU, JAX's gloo collectives connect the processes of a device group at
+  the first collective over that group, with a fixed deadline of 30 s: a
+  process that reaches its first training step more than 30 s after another
+  (slower data loading, a compilation on a busy host) fails with "Gloo context
+  initialization failed". So, once per device group: a barrier of the
+  coordination service (waits up to `timeout_s`), then one tiny reduction over
+  every device of `mesh` and one `sync_global_devices` (the one-device-per-
+  process group of orbax's barriers and `process_allgather`), compiled before
+  the barrier. Later collectives of a connected group wait as long as needed.
+  No-op with one process or off CPU (TPU / GPU collectives have no such
+  deadline).
+  """
+  devices = tuple(sorted(d.id for d in mesh.devices.flat))
+  if jax.process_count() == 1 or mesh.devices.flat[0].platform != "cpu" \
+      or devices in _CONNECTED:
+    return
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
+  from orbax.checkpoint import multihost as ocp_multihost  # pylint: disable=g-import-not-at-top
+  spec = PartitionSpec(mesh.axis_names)
+  local = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+  ones = jax.make_array_from_process_local_data(NamedSharding(mesh, spec),
+                                                np.ones(local, np.int32))
+  total = jax.jit(lambda x: x.sum(), out_shardings=NamedSharding(mesh, PartitionSpec()))
+  compiled = total.lower(ones).compile()
+  _BARRIERS[0] += 1
+  ocp_multihost.sync_global_processes(f"dlsr_connect_collectives_{_BARRIERS[0]}",
+                                      timeout=timeout_s,
+                                      processes=set(range(jax.process_count())))
+  got = int(jax.device_get(compiled(ones)))
+  if got != mesh.devices.size:
+    raise RuntimeError(f"the collectives of {mesh.devices.size} devices summed {got} ones")
+  multihost_utils.sync_global_devices(f"dlsr_connect_collectives_{_BARRIERS[0]}")
+  _CONNECTED.add(devices)

@@ -84,6 +84,7 @@ def setup(multihost: Optional[bool] = None) -> None:
   jax.config.update("jax_threefry_partitionable", True)
   if flags.FLAGS.is_parsed():
     check_tensorboard()
+    route_logs(_PROCESS_ID.value or 0)   # before JAX starts its backends (it logs then)
     if multihost is None:
       multihost = _MULTIHOST.value
     multihost_lib.initialize(multihost, coordinator_address=_COORDINATOR.value,
@@ -91,8 +92,8 @@ def setup(multihost: Optional[bool] = None) -> None:
                              timeout_s=_INIT_TIMEOUT.value)
   else:
     multihost_lib.initialize(multihost)
-  if flags.FLAGS.is_parsed():
-    route_logs()
+  if flags.FLAGS.is_parsed() and jax.process_index() != (_PROCESS_ID.value or 0):
+    route_logs(jax.process_index())   # a multi-host process whose index was auto-detected
   hide_accelerators_from_tf()
   logging.info("JAX process %d / %d, %d local / %d global devices (%s)",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
@@ -108,17 +109,27 @@ def check_tensorboard() -> None:
     sys.exit(FAILED_EXIT_CODE)
 
 
-def route_logs() -> None:
-  """Third-party INFO lines to <workdir>/log.txt only, unless --log_to_console
-  (`dlsr_jax.logs.route`); an entry point without --workdir keeps absl's console logging."""
-  workdir = flags.FLAGS["workdir"].value if "workdir" in flags.FLAGS else None
-  if workdir:
-    logs.route(workdir, to_console=_LOG_TO_CONSOLE.value)
+def route_logs(process_index: int) -> None:
+  """Third-party INFO lines to log.txt (log.<i>.txt on process i > 0) only, unless
+  --log_to_console (`dlsr_jax.logs.route`): in --outdir when the entry point has one and it
+  is given (an evaluation with its own output folder writes nothing into the workdir), else
+  in --workdir; an entry point without either keeps absl's console logging. A folder that
+  cannot be written keeps the logs on the console (the entry point's own check then names
+  the folder in one line)."""
+  where = [flags.FLAGS[f].value for f in ("outdir", "workdir") if f in flags.FLAGS]
+  folder = next((w for w in where if w), None)
+  if not folder:
+    return
+  try:
+    logs.route(folder, to_console=_LOG_TO_CONSOLE.value, process_index=process_index)
+  except OSError as e:
+    print(f"note: no log file in {folder} ({e.strerror or e}); library logs stay on the "
+          "console", file=sys.stderr, flush=True)
 
 
 def hide_accelerators_from_tf() -> None:
-  """TF only feeds input (TFDS) and writes summaries (clu): keep it off GPUs so it
-  cannot take accelerator memory JAX needs. Imported here, before clu/TFDS do it."""
+  """TF only feeds input (TFDS, the [tfds] extra): keep it off GPUs so it
+  cannot take accelerator memory JAX needs. Imported here, before TFDS does it."""
   if jax.default_backend() == "cpu" and "tensorflow" not in sys.modules:
     return   # nothing to protect; skip the TF import (seconds) on CPU-only runs
   try:

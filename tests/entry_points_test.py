@@ -65,7 +65,7 @@ def test_evaluate_with_a_bad_detector_type_is_one_line(tmp_path):
   assert "Traceback" not in proc.stderr, proc.stderr
   assert _last_line(proc).startswith("FAILED (ValueError): invalid config: ")
   assert "unknown detector type 'mspp'" in _last_line(proc)
-  assert not os.listdir(tmp_path)                                    # nothing written
+  assert os.listdir(tmp_path) == ["log.txt"]                  # nothing written but its log
 
 
 def test_evaluate_a_workdir_trained_with_another_schedule_names_it(tmp_path):
@@ -77,7 +77,7 @@ def test_evaluate_a_workdir_trained_with_another_schedule_names_it(tmp_path):
   assert "cannot be evaluated with these:\n" in message, message
   assert "\n  schedule.kind: 'scaled_linear' -> 'cosine'\n" in message, message
   assert "\nUse the recorded values, or start a fresh run with a new --workdir" in message
-  assert os.listdir(tmp_path) == ["config.json"]                     # nothing extracted
+  assert sorted(os.listdir(tmp_path)) == ["config.json", "log.txt"]   # nothing extracted
 
 
 @pytest.mark.parametrize("args,message", [

@@ -68,6 +68,18 @@ def test_quickstart_writes_one_table_with_every_row(quickstart_dir):
   assert "| head | head_msp | msp |" in proc.stdout and "total" in proc.stdout
 
 
+def test_quickstart_console_is_quiet_and_metrics_are_jsonl(quickstart_dir):
+  """orbax's INFO lines (several per checkpoint) go to <workdir>/log.txt, not the console;
+  our stage lines stay; each training run keeps its curve in metrics.jsonl."""
+  wd, proc = quickstart_dir
+  log = (wd / "log.txt").read_text()
+  assert "checkpoint_manager.py" in log and "row dlsr: training in" in log
+  assert "checkpoint_manager.py" not in proc.stderr and "row dlsr: training in" in proc.stderr
+  for run in ("dlsr", "head"):
+    rows = [json.loads(line) for line in (wd / run / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all("step" in r and "loss" in r for r in rows), run
+
+
 def test_evaluate_reuses_cache_and_takes_overrides(quickstart_dir, tmp_path):
   wd, _ = quickstart_dir
   rng = np.random.default_rng(0)

@@ -36,14 +36,17 @@ def no_tfds(monkeypatch):
 
 
 def _jsonl(path):
-  return [json.loads(line) for line in open(path)]
+  with open(path) as f:
+    return [json.loads(line) for line in f]
 
 
 def _events(path):
   """The Event protos of a TFRecord event file, each record's two CRCs checked."""
   from tensorboard.compat.proto import event_pb2
   from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
-  data, out, i = open(path, "rb").read(), [], 0
+  with open(path, "rb") as f:
+    data = f.read()
+  out, i = [], 0
   while i < len(data):
     header = data[i:i + 8]
     (n,) = struct.unpack("<Q", header)
@@ -204,3 +207,47 @@ def test_console_filter_keeps_project_records_by_path_or_name():
   assert not f.filter(record("jax._src.xla_bridge", "/site-packages/jax/_src/xla_bridge.py"))
   assert f.filter(record("absl", orbax, logging.WARNING))
   assert logs.log_path("/w", 2) == "/w/log.2.txt"
+
+
+_ROUTE_SCRIPT = textwrap.dedent("""
+    import logging, sys
+    from absl import app, flags
+    from experiments import launch
+
+    flags.DEFINE_string("workdir", None, "")
+    flags.DEFINE_string("outdir", None, "")
+
+    def main(_):
+      launch.route_logs(0)
+      logging.getLogger("orbax.checkpoint").info("orbax info line")
+      print("done")
+
+    app.run(main)
+""")
+
+
+@pytest.mark.parametrize("with_outdir", [False, True])
+def test_logs_go_to_the_outdir_when_given_so_evaluate_writes_nothing_into_the_workdir(
+    tmp_path, with_outdir):
+  script = tmp_path / "fake_evaluate.py"
+  script.write_text(_ROUTE_SCRIPT)
+  wd, out = tmp_path / "wd", tmp_path / "out"
+  wd.mkdir()
+  args = [f"--workdir={wd}"] + ([f"--outdir={out}"] if with_outdir else [])
+  subprocess.run([sys.executable, str(script), *args], cwd=ROOT, capture_output=True,
+                 text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=120, check=True)
+  assert (out / "log.txt").is_file() == with_outdir
+  assert sorted(os.listdir(wd)) == ([] if with_outdir else ["log.txt"])
+  if with_outdir:
+    assert "orbax info line" in (out / "log.txt").read_text()
+
+
+def test_a_log_folder_that_cannot_be_made_leaves_the_logs_on_the_console(tmp_path):
+  script = tmp_path / "fake_evaluate.py"
+  script.write_text(_ROUTE_SCRIPT)
+  (tmp_path / "a_file").write_text("x")
+  proc = subprocess.run([sys.executable, str(script), f"--workdir={tmp_path / 'a_file' / 'wd'}"],
+                        cwd=ROOT, capture_output=True, text=True,
+                        env=dict(os.environ, PYTHONPATH=ROOT), timeout=120, check=True)
+  assert "no log file in" in proc.stderr and "orbax info line" in proc.stderr, proc.stderr
+  assert "done" in proc.stdout

@@ -23,8 +23,8 @@ import numpy as np
 
 from dlsr_jax import diffusion, lfdn, parallel, schedule, scoring, trainer
 from dlsr_jax.detectors import base
-from dlsr_jax.training import optim as optim_lib
 from dlsr_jax.training import loop
+from dlsr_jax.training import optim as optim_lib
 from dlsr_jax.training.checkpoint import Checkpointer
 
 __all__ = ["DLSRSettings", "make", "restore_ema"]

@@ -30,6 +30,9 @@ syncs with the host. The loop reads it at every log and checkpoint boundary:
 a non-finite state is never saved, and `fit` raises `Diverged` naming that step
 and the last good checkpoint (the checkpointer keeps the last two, plus the
 reference steps). A resume restores the newest finite, readable checkpoint.
+
+Benchmarks and tools that time or drive the step get exactly what `fit` runs
+from `jitted_step(init, step, mesh)` and `step_inputs(seed, mesh)`.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from dlsr_jax import data, parallel
+from dlsr_jax import data, multihost, parallel
 from dlsr_jax.training.checkpoint import Checkpointer, all_finite
 from dlsr_jax.training.preemption import Preempted, _PreemptionWatch
 
@@ -385,6 +388,7 @@ def fit(init: InitFn, step: StepFn, streams: Streams, cfg: FitConfig,
   if IN not in streams:
     raise ValueError(f"fit needs an {IN!r} stream, got {sorted(streams)}")
   mesh = mesh or parallel.make_mesh()
+  multihost.connect_collectives(mesh)   # CPU processes in step at the first collective
   feeds = [_Stream(name, arrays, cfg.batch_size_of(name), cfg.seed, mesh)
            for name, arrays in sorted(streams.items())]
   steps_per_epoch = next(f for f in feeds if f.name == IN).steps_per_epoch

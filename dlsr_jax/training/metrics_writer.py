@@ -67,7 +67,7 @@ class _EventFile:
     self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
     self.path = os.path.join(logdir, f"events.out.tfevents.{int(time.time()):010d}."
                                      f"{socket.gethostname()}.{os.getpid()}.dlsr_jax")
-    self._writer = RecordWriter(open(self.path, "wb"))
+    self._writer = RecordWriter(open(self.path, "wb"))  # noqa: SIM115 (closed in close)
     self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
 
   def _write(self, event) -> None:
@@ -109,7 +109,7 @@ class MetricsWriter:
       return
     self._tensorboard = wants_tensorboard(tensorboard)   # raises before any file is made
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(self.path, "a")
+    self._jsonl = open(self.path, "a")  # noqa: SIM115 (held until close)
 
   @property
   def event_file(self) -> Optional[str]:
