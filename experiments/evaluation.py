@@ -120,36 +120,35 @@ def _fit_arrays(c, store, row: build.RowSpec, keys: tuple[str, ...]) -> Mapping:
 def tune_row(c, row: build.RowSpec, store: arrays.ArrayStore) -> tuple[build.RowSpec, dict]:
   """A tuned row's settings chosen on data.val vs data.ood_val (never a test set; checked by
   `build.check_validation_sets`); returns the row with them and its search record."""
-  net = store.nets.get(row.net)
+  net = store.nets.get(row.net) if "net" in row.context else None
   keys = tuple(dict.fromkeys((*row.reads, *row.fit_reads)))
   t0 = time.time()
   best, candidates = tune_lib.tune(
       row.type, row.grid, _fit_arrays(c, store, row, row.fit_reads),
       split_arrays(c, store, row.net, VAL, keys), _Arrays(store, row.net, OOD_VAL, keys),
-      key=jax.random.key(c.eval.seed), net=net if "net" in row.context else None,
-      settings=row.settings)
-  varied = sorted({k for cand in candidates for k, v in cand["settings"].items()
-                   if v != candidates[0]["settings"][k]} or
-                  {k for k in (row.grid or {}) if isinstance(row.grid, Mapping)})
+      key=jax.random.key(c.eval.seed), net=net, settings=row.settings)
+  grid = row.grid if row.grid is not None else tune_lib.default_grid(row.type, net)
+  grid_keys = list(grid) if isinstance(grid, Mapping) else list(
+      dict.fromkeys(k for cand in grid for k in cand))
+  settings = tune_lib.plain_settings(best)
   record = {"type": row.type, "net": row.net, "fit_set": row.fit_set,
             "id_val": str(c.data.val), "ood_val": str(c.data.ood_val),
-            "grid": table_plain(row.grid) if row.grid is not None else "default",
-            "chosen": {k: tune_lib.plain_settings(best)[k] for k in varied},
-            "settings": tune_lib.plain_settings(best),
-            "seconds": round(time.time() - t0, 3), "candidates": candidates}
+            "grid": json_plain(grid), "chosen": {k: settings[k] for k in grid_keys},
+            "settings": settings, "seconds": round(time.time() - t0, 3),
+            "candidates": candidates}
   logging.info("row %s: tuned %s on %s vs %s: %s", row.name, row.type, c.data.val,
                c.data.ood_val, record["chosen"])
   return dataclasses.replace(row, settings=best), record
 
 
-def table_plain(value):
+def json_plain(value):
   """A grid as JSON (ConfigDicts and tuples as dicts and lists)."""
   if hasattr(value, "to_dict"):
     value = value.to_dict()
   if isinstance(value, Mapping):
-    return {k: table_plain(v) for k, v in value.items()}
+    return {k: json_plain(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
-    return [table_plain(v) for v in value]
+    return [json_plain(v) for v in value]
   return value
 
 

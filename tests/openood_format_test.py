@@ -50,8 +50,11 @@ def test_openood_csv_columns_and_group_means(tmp_path):
 def test_mean_and_std_over_seeds_in_cells(tmp_path):
   runs = [_results(seed)[1].to_dict() for seed in (0, 1)]
   results = dict(runs[0], seeds=[0, 1], accuracy={"clf": 0.9},
-                 nets={"clf": {"model": "cifar_resnet20", "objective": ""}})
-  results["rows"] = {k: {**m, "net": "clf"} for k, m in results["rows"].items()}
+                 nets={"clf": {"model": "cifar_resnet20", "objective": "cross_entropy"},
+                       "oe": {"model": "cifar_resnet20", "objective": "outlier_exposure"},
+                       "loaded": {"model": "cifar_resnet20", "objective": ""}})
+  nets = {"msp": "clf", "energy": "oe"}
+  results["rows"] = {k: {**m, "net": nets[k]} for k, m in results["rows"].items()}
   results["metrics"], results["metrics_std"] = table.mean_and_std([r["metrics"] for r in runs])
   report.write_results(results, str(tmp_path))
   rows = _read(tmp_path / "results_openood.csv")
@@ -60,6 +63,9 @@ def test_mean_and_std_over_seeds_in_cells(tmp_path):
   assert np.std(a) > 0
   assert rows[0]["ID Accuracy"] == "90.00 ± 0.00" and rows[0]["Training"] == "CrossEntropy"
   assert rows[0]["Model Arch."] == "cifar_resnet20" and rows[0]["Seeds"] == "2"
+  assert rows[1]["Training"] == "OE" and rows[1]["ID Accuracy"] == ""   # no accuracy: blank
+  results["rows"]["energy"]["net"] = "loaded"
+  assert report.openood_rows(results)[1]["Training"] == "pretrained"
 
 
 def test_trapezoid_aupr_beside_the_step_wise_one(tmp_path):

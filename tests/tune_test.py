@@ -125,6 +125,9 @@ def test_time_grid_reports_both_ways(arrays):
                          key=jax.random.key(0), net=net, repeats=1)
   assert t["n_candidates"] == 3 and t["grid_s"] > 0 and t["one_by_one_s"] > 0
   assert t["speedup"] == pytest.approx(t["one_by_one_s"] / t["grid_s"], rel=0.02)
+  t = tune_lib.time_grid("knn", {"k": [3, 500]}, fit, id_val, ood_val, key=jax.random.key(0),
+                         settings={"array": "pre_logits"}, repeats=1)   # 500 > 60 fit rows
+  assert t["n_candidates"] == 1 and t["grid_s"] > 0
   t = tune_lib.time_grid("msp", None, fit, id_val, ood_val, key=jax.random.key(0), repeats=1)
   assert t["grid_s"] is None and t["one_by_one_s"] > 0
 

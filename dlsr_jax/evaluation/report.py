@@ -130,8 +130,9 @@ def openood_rows(results: Mapping) -> list[dict]:
   Near / Far-OOD AUROC and FPR@95 (OpenOOD's convention, OOD positive:
   "fpr95_ood_positive") are the group averages; cells are "mean ± std" in percent over
   `results["seeds"]` (std 0.00 for rows that train nothing or a single run; "Seeds" says how
-  many runs). Training is the net's objective (OpenOOD's names: CrossEntropy, OE, ...), or
-  "frozen backbone" for rows on the backbone.
+  many runs). Training is the objective the net was trained with here (OpenOOD's names:
+  CrossEntropy, OE, ...), "pretrained" for a net used as loaded, "frozen backbone" for rows
+  on the backbone.
   """
   if not has_near_far(results):
     raise ValueError(f"openood_rows: the results have groups {sorted(results.get('groups') or {})}"
@@ -145,8 +146,9 @@ def openood_rows(results: Mapping) -> list[dict]:
     meta = (results.get("rows") or {}).get(key, {"row": key, "score": key, "detector": key})
     net = meta.get("net", "")
     info = nets.get(net, {})
-    training = (_TRAINING.get(info.get("objective") or "cross_entropy", info.get("objective"))
-                if info else ("frozen backbone" if net in ("", "backbone") else ""))
+    objective = info.get("objective") or ""
+    training = (_TRAINING.get(objective, objective) if objective else
+                "pretrained" if info else "frozen backbone" if net in ("", "backbone") else "")
     for k, sets in by_k.items():
       sd = std[key][k] if std is not None else {}
       cell = functools.partial(_group_cell, sets, sd)

@@ -292,6 +292,27 @@ def plain_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
   return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in settings.items()}
 
 
+def _accepted(detector_type: str, cands: list, fit, id_val, ood_val, key, net) -> list:
+  """The candidates the detector accepts (as `tune` skips the refused ones)."""
+  try:
+    score_candidates(detector_type, cands, fit, id_val, ood_val, key=key, net=net,
+                     use_grid=False)
+    return cands
+  except ValueError:
+    pass
+  ok = []
+  for c in cands:
+    try:
+      score_candidates(detector_type, [c], fit, id_val, ood_val, key=key, net=net,
+                       use_grid=False)
+      ok.append(c)
+    except ValueError:
+      pass
+  if not ok:
+    raise ValueError(f"time_grid: every {detector_type} candidate was refused")
+  return ok
+
+
 def time_grid(detector_type: str, settings_grid: Optional[Grid], fit: SetArrays,
               id_val: SetArrays, ood_val: SetArrays, *, key: jax.Array, net: Any = None,
               settings: Optional[Mapping[str, Any]] = None, repeats: int = 3
@@ -299,12 +320,15 @@ def time_grid(detector_type: str, settings_grid: Optional[Grid], fit: SetArrays,
   """Wall time of scoring the whole grid with the vmapped hook against one by one.
 
   Each way runs once to compile, then `repeats` times; the best time counts (fits included).
+  Candidates the detector refuses (e.g. knn's k above the fit rows) are left out, as `tune`
+  never chooses them.
 
   Returns:
-    {"n_candidates", "grid_s", "one_by_one_s", "speedup"}; grid_s is None for a type
-    without a `score_grid` hook.
+    {"n_candidates" (accepted), "grid_s", "one_by_one_s", "speedup"}; grid_s is None for a
+    type without a `score_grid` hook.
   """
-  cands = candidates(detector_type, settings_grid, settings, net=net)
+  cands = _accepted(detector_type, candidates(detector_type, settings_grid, settings, net=net),
+                    fit, id_val, ood_val, key, net)
   out: dict[str, Any] = {"n_candidates": len(cands)}
   modes = {"one_by_one_s": False}
   if hasattr(_module(detector_type), "score_grid"):
