@@ -27,14 +27,20 @@ _PROJECT_DIRS = tuple(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep + d + os.sep
     for d in ("dlsr_jax", "experiments"))
 _PROJECT_LOGGERS = ("dlsr_jax", "experiments")
+# Third-party warnings that only restate what we asked for (an evaluation opens checkpoints
+# read-only on purpose): kept in log.txt, not on the console.
+_EXPECTED_WARNINGS = ("Given directory is read only",
+                      "CheckpointManagerOptions.read_only=True")
 
 
 class ConsoleFilter(logging.Filter):
-  """Passes the project's records and WARNING+ from anyone; drops third-party INFO / DEBUG."""
+  """Passes the project's records and WARNING+ from anyone; drops third-party INFO / DEBUG
+  and the warnings that restate a setting we chose (`_EXPECTED_WARNINGS`)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     if record.levelno >= logging.WARNING:
-      return True
+      return (record.levelno > logging.WARNING
+              or not record.getMessage().startswith(_EXPECTED_WARNINGS))
     if record.name.split(".")[0] in _PROJECT_LOGGERS:
       return True
     return os.path.abspath(record.pathname or "").startswith(_PROJECT_DIRS)

@@ -178,8 +178,10 @@ class Checkpointer:
     # Each manager's finalize thread syncs the processes at a barrier whose name is fixed
     # unless prefixed; two managers finishing saves at once (a reference step) would meet at
     # the same barrier ("... is already ongoing" in a multi-process run), so each gets its own.
-    opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                        read_only=read_only,
+    # A read-only manager gets the settings orbax would force on it (it warns otherwise).
+    opts = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else max_to_keep,
+                                        save_interval_steps=0 if read_only else 1,
+                                        create=not read_only, read_only=read_only,
                                         multiprocessing_options=_barriers("latest"))
     self.latest = ocp.CheckpointManager(os.path.join(workdir, LATEST_DIR), options=opts)
     ref_dir = os.path.join(workdir, REFERENCE_DIR)
@@ -188,8 +190,8 @@ class Checkpointer:
       ref_dir = legacy
     self.reference = ocp.CheckpointManager(
         ref_dir, options=ocp.CheckpointManagerOptions(
-            max_to_keep=None, create=not read_only, read_only=read_only,
-            multiprocessing_options=_barriers("reference")))
+            max_to_keep=None, save_interval_steps=0 if read_only else 1,
+            create=not read_only, read_only=read_only, multiprocessing_options=_barriers("reference")))
 
   def save(self, step: int, state: Any, *, reference: bool = False,
            force: bool = True) -> None:
