@@ -148,3 +148,25 @@ def test_offline_benchmark_quick(out_dir, script, section):
     log = _load(os.path.join(out_dir, "offline_objectives.json"))
     nets = {m["net"] for m in log["results"]["rows"].values()}
     assert nets == {"base", "plain"}
+
+
+def test_offline_posthoc_quick(out_dir):
+  """Four detector types (a k-free one, two with a vmapped grid, one fitting an eigenbasis):
+  default and tuned rows, the search record with both timings, no RESULTS.md."""
+  d = os.path.join(out_dir, "posthoc")
+  r = _run([sys.executable, "-m", "benchmarks.offline_posthoc", "--quick", f"--out_dir={d}",
+            "--detectors=msp,react,knn,vim"])
+  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+  assert "| detector | near AUROC |" in r.stdout and not os.path.exists(
+      os.path.join(d, "RESULTS.md"))
+  (run,) = _load(os.path.join(d, "posthoc.json"))["runs"]
+  assert sorted(run["default"]) == ["knn", "msp", "react", "vim"]
+  assert sorted(run["tuned"]) == ["knn@tuned", "react@tuned", "vim@tuned"]   # msp: no grid
+  for name, rec in run["search"].items():
+    assert rec["n_candidates"] == len(rec["candidates"]) >= 2, name
+    assert sum(c["best"] for c in rec["candidates"]) == 1, name
+    best = next(c for c in rec["candidates"] if c["best"])
+    assert all(v == best["settings"][k] for k, v in rec["chosen"].items()), name
+    assert rec["grid_s"] > 0 and rec["one_by_one_s"] > 0, name
+  for row in (*run["default"].values(), *run["tuned"].values()):
+    assert 0 <= row["near_auroc"] <= 100 and 0 <= row["far_auroc"] <= 100
