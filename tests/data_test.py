@@ -252,6 +252,14 @@ def test_tfds_real_prepared_dataset(tmp_path, monkeypatch, no_network):
   np.testing.assert_array_equal(part.labels, s.labels[6:13])
   with pytest.raises(ValueError, match=r"rows \[15, 25\) out of range.*fewer than 25"):
     data.load_images("tfds:dummy_mnist:train", tfds_data_dir=str(tmp_path), rows=(15, 25))
+  # Damaged prepared data (a truncated dataset_info.json): one ValueError naming the data set,
+  # the folder and the fix, not tfds' AssertionError / protobuf ParseError.
+  (info,) = tmp_path.glob("dummy_mnist/*/dataset_info.json")
+  info.write_text(info.read_text()[:40])
+  with pytest.raises(ValueError, match=r"TFDS data of 'dummy_mnist' in .* cannot be read .*"
+                     r"damaged: rebuild it with `tfds build dummy_mnist`") as e:
+    data.count_images("tfds:dummy_mnist:train", tfds_data_dir=str(tmp_path))
+  assert str(tmp_path) in str(e.value)
 
 
 def test_tfds_unprepared_fails_fast_without_download(tmp_path, monkeypatch, no_network):

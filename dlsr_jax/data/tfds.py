@@ -31,6 +31,16 @@ def require(spec: str) -> None:
   extras.require("tfds", f"data source 'tfds:{spec}'")
 
 
+def _damaged(name: str, spec: str, where: str, e: Exception) -> ValueError:
+  """The error for prepared TFDS data that cannot be read (e.g. a broken dataset_info.json)."""
+  why = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+  return ValueError(
+      f"TFDS data of {name!r} in {where} cannot be read (source 'tfds:{spec}'): "
+      f"{type(e).__name__}: {why[:300]}. Its dataset_info.json or record files are damaged: "
+      f"rebuild it with `tfds build {name}` on a machine with network access and copy the "
+      "folder here")
+
+
 def _dataset(spec: str, data_dir: Optional[str], image_key: str):
   """(tf.data.Dataset of examples, name, split, has_label); never downloads."""
   name, split = parse(spec)
@@ -39,10 +49,13 @@ def _dataset(spec: str, data_dir: Optional[str], image_key: str):
   tf.config.set_visible_devices([], "GPU")
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
+  where = data_dir if data_dir is not None else "the default TFDS data dir"
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
     raise ValueError(f"unknown TFDS dataset {name!r} (source 'tfds:{spec}')") from e
+  except Exception as e:  # noqa: BLE001  # tfds raises AssertionError / ParseError / OSError
+    raise _damaged(name, spec, where, e) from e
   where = data_dir if data_dir is not None else f"the default TFDS data dir ({builder.data_dir})"
   prepared = builder.is_prepared()
   try:
@@ -52,7 +65,7 @@ def _dataset(spec: str, data_dir: Optional[str], image_key: str):
     ds = builder.as_dataset(split=split, shuffle_files=False)
   except AssertionError as e:
     if prepared:
-      raise
+      raise _damaged(name, spec, where, e) from e
     raise FileNotFoundError(
         f"TFDS dataset {name!r} is not prepared in {where}; this code never "
         f"downloads. On a machine with network access run `tfds build {name}` "
