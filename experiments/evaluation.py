@@ -30,8 +30,9 @@ from absl import logging
 from dlsr_jax import evaluation as evaluation_lib
 from dlsr_jax.evaluation import report, table
 from dlsr_jax.evaluation import tune as tune_lib
+from dlsr_jax.training import workdir as workdir_lib
 from experiments import arrays, build, pipeline, runner, validate
-from experiments import workdir as workdir_lib
+from experiments import workdir as workdir_policy
 from experiments.configs import datasets
 from experiments.lfdn_scores import (assemble_results, baseline_scores,  # noqa: F401
                                      dlsr_scores, load_feature_sets, merge_scores,
@@ -278,7 +279,7 @@ def run_evaluate(c, workdir: str, outdir: Optional[str] = None) -> dict:
   if jax.process_index() == 0:
     workdir_lib.check_writable(outdir, "output folder", "" if own_outdir else
                                ": give --outdir=<a writable folder>")
-  workdir_lib.check_config(c, workdir, for_eval=True)      # trained with these settings?
+  workdir_policy.check_config(c, workdir, for_eval=True)      # trained with these settings?
   plan = build.build(c)
   runner.check_sources(c, plan)                            # every set: a typo fails now
   runner.require_trained(plan, workdir)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from dlsr_jax import backbones, features
+from dlsr_jax.training import workdir as workdir_lib
 from experiments import evaluation, launch, pipeline, workdir
 from experiments.configs import quickstart
 
@@ -117,8 +118,9 @@ def _fails(capsys, fn, *args, **kwargs) -> str:
 
 
 def _hold_lock(wd) -> subprocess.Popen:
-  code = ("import sys, time; sys.path.insert(0, sys.argv[2]); from experiments import workdir;"
-          " workdir.acquire(sys.argv[1]); print('locked', flush=True); time.sleep(120)")
+  code = ("import sys, time; sys.path.insert(0, sys.argv[2]);"
+          " from dlsr_jax.training import workdir; workdir.acquire(sys.argv[1]);"
+          " print('locked', flush=True); time.sleep(120)")
   proc = subprocess.Popen([sys.executable, "-c", code, str(wd), ROOT], stdout=subprocess.PIPE,
                           text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.stdout.readline().strip() == "locked"
@@ -186,7 +188,7 @@ def _npz(path, n=16, labels=None, seed=0):
 
 
 def _has_checkpoint(wd) -> bool:
-  return workdir.has_checkpoints(str(wd))
+  return workdir_lib.has_checkpoints(str(wd))
 
 
 # 2: a failed first run writes no record, and a record with no checkpoint takes a new config.
@@ -195,25 +197,25 @@ def test_a_typo_in_data_train_fails_before_the_record(tmp_path, capsys):
   err = _fails(capsys, pipeline.run_train, _cfg(**{"data.train": "npz:/no/such/digits.npz"}),
                str(wd))
   assert "data.train = 'npz:/no/such/digits.npz'" in err and "not found" in err, err
-  assert not (wd / workdir.CONFIG_NAME).exists() and not (wd / ".lock").exists()
+  assert not (wd / workdir_lib.CONFIG_NAME).exists() and not (wd / ".lock").exists()
   err = _fails(capsys, pipeline.run_train, _cfg(**{"nets.head.batch_size": 1000}), str(wd))
   assert "c.nets.head.batch_size = 1000 is more than the 16 images of data.train" in err, err
-  assert not (wd / workdir.CONFIG_NAME).exists()
+  assert not (wd / workdir_lib.CONFIG_NAME).exists()
 
 
 def test_a_record_without_a_checkpoint_accepts_the_corrected_command(tmp_path, monkeypatch):
   from experiments import runner  # pylint: disable=g-import-not-at-top
   wd = tmp_path / "wd"
   wd.mkdir()
-  (wd / workdir.CONFIG_NAME).write_text(_cfg(**{"nets.head.hidden": 7}).to_json())
+  (wd / workdir_lib.CONFIG_NAME).write_text(_cfg(**{"nets.head.hidden": 7}).to_json())
   ran = []
   monkeypatch.setattr(runner, "run_train", lambda c, w: ran.append(w))
   pipeline.run_train(_cfg(), str(wd))          # an older version recorded a failed run
   assert ran == [str(wd)]
   import json  # pylint: disable=g-import-not-at-top
-  assert json.loads((wd / workdir.CONFIG_NAME).read_text())["nets"]["head"]["hidden"] == 16
+  assert json.loads((wd / workdir_lib.CONFIG_NAME).read_text())["nets"]["head"]["hidden"] == 16
   os.makedirs(wd / "head" / "checkpoints" / "4")   # now something was trained: guarded
-  with pytest.raises(workdir.WorkdirConfigError, match=r"nets.head.hidden: 16 -> 7"):
+  with pytest.raises(workdir_lib.WorkdirConfigError, match=r"nets.head.hidden: 16 -> 7"):
     pipeline.run_train(_cfg(**{"nets.head.hidden": 7}), str(wd))
 
 
@@ -290,7 +292,7 @@ def test_a_diverged_net_names_its_learning_rate_which_may_change(tmp_path, capsy
                                          "nets.head.epochs": 3}), str(wd))
   assert "nets.head.learning_rate: 0.05 -> 0.01" in changed and "nets.head.epochs: 2 -> 3" in (
       changed)
-  with pytest.raises(workdir.WorkdirConfigError, match="nets.head.num_classes"):
+  with pytest.raises(workdir_lib.WorkdirConfigError, match="nets.head.num_classes"):
     workdir.check_config(_cfg(**{"nets.head.num_classes": 6}), str(wd))
 
 

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from dlsr_jax.training import workdir as workdir_lib
 from experiments import pipeline, workdir
 from experiments.configs import quickstart
 
@@ -41,8 +42,9 @@ def _cfg(**changes):
 
 def _hold_lock(wd) -> subprocess.Popen:
   """Another process that takes the lock of `wd` and sleeps."""
-  code = ("import sys, time; sys.path.insert(0, sys.argv[2]); from experiments import workdir;"
-          " workdir.acquire(sys.argv[1]); print('locked', flush=True); time.sleep(120)")
+  code = ("import sys, time; sys.path.insert(0, sys.argv[2]);"
+          " from dlsr_jax.training import workdir; workdir.acquire(sys.argv[1]);"
+          " print('locked', flush=True); time.sleep(120)")
   proc = subprocess.Popen([sys.executable, "-c", code, str(wd), ROOT], stdout=subprocess.PIPE,
                           text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.stdout.readline().strip() == "locked"
@@ -53,7 +55,7 @@ def test_second_run_fails_at_once_and_a_stale_lock_is_taken_over(tmp_path, no_wo
   proc = _hold_lock(tmp_path)
   try:
     t0 = time.time()
-    with pytest.raises(workdir.WorkdirLocked, match=rf"in use by pid {proc.pid} on .*"
+    with pytest.raises(workdir_lib.WorkdirLocked, match=rf"in use by pid {proc.pid} on .*"
                        "another --workdir"):
       pipeline.run_train(_cfg(), str(tmp_path))
     assert time.time() - t0 < 5
@@ -72,8 +74,8 @@ def test_second_run_fails_at_once_and_a_stale_lock_is_taken_over(tmp_path, no_wo
 
 
 def test_nested_guards_in_one_process_share_the_lock(tmp_path):
-  with workdir.lock(str(tmp_path)):
-    with workdir.lock(str(tmp_path)):
+  with workdir_lib.lock(str(tmp_path)):
+    with workdir_lib.lock(str(tmp_path)):
       pass
     assert (tmp_path / ".lock").exists()
   assert not (tmp_path / ".lock").exists()
@@ -97,14 +99,14 @@ def test_changed_model_or_data_stops_before_any_work_and_lists_the_keys(tmp_path
   _trained(tmp_path)
   recorded = (tmp_path / "config.json").read_text()
   changed = _cfg(**{"model.width": 64, "schedule.kind": "linear", "data.train": "npz:x.npz"})
-  with pytest.raises(workdir.WorkdirConfigError) as err:
+  with pytest.raises(workdir_lib.WorkdirConfigError) as err:
     pipeline.run_train(changed, str(tmp_path))
   msg = str(err.value)
   assert f"data.train: '{_cfg().data.train}' -> 'npz:x.npz'" in msg
   assert "model.width: 32 -> 64" in msg and "schedule.kind: 'scaled_linear' -> 'linear'" in msg
   assert "new --workdir" in msg and "train.num_epochs" in msg
   assert (tmp_path / "config.json").read_text() == recorded and not (tmp_path / ".lock").exists()
-  with pytest.raises(workdir.WorkdirConfigError, match="cannot be evaluated"):
+  with pytest.raises(workdir_lib.WorkdirConfigError, match="cannot be evaluated"):
     workdir.check_config(changed, str(tmp_path), for_eval=True)
   # Changeable keys: extend the run, new eval settings; the record follows them.
   longer = _cfg(**{"train.num_epochs": 5, "eval.ks": (2,), "optim.learning_rate": 1e-4})
@@ -160,7 +162,7 @@ def test_evaluating_with_another_schedule_stops_before_any_extraction(tmp_path, 
   monkeypatch.setattr(evaluation.arrays, "ArrayStore", no_extraction)
   monkeypatch.setattr(evaluation.runner, "require_trained", lambda *a: None)
   out = tmp_path / "eval"
-  with pytest.raises(workdir.WorkdirConfigError) as err:
+  with pytest.raises(workdir_lib.WorkdirConfigError) as err:
     evaluation.run_evaluate(_cfg(**{"schedule.kind": "cosine"}), str(tmp_path), str(out))
   msg = str(err.value)
   assert "cannot be evaluated" in msg and "schedule.kind: 'scaled_linear' -> 'cosine'" in msg
