@@ -20,12 +20,12 @@ from typing import Any, Mapping, Optional
 
 from dlsr_jax import backbones, detectors, models
 from dlsr_jax.detectors.base import CONTEXT_ARGS, Detector, FeatureLayout
+from dlsr_jax.evaluation.arrays import BACKBONE
 from dlsr_jax.models.net import Net
 from dlsr_jax.objectives import base as objectives
 from experiments import classifiers, pipeline
 from experiments.configs import datasets
 
-BACKBONE = "backbone"
 # The arrays each kind of net provides per data set.
 PROVIDES = {
     "backbone": ("features", "images", "labels"),

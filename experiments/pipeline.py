@@ -19,6 +19,7 @@ from dlsr_jax import (backbones, data, diffusion, features, lfdn, multihost, par
                       schedule, scoring)
 from dlsr_jax import train as train_lib
 from dlsr_jax import trainer
+from dlsr_jax.evaluation import arrays
 from dlsr_jax.training import metrics_writer
 from dlsr_jax.training.checkpoint import Checkpointer
 from experiments import workdir as workdir_lib
@@ -147,6 +148,22 @@ def source_features(c, backbone, source: str, cache,
     info["features_images_per_s"] = round(images.shape[0] / max(dt, 1e-9), 2)
   logging.info("features of %s: %s (%s)", source, z.shape, info)
   return z, bounds, info
+
+
+def array_store(c, workdir: str, sources, shard_train: bool = False,
+                write_to: Optional[str] = None) -> arrays.ArrayStore:
+  """The run's `ArrayStore` of `sources`. `write_to`: where new cache entries go (default
+  `cache_dir(c, workdir)`, which is then still read): an evaluation writing to its own
+  --outdir writes nothing into the workdir."""
+  default = cache_dir(c, workdir)
+  write = write_to or default
+  return arrays.ArrayStore(
+      sources, load_images=lambda source, rows=None: load_source(c, source, rows),
+      count_images=lambda source: count_source(c, source),
+      load_backbone=lambda: load_backbone(c), feature_spec=feature_spec(c),
+      feature_batch_size=c.feature_batch_size, cache_dir=write,
+      read_also=() if write == default else (default,),
+      classifier_batch_size=c.eval.get("classifier_batch_size", 256), shard_train=shard_train)
 
 
 def feature_boundaries(c, backbone) -> tuple[int, ...]:
