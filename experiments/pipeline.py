@@ -15,10 +15,19 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from dlsr_jax import (backbones, data, diffusion, features, lfdn, multihost, parallel,
-                      schedule, scoring)
+from dlsr_jax import (
+  backbones,
+  data,
+  diffusion,
+  features,
+  lfdn,
+  multihost,
+  parallel,
+  schedule,
+  scoring,
+  trainer,
+)
 from dlsr_jax import train as train_lib
-from dlsr_jax import trainer
 from dlsr_jax.evaluation import arrays
 from dlsr_jax.training import metrics_writer
 from dlsr_jax.training.checkpoint import Checkpointer
@@ -247,6 +256,18 @@ def restore_ema(c, workdir: str, num_features: int, reference_step: Optional[int
   from dlsr_jax.detectors import dlsr  # pylint: disable=g-import-not-at-top
   return dlsr.restore_ema(workdir, model_config(c, num_features), optim_config(c),
                           reference_step)
+
+
+def release_config(c, model: lfdn.LFDNConfig, reference_step: Optional[int]):
+  """`c` with a converted release LFDN's sizes, `eval.release_compat` and (with a first
+  checkpoint) `train.lr_reference_steps` at its step: the config its workdir records."""
+  c = c.copy_and_resolve_references()  # unlocked copy
+  c.model.width, c.model.embed_dim = model.width, model.embed_dim
+  c.model.num_blocks, c.model.use_time_embedding = model.num_blocks, model.use_time_embedding
+  c.eval.release_compat = True
+  if reference_step is not None:
+    c.train.lr_reference_steps = reference_step
+  return c
 
 
 # ---------------------------------------------------------------- settings --
