@@ -23,16 +23,16 @@ from dlsr_jax import cache as cache_lib
 from dlsr_jax import evaluation
 from dlsr_jax.evaluation import arrays
 from dlsr_jax.detectors.base import Detector
-from dlsr_jax.training import metrics_writer
+from dlsr_jax.training import classifier, metrics_writer
 from dlsr_jax.training import loop
-from experiments import build, classifiers, pipeline
+from experiments import build, pipeline
 
 
 def sources(c, with_ood: bool = True) -> dict[str, str]:
   """{"train": ID train source, "id": ID test source, OOD set: source, ...}."""
   out = {"train": c.data.train, "id": c.data.test}
   if with_ood:
-    out.update(pipeline.ood_sources(c))
+    out.update(build.ood_sources(c))
   return out
 
 
@@ -41,7 +41,7 @@ def source_keys(c, with_ood: bool = True) -> dict[str, str]:
   keys = {"train": "data.train", "id": "data.test"}
   if with_ood:
     keys.update({n: f"data.ood.{n}" if n in c.data.ood else f"data.extra_ood {n}"
-                 for n in pipeline.ood_sources(c)})
+                 for n in build.ood_sources(c)})
   return keys
 
 
@@ -159,9 +159,9 @@ def prepare_nets(plan: build.Plan, workdir: str, store: arrays.ArrayStore,
       logging.info("net %s: %s in %s", name,
                    "restoring" if restore_only else "training / restoring", wd)
       try:
-        net = classifiers.train_classifier(net, x, y, spec.recipe, wd,
-                                           streams=_streams(store, name, spec, x, tests),
-                                           restore_only=restore_only)
+        net = classifier.train_classifier(net, x, y, spec.recipe, wd,
+                                          streams=_streams(store, name, spec, x, tests),
+                                          restore_only=restore_only)
       except loop.Diverged as e:   # the net's own key, not the LFDN's optim.learning_rate
         raise e.with_advice(
             f"Lower c.nets.{name}.learning_rate (now {spec.recipe['learning_rate']}; "
@@ -181,7 +181,7 @@ def _streams(store: arrays.ArrayStore, name: str, spec: build.NetSpec, x_in,
              tests: Mapping[str, tuple[str, str]]) -> dict[str, dict]:
   """The objective's other streams (e.g. the outlier images), loaded from their sources."""
   out = {}
-  for stream, (source, _) in classifiers.stream_sources(spec.recipe).items():
+  for stream, (source, _) in classifier.stream_sources(spec.recipe).items():
     set_name = stream_set(name, stream)
     store.sources[set_name] = source
     images = store.get(build.BACKBONE, set_name, ["images"])["images"]
@@ -199,7 +199,7 @@ def check_streams(plan: build.Plan, store: arrays.ArrayStore,
   a test set's images, before any net trains."""
   for name, spec in plan.nets.items():
     if spec.trains:
-      for stream, (source, _) in classifiers.stream_sources(spec.recipe).items():
+      for stream, (source, _) in classifier.stream_sources(spec.recipe).items():
         set_name = stream_set(name, stream)
         store.sources[set_name] = source
         images = store.get(build.BACKBONE, set_name, ["images"])["images"]
@@ -287,9 +287,10 @@ def record_run(workdir: str, info: dict) -> None:
   os.replace(path + ".tmp", path)
 
 
-def run_train(c, workdir: str) -> build.Plan:
-  """Trains every classifier net (init_from order) and every training row of `c`."""
-  plan = build.build(c)
+def run_train(c, workdir: str, plan: Optional[build.Plan] = None) -> build.Plan:
+  """Trains every classifier net (init_from order) and every training row of `c` (`plan`:
+  `build.build(c)` when the caller has it already)."""
+  plan = plan or build.build(c)
   check_sources(c, plan, with_ood=False)
   pipeline.write_config(c, workdir)
   store = pipeline.array_store(c, workdir, sources(c, with_ood=False), shard_train=True)

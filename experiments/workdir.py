@@ -2,20 +2,15 @@
 
 The lock and the config record are `dlsr_jax.training.workdir` (plain dicts); this module
 says which keys of an experiment config may differ from a workdir's record
-(`CHANGEABLE_KEYS`, `changeable`) and applies the guard to a ConfigDict: `check_config(c,
-workdir, for_eval=True)` (every evaluation), `record_config` and `guard` (training: validate,
-check the workdir is writable, lock, check and record). `c.nets.<name>` keys in
-`CHANGEABLE_NET_KEYS` (learning_rate, epochs, ...) may change like their LFDN counterparts.
+(`CHANGEABLE_KEYS`, `changeable`) and applies it to a ConfigDict: `check_config(c, workdir,
+for_eval=True)` (every evaluation) and `record_config` (every training run, `run.train`).
+`c.nets.<name>` keys in `CHANGEABLE_NET_KEYS` (learning_rate, epochs, ...) may change like
+their LFDN counterparts.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
-from typing import Any, Callable, Iterator
-
-import jax
 
 from dlsr_jax.training import workdir as workdir_lib
 from experiments.configs import common
@@ -73,30 +68,3 @@ def check_config(c, workdir: str, for_eval: bool = False) -> list[str]:
 def record_config(c, workdir: str) -> None:
   """Checks `c` against the record, then writes it if absent or changed (process 0)."""
   workdir_lib.write_record(_as_dict(c), workdir, changeable, CHANGEABLE_HINT)
-
-
-@contextlib.contextmanager
-def guard(c, workdir: str, check: Callable[[Any], Any] | None = None) -> Iterator[None]:
-  """Validates `c` (and runs `check(c)`, e.g. the data sources), checks that `workdir` is
-  writable, locks it, checks and records the config; unlocks on exit."""
-  from experiments import validate  # pylint: disable=g-import-not-at-top
-  validate.validate_config(c)
-  if jax.process_index() == 0:
-    workdir_lib.check_writable(workdir, hint=": use another --workdir")
-  with workdir_lib.lock(workdir):
-    check_config(c, workdir)
-    if check is not None:   # under the lock, before the record is written
-      check(c)
-    record_config(c, workdir)
-    yield
-
-
-def guarded(fn: Callable) -> Callable:
-  """Decorator for `fn(c, workdir, ...)`: runs it inside `guard(c, workdir)`."""
-
-  @functools.wraps(fn)
-  def wrapper(c, workdir: str, *args, **kwargs):
-    with guard(c, workdir):
-      return fn(c, workdir, *args, **kwargs)
-
-  return wrapper
