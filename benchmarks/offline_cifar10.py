@@ -6,8 +6,10 @@ Pretrained EfficientNet-Lite0 (offline weights) at 224x224 -> cached multi-layer
 features -> DLSR (MSE, MFsim, LR) at several k, the feature baselines
 (Mahalanobis, KNN), the AutoEncoder ablation (LFDN without time embedding,
 trained the same way) and the single-last-layer ablation, all on the same
-features. Writes the full report (results.json/.md/.csv, scores.npz, PNGs) to
-<workdir>/report and a summary section into benchmarks/RESULTS.md.
+features. Every row is the library's detector (`dlsr_jax.detectors.dlsr`, `mahalanobis`,
+`knn`) scored by the library's evaluator (`dlsr_jax.evaluation.evaluate`). Writes the full
+report (results.json/.md/.csv, scores.npz, PNGs) to <workdir>/report and a summary section
+into benchmarks/RESULTS.md.
 
 `--data_dir` holds `<name>.npz` files with `images` (uint8 NHWC) and `labels`;
 nothing in the library depends on it.
@@ -31,11 +33,16 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from dlsr_jax import features, scoring
+from dlsr_jax import backbones, detectors, evaluation, features, scoring
+from dlsr_jax.detectors import dlsr
+from dlsr_jax.detectors.base import FeatureLayout
 from dlsr_jax.evaluation import metrics, report, table
-from experiments import evaluation, launch, pipeline
+from dlsr_jax.training import metrics_writer
+from dlsr_jax.training import workdir as workdir_lib
+from experiments import run as experiments_run
 from experiments.configs import common
 from benchmarks import common as common_bench
+from benchmarks import offline_features
 from benchmarks.common import machine, write_section
 
 _DATA = flags.DEFINE_string("data_dir", None, "Folder with the .npz data sets.")
@@ -119,21 +126,37 @@ def make_config(data_dir: str, backbone: str = "efficientnet_lite0"):
 
 
 def model_variants(c) -> dict:
-  """name -> config of the DLSR model and the two ablations (same features)."""
-  ae = copy.deepcopy(c)
-  ae.model.use_time_embedding = False
-  last = copy.deepcopy(c)
-  last.layers = (4,)   # the deepest level only (stride 32)
-  return {"dlsr": c, "ae": ae, "last": last}
+  """name -> DLSR detector settings of the DLSR model and the two ablations (same features):
+  the AutoEncoder (no time embedding) and the deepest level only (stride 32)."""
+  base = dlsr_settings(c)
+  return {"dlsr": base, "ae": {**base, "use_time_embedding": False},
+          "last": {**base, "levels": (feature_layout(c).names[-1],)}}
+
+
+def dlsr_settings(c) -> dict:
+  """The DLSR detector's settings: the config blocks each setting follows (`DLSR_REFS`)."""
+  return {name: _plain(c[block][key]) for name, (block, key) in common.DLSR_REFS.items()}
+
+
+def _plain(value):
+  return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def feature_layout(c) -> FeatureLayout:
+  """The levels of the features (`c.layers` of `c.backbone`, by name)."""
+  cfg = backbones.config(c.backbone)
+  layers = tuple(c.layers) or cfg.default_layers
+  return FeatureLayout(names=tuple(cfg.level_names[i] for i in layers),
+                       channels=tuple(cfg.level_channels[i] for i in layers))
 
 
 def load_sets(c, data_dir: str, workdir: str, backbone=None, big_ood_limit: int = 0,
               with_jpg: bool = True):
   """Cached features: ID test, every OOD set, the exact (and the JPEG) training sets."""
   c.cache_dir = os.path.join(workdir, "feature_cache")
-  backbone = backbone or pipeline.load_backbone(c)
+  backbone = backbone or offline_features.load_backbone(c)
   cache = features.FeatureCache(c.cache_dir)
-  sources = {"id": c.data.test, **evaluation.ood_sources(c), "train_exact": c.data.train}
+  sources = {"id": c.data.test, **c.data.ood, "train_exact": c.data.train}
   if with_jpg:
     sources["train_jpg"] = npz_source(data_dir, ID_TRAIN_JPG)
   sets, timing = {}, {}
@@ -141,56 +164,97 @@ def load_sets(c, data_dir: str, workdir: str, backbone=None, big_ood_limit: int 
     cc = copy.deepcopy(c)
     if big_ood_limit and name in ("isun", "mnist"):
       cc.data.limit = big_ood_limit
-    sets[name], _, timing[name] = pipeline.source_features(cc, backbone, src, cache)
+    sets[name], timing[name] = offline_features.source_features(cc, backbone, src, cache)
   train = {"exact": sets.pop("train_exact")}
   if with_jpg:
     train["all"] = np.concatenate([train["exact"], sets.pop("train_jpg")])
   return backbone, sets, train, timing
 
 
-def seed_config(c, seed: int, workdir: str, keep_steps=()):
-  cs = copy.deepcopy(c)
-  cs.seed = seed
-  cs.train.keep_steps = tuple(keep_steps)
-  return cs, os.path.join(workdir, f"seed_{seed}")
+# Settings that may change between runs in one LFDN workdir (longer runs, other scoring).
+_CHANGEABLE = ("num_epochs", "log_every_steps", "checkpoint_every_epochs",
+               "checkpoint_every_steps", "keep_steps", "learning_rate", "ks", "stride", "eta",
+               "release_compat", "num_draws", "eval_batch_size", "k_strategy", "lr",
+               "lr_orientation")
+
+
+def dlsr_detector(c, settings: dict, seed: int, workdir: str, restore_only: bool = False,
+                  writer=None):
+  """The library's DLSR detector of one LFDN run in `workdir` (recorded and locked there when
+  it trains)."""
+  if not restore_only:
+    record = {"seed": seed, "dlsr": {k: list(v) if isinstance(v, tuple) else v
+                                     for k, v in settings.items()}}
+    workdir_lib.write_record(record, workdir, lambda k: k.split(".")[-1] in _CHANGEABLE,
+                             ", ".join(_CHANGEABLE))
+  return dlsr.make(workdir=workdir, layout=feature_layout(c), seed=seed,
+                   restore_only=restore_only, write_metrics=writer and writer.write_scalars,
+                   **settings)
+
+
+def train_dlsr(c, settings: dict, seed: int, workdir: str, z_train: np.ndarray) -> None:
+  """Trains (or resumes) one LFDN in `workdir` (the detector's fit)."""
+  with workdir_lib.lock(workdir):
+    writer = metrics_writer.create(workdir)
+    try:
+      det = dlsr_detector(c, settings, seed, workdir, writer=writer)
+      det.fit({"features": z_train}, jax.random.key(0))   # DLSR's fit keys on its seed
+    finally:
+      writer.close()
+
+
+def baseline_detectors(c) -> dict:
+  """The configured feature rows that train nothing (Mahalanobis, KNN), by row name."""
+  out = {}
+  for name, block in c.detectors.items():
+    block = dict(block)
+    type_ = block.pop("type", name)
+    if type_ == "dlsr" or block.pop("net", "backbone") != "backbone":
+      continue
+    out[name] = detectors.make(type_, **block)
+  return out
+
+
+def set_arrays(sets: dict) -> dict:
+  return {n: {"features": z} for n, z in sets.items()}
 
 
 def score_setting(c, backbone, sets, z_train, workdir: str, variants: dict, seeds,
                   stages: dict, label: str, lr_steps=()) -> tuple[dict, dict, dict]:
-  """Trains every variant once per seed on `z_train`, scores all sets; mean ± std.
+  """Trains every variant once per seed on `z_train`, scores all sets through the library's
+  evaluator (`dlsr_jax.evaluation.evaluate`); mean ± std.
 
   Returns (results with metrics mean and metrics_std, per-seed results, LR table rows).
   """
+  key = jax.random.key(c.eval.seed)
+  groups = {g: [m.strip() for m in str(v).split(",")] for g, v in c.data.groups.items()}
   t0 = time.time()
-  base, _ = evaluation.baseline_scores(c, z_train, sets)
+  base = evaluation.evaluate(baseline_detectors(c), {"features": z_train}, set_arrays(sets),
+                             key=key, groups=groups)
   stages[f"{label}: baselines (fit + score)"] = time.time() - t0
+  settings = _settings(c, backbone)
   per_seed, lr_rows = [], {}
   for seed in seeds:
-    scores = {}
-    for name, cfg in variants.items():
-      keep = lr_steps if name == "dlsr" else ()
-      cs, wd = seed_config(cfg, seed, os.path.join(workdir, name), keep)
+    parts = []
+    for name, var in variants.items():
+      var = {**var, "keep_steps": tuple(lr_steps)} if name == "dlsr" else var
+      var = var if name == "dlsr" else {**var, "lr": False}
+      wd = os.path.join(workdir, name, f"seed_{seed}")
       t0 = time.time()
-      pipeline.write_config(cs, wd)
-      pipeline.train_on_features(cs, wd, _last_level(backbone, z_train) if name == "last"
-                                 else z_train)
+      train_dlsr(c, var, seed, wd, z_train)
       stages[f"{label}: train LFDN ({name}), {len(seeds)} seeds"] = (
           stages.get(f"{label}: train LFDN ({name}), {len(seeds)} seeds", 0) + time.time() - t0)
       t0 = time.time()
-      cfg_sets = sets if name != "last" else {n: _last_level(backbone, z)
-                                              for n, z in sets.items()}
-      s, _ = evaluation.dlsr_scores(cs, wd, cfg_sets, pipeline.feature_boundaries(cs, backbone),
-                                    with_lr=(name == "dlsr"))
-      prefix = "" if name == "dlsr" else f"{name}_"
-      scores = evaluation.merge_scores(
-          scores, {n: {prefix + t: v for t, v in d.items()} for n, d in s.items()})
+      det = dlsr_detector(c, var, seed, wd, restore_only=True)
+      parts.append(evaluation.evaluate({name: det}, {"features": z_train}, set_arrays(sets),
+                                       key=key, groups=groups))
       if name == "dlsr" and lr_steps:
-        lr_rows[seed] = lr_reference_rows(cs, wd, cfg_sets, backbone, lr_steps, s)
-      key = f"{label}: score ({name}, {len(c.eval.ks)} k values), {len(seeds)} seeds"
-      stages[key] = stages.get(key, 0) + time.time() - t0
-    scores = evaluation.merge_scores(scores, base)
-    settings = pipeline.settings_summary(c, backbone, pipeline.feature_boundaries(c, backbone))
-    per_seed.append(evaluation.assemble_results(c, scores, settings, {}))
+        lr_rows[seed] = lr_reference_rows(c, var, seed, wd, sets, z_train, lr_steps)
+      stage = f"{label}: score ({name}, {len(c.eval.ks)} k values), {len(seeds)} seeds"
+      stages[stage] = stages.get(stage, 0) + time.time() - t0
+    res = evaluation.Results.combine([*parts, base])
+    per_seed.append(res.to_dict(id_set=c.data.test, ood_sets=dict(c.data.ood),
+                                settings=settings, timing={}))
   results = dict(per_seed[0])
   results["seeds"] = list(seeds)
   results["metrics"], results["metrics_std"] = table.mean_and_std(
@@ -198,33 +262,48 @@ def score_setting(c, backbone, sets, z_train, workdir: str, variants: dict, seed
   return results, per_seed, lr_rows
 
 
-def _last_level(backbone, z: np.ndarray) -> np.ndarray:
-  """The deepest level's slice of an all-level feature array."""
-  bounds = features.boundaries_for(backbone.level_channels)
-  return z[:, bounds[-2]:bounds[-1]]
-
-
-def lr_reference_rows(c, workdir: str, sets: dict, backbone, steps, final: dict) -> dict:
+def lr_reference_rows(c, settings: dict, seed: int, workdir: str, sets: dict, z_train,
+                      steps) -> dict:
   """{step: {orientation: {score: far-average AUROC}}} of LR with each kept reference."""
-  bounds = pipeline.feature_boundaries(c, backbone)
-  k = c.eval.ks.index(_HEADLINE_K.value)
+  k = _HEADLINE_K.value
+  key = jax.random.key(c.eval.seed)
   out = {}
   for step in steps:
-    cs = copy.deepcopy(c)
-    cs.eval.lr = False
-    cs.eval.ks = (_HEADLINE_K.value,)   # the noise is shared across k: same draws as the k row
-    cs.train.lr_reference_steps = int(step)
-    ref_params = pipeline.restore_ema(cs, workdir, bounds[-1], reference_step=int(step))
-    early = evaluation.score_sets_with_params(cs, sets, bounds, ref_params)
+    # The noise is shared across k: the same draws as the k row of the main table.
+    det = dlsr_detector(c, {**settings, "ks": (k,), "lr_reference_steps": int(step),
+                            "lr_orientation": scoring.LR_ORIENTATIONS[0]},
+                        seed, workdir, restore_only=True)
+    state = det.fit({"features": z_train}, key)
+    first_minus_final = {n: det.score(state, {"features": z}, evaluation.set_key(key, n))
+                         for n, z in sets.items()}
     out[int(step)] = {}
     for orient in scoring.LR_ORIENTATIONS:
       row = {}
       for t in scoring.SCORE_TYPES:
-        lr = {n: scoring.likelihood_ratio(early[n][t][0], final[n][t][k], orient) for n in sets}
+        sign = 1.0 if orient == scoring.LR_ORIENTATIONS[0] else -1.0
+        lr = {n: sign * s[f"lr_{t}@{k}"] for n, s in first_minus_final.items()}
         row[t] = {"far": float(np.mean([metrics.auroc(lr["id"], lr[f]) for f in FAR])),
                   "near": float(np.mean([metrics.auroc(lr["id"], lr[f]) for f in NEAR]))}
       out[int(step)][orient] = row
   return out
+
+
+def _settings(c, backbone) -> dict:
+  """The settings line of the report."""
+  bounds = features.boundaries_for(feature_layout(c).channels)
+  return {
+      "backbone": backbone.name, "weights": backbone.weights_id,
+      "resolution": c.resolution or backbone.resolution, "layers": list(c.layers) or "default",
+      "normalisation": f"{c.normalisation}: mean {[round(m, 4) for m in backbone.mean]}, "
+                       f"std {[round(v, 4) for v in backbone.std]}",
+      "pooling": c.pooling, "feature_dim": int(bounds[-1]), "boundaries": list(bounds),
+      "lfdn": f"W={c.model.width} E={c.model.embed_dim} N={c.model.num_blocks}",
+      "train": f"{c.train.num_epochs} epochs, batch {c.train.batch_size}, "
+               f"lr {c.optim.learning_rate}, wd {c.optim.weight_decay}, ema {c.optim.ema_decay}",
+      "ddim": f"stride {c.eval.stride}, eta {c.eval.eta}, release_compat {c.eval.release_compat}",
+      "num_draws": c.eval.num_draws, "lr_orientation": c.eval.lr_orientation,
+      "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
+  }
 
 
 def run(data_dir: str, workdir: str) -> dict:
@@ -268,8 +347,7 @@ def run(data_dir: str, workdir: str) -> dict:
   out["sweep"] = []
   if _SWEEP_EPOCHS.value:
     t0 = time.time()
-    out["sweep"] = epoch_sweep(c, workdir, sets, pipeline.feature_boundaries(c, backbone),
-                               train["exact"])
+    out["sweep"] = epoch_sweep(c, workdir, sets, train["exact"])
     stages["DLSR-vs-epochs sweep (train + score)"] = time.time() - t0
   out["stages_s"] = {k: round(v, 1) for k, v in stages.items()}
   for label, res in out["results"].items():
@@ -277,7 +355,7 @@ def run(data_dir: str, workdir: str) -> dict:
   return out
 
 
-def epoch_sweep(c, workdir: str, sets: dict, bounds, z_train) -> list[dict]:
+def epoch_sweep(c, workdir: str, sets: dict, z_train) -> list[dict]:
   """DLSR far/near AUROC at k = headline_k after each of `--sweep_epochs`, per LFDN size.
 
   Each size trains once: a longer run resumes from the shorter one's checkpoint,
@@ -286,25 +364,27 @@ def epoch_sweep(c, workdir: str, sets: dict, bounds, z_train) -> list[dict]:
   """
   epochs = sorted(int(e) for e in _SWEEP_EPOCHS.value)
   k = _HEADLINE_K.value
+  key = jax.random.key(c.eval.seed)
   rows = []
   for size in _SWEEP_SIZES.value:
     w, n = (int(v) for v in size.lower().split("x"))
-    cfg = copy.deepcopy(c)
-    cfg.model.width, cfg.model.embed_dim, cfg.model.num_blocks = w, w // 2, n
-    cfg.eval.ks = (k,)
+    settings = {**dlsr_settings(c), "width": w, "embed_dim": w // 2, "num_blocks": n,
+                "ks": (k,), "lr": False}
     wd = os.path.join(workdir, f"sweep_W{w}_N{n}")
     for e in epochs:
-      cfg.train.num_epochs = e
+      settings["num_epochs"] = e
       t0 = time.time()
-      pipeline.write_config(cfg, wd)
-      pipeline.train_on_features(cfg, wd, z_train)   # the cached features; no backbone
+      train_dlsr(c, settings, c.seed, wd, z_train)   # the cached features; no backbone
       t_train = time.time() - t0
-      s, _ = evaluation.dlsr_scores(cfg, wd, sets, bounds, with_lr=False)
-      steps = e * (z_train.shape[0] // cfg.train.batch_size)
+      det = dlsr_detector(c, settings, c.seed, wd, restore_only=True)
+      state = det.fit({"features": z_train}, key)
+      s = {name: det.score(state, {"features": z}, evaluation.set_key(key, name))
+           for name, z in sets.items()}
+      steps = e * (z_train.shape[0] // settings["batch_size"])
       row = {"size": f"W={w} N={n}", "epochs": e, "steps": steps, "train_s": t_train}
       for score in ("mse", "mfsim"):
-        au = {name: metrics.auroc(s["id"][score][0], s[name][score][0]) for name in sets
-              if name != "id"}
+        au = {name: metrics.auroc(s["id"][f"{score}@{k}"], s[name][f"{score}@{k}"])
+              for name in sets if name != "id"}
         row[score] = (100 * np.mean([au[f] for f in FAR]), 100 * np.mean([au[f] for f in NEAR]))
       logging.info("sweep %s", row)
       rows.append(row)
@@ -410,7 +490,7 @@ def main(argv):
     quick_flags()
   elif _DATA.value is None:
     raise app.UsageError("--data_dir is required (or --quick)")
-  launch.setup()
+  experiments_run.setup()
   t0 = time.time()
   out = run(_DATA.value, _WORKDIR.value)
   total = time.time() - t0

@@ -37,9 +37,11 @@ from absl import app, flags, logging
 from dlsr_jax import detectors, features, models
 from dlsr_jax.data import batching
 from dlsr_jax.evaluation import metrics
-from experiments import classifiers, launch, pipeline
+from dlsr_jax.training import classifier as classifiers
+from experiments import run as experiments_run
 from experiments.configs import common
 from benchmarks import common as common_bench
+from benchmarks import offline_features
 from benchmarks.common import machine, write_section
 
 _DATA = flags.DEFINE_string("data_dir", None, "Folder with the .npz data sets.")
@@ -162,10 +164,10 @@ def lite0_features(stages: dict) -> tuple[dict, dict]:
     c.weights, c.resolution = "none", 32
   c.data.limit = _LIMIT.value
   cache = features.FeatureCache(os.path.join(_FEATURES.value, "feature_cache"))
-  bb = pipeline.load_backbone(c)
+  bb = offline_features.load_backbone(c)
   src = lambda n: f"npz:{os.path.join(os.path.abspath(_DATA.value), n + '.npz')}"
   t0 = time.time()
-  z = {n: pipeline.source_features(c, bb, src(f), cache)[0]
+  z = {n: offline_features.source_features(c, bb, src(f), cache)[0]
        for n, f in {"train": ID_TRAIN, "id": ID_TEST, **FAR, **NEAR}.items()}
   stages["Lite0 features (cache)"] = time.time() - t0
   return z.pop("train"), z
@@ -263,7 +265,7 @@ def main(argv):
     quick_flags()
   elif _DATA.value is None or _WEIGHTS.value is None:
     raise app.UsageError("--data_dir and --weights_dir are required (or --quick)")
-  launch.setup()
+  experiments_run.setup()
   t0 = time.time()
   out = run()
   total = time.time() - t0

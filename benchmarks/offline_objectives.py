@@ -3,8 +3,8 @@ r"""Offline benchmark of the training-time OOD methods on a CIFAR-10 ResNet-20 (
   python -m benchmarks.offline_objectives --data_dir=../shared/data \
       --weights_dir=../shared/weights/cifar10_resnet [--finetune_epochs=10]
 
-Runs the real commands' code (`experiments.pipeline.run_train`, then
-`experiments.evaluation.run_evaluate`) on `experiments/configs/objectives_cifar10.py`:
+Runs the real commands' code (`experiments.run.train`, then
+`experiments.run.evaluate`) on `experiments/configs/objectives_cifar10.py`:
 base = the published ResNet-20 (as loaded); plain (cross-entropy), OE (outliers: the
 `intel_scenes` photos), UM, UMAP, OE from UM, the confidence branch and the GAN outliers, each
 fine-tuned from base on one schedule (`--finetune_epochs`, lr 0.001 cosine; UMAP's scores lr
@@ -38,7 +38,7 @@ from absl import app, flags, logging
 
 from benchmarks import common as common_bench
 from benchmarks.common import machine, write_section
-from experiments import evaluation, launch, pipeline
+from experiments import run
 from experiments.configs import objectives_cifar10
 
 _DATA = flags.DEFINE_string("data_dir", None, "Folder with the .npz data sets.")
@@ -199,7 +199,7 @@ def main(argv):
     quick_flags()
   elif _DATA.value is None or _WEIGHTS.value is None:
     raise app.UsageError("--data_dir and --weights_dir are required (or --quick)")
-  launch.setup()
+  run.setup()
   wd = _WORKDIR.value
   os.makedirs(wd, exist_ok=True)
   t0 = time.time()
@@ -215,12 +215,12 @@ def main(argv):
   else:
     stages = {"stage data": time.time() - t0}
     t0 = time.time()
-    pipeline.run_train(c, wd)
+    run.train(c, wd)
     stages["train every net (experiments.train)"] = time.time() - t0
     with open(os.path.join(wd, "train_runs.json")) as f:
       runs = json.load(f)
     t0 = time.time()
-    results = evaluation.run_evaluate(c, wd)
+    results = run.evaluate(c, wd)
     stages["evaluate every net (experiments.evaluate)"] = time.time() - t0
     date = time.strftime('%Y-%m-%d')
     grid = os.path.join(wd, "gan", "gan_samples.png")

@@ -223,3 +223,82 @@ def read_release_checkpoint(path: PathLike) -> tuple[Any, Optional[Any], Release
       alphas_cumprod=None if abar is None else np.asarray(abar, np.float64),
       num_ignored=sum(1 for k in sd if not k.startswith((LFDN_PREFIX, EMA_PREFIX))))
   return params, ema_params, info
+
+
+def _train_state(params: Any, ema: Any, step: int, optim_cfg: Any) -> Any:
+  """A `TrainState` holding the release's weights, with a fresh optimizer state."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  from dlsr_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+
+  params = jax.tree.map(jnp.asarray, params)
+  tx = train_lib.make_optimizer(optim_cfg)
+  return train_lib.TrainState(step=jnp.asarray(step, jnp.int32), params=params,
+                              opt_state=tx.init(params),
+                              ema_params=jax.tree.map(jnp.asarray, ema))
+
+
+def _read_for_workdir(path: PathLike, weights: str):
+  """(params, the weights scoring uses, info, step) of one release checkpoint."""
+  params, ema, info = read_release_checkpoint(path)
+  if weights == "ema":
+    if ema is None:
+      raise ValueError(f"{path} has no EMA weights (model_ema.*): pass --weights=raw to "
+                       "score with the raw weights")
+  else:
+    ema = params
+  step = info.ema_num_updates if (info.ema_num_updates or 0) > 0 else (info.epoch or 0) + 1
+  return params, ema, info, step
+
+
+def convert_to_workdir(workdir: str, final: PathLike, first: Optional[PathLike] = None,
+                       weights: str = "ema", optim_cfg: Any = None,
+                       alphas_cumprod: Optional[np.ndarray] = None) -> dict[str, Any]:
+  """Writes the release checkpoints `final` (and `first`) as checkpoints of `workdir`.
+
+  `final` becomes the latest checkpoint, `first` (the LR score's reference) a kept reference
+  checkpoint; each a `TrainState` with the release's weights as `params`, its EMA weights
+  (`weights="ema"`; "raw": the raw weights) as `ema_params`, the step set to the EMA's update
+  count (else epoch + 1) and a fresh optimizer state of `optim_cfg` (an `AdamWConfig`): the
+  release's AdamW moments are not converted.
+
+  Args:
+    workdir: a directory without checkpoints.
+    final, first: the release's last and first-epoch checkpoint files.
+    weights: "ema" (default; what the release scores with) or "raw".
+    optim_cfg: the optimizer whose state is initialised (default `AdamWConfig()`).
+    alphas_cumprod: our schedule's, compared with the checkpoint's if it has one.
+
+  Returns:
+    model (LFDNConfig), steps (first, final), epochs (first, final), schedule_matches (None if
+    either side has no schedule), weights.
+  """
+  from dlsr_jax.training import optim  # pylint: disable=g-import-not-at-top
+  from dlsr_jax.training.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+
+  optim_cfg = optim_cfg or optim.AdamWConfig()
+  p, ema, info, step = _read_for_workdir(final, weights)
+  first_read = _read_for_workdir(first, weights) if first else None
+  if first_read is not None:
+    if first_read[2].config != info.config:
+      raise ValueError(f"{first} has an LFDN {first_read[2].config}, {final} has {info.config}")
+    if first_read[3] >= step:
+      raise ValueError(f"{first} (step {first_read[3]}) is not before {final} (step {step})")
+  matches = None
+  if info.alphas_cumprod is not None and alphas_cumprod is not None:
+    ours = np.asarray(alphas_cumprod)
+    matches = bool(ours.shape == info.alphas_cumprod.shape
+                   and np.allclose(ours, info.alphas_cumprod, rtol=1e-5, atol=1e-7))
+  ckpt = Checkpointer(workdir)
+  try:
+    if ckpt.latest_step() is not None or ckpt.reference_steps():
+      raise FileExistsError(f"{workdir} already has checkpoints; convert into a new workdir")
+    ckpt.save(step, _train_state(p, ema, step, optim_cfg))
+    if first_read is not None:
+      fp, fema, _, fstep = first_read
+      ckpt.save_reference(fstep, _train_state(fp, fema, fstep, optim_cfg))
+  finally:
+    ckpt.close()
+  return {"model": info.config, "steps": (first_read[3] if first_read else None, step),
+          "epochs": (first_read[2].epoch if first_read else None, info.epoch),
+          "schedule_matches": matches, "weights": weights}

@@ -20,12 +20,12 @@ from typing import Any, Mapping, Optional
 
 from dlsr_jax import backbones, detectors, models
 from dlsr_jax.detectors.base import CONTEXT_ARGS, Detector, FeatureLayout
+from dlsr_jax.evaluation.arrays import BACKBONE
 from dlsr_jax.models.net import Net
 from dlsr_jax.objectives import base as objectives
-from experiments import classifiers, pipeline
+from dlsr_jax.training import classifier
 from experiments.configs import datasets
 
-BACKBONE = "backbone"
 # The arrays each kind of net provides per data set.
 PROVIDES = {
     "backbone": ("features", "images", "labels"),
@@ -37,7 +37,7 @@ _NET_KEYS = ("kind", "weights", "init_from")
 
 @dataclasses.dataclass(frozen=True)
 class NetSpec:
-  """One network. `recipe` is the `experiments/classifiers.py` block (init_from = weights)."""
+  """One network. `recipe` is the `experiments/classifier.py` block (init_from = weights)."""
   name: str
   kind: str
   model: str = ""
@@ -126,12 +126,12 @@ def _net_spec(name: str, block: Mapping[str, Any]) -> NetSpec:
   recipe = {k: v for k, v in block.items() if k not in _NET_KEYS}
   weights = str(block.get("weights", "") or "")
   try:
-    recipe = classifiers.net_config(**recipe, init_from=weights).to_dict()
+    recipe = classifier.net_config(**recipe, init_from=weights)
   except ValueError as e:
     raise ValueError(f"c.nets.{name}: {e}") from None
   if weights and not os.path.isfile(weights):
     raise FileNotFoundError(f"c.nets.{name}: weights file not found: {weights}")
-  for stream, (source, _) in classifiers.stream_sources(recipe).items():
+  for stream, (source, _) in classifier.stream_sources(recipe).items():
     try:
       datasets.check_source(source)
     except ValueError as e:
@@ -195,12 +195,12 @@ def _check_net(name: str, spec: NetSpec, layout: FeatureLayout) -> None:
                      f"{type(e).__name__}: {e}") from None
   if not spec.trains:
     return
-  settings = classifiers.objective_settings(spec.recipe)
+  settings = classifier.objective_settings(spec.recipe)
   if "b" in objectives.settings_of(spec.recipe["objective"]) and settings.get("b") is None:
     settings["b"] = 0.0   # estimated from the data when training; any value to construct it
   try:
     from dlsr_jax.training import optim  # pylint: disable=g-import-not-at-top
-    tx = optim.sgd(classifiers.sgd_config(spec.recipe), 1)
+    tx = optim.sgd(classifier.sgd_config(spec.recipe), 1)
     objectives.make(spec.recipe["objective"], net, tx, settings,
                     augment=bool(spec.recipe["augment"]) and net.resolution is not None,
                     ema_decay=spec.recipe["ema_decay"] or None, data=None, workdir=None,
@@ -253,7 +253,7 @@ def placeholder_net(spec: NetSpec, layout: FeatureLayout) -> Net:
 
 @functools.lru_cache(maxsize=16)
 def _load_net(recipe: str, num_features: Optional[int]) -> Net:
-  return classifiers.load_net(json.loads(recipe), num_features=num_features)
+  return classifier.load_net(json.loads(recipe), num_features=num_features)
 
 
 def make_detector(row: RowSpec, plan: Plan, *, net: Optional[Net] = None,
@@ -366,7 +366,7 @@ def check_validation_sets(c, rows: Mapping[str, RowSpec]) -> None:
   npz / folder sources, so "npz:d/./x.npz" is "npz:d/x.npz"), and set when a row is tuned."""
   val, ood_val = str(c.data.get("val", "") or ""), str(c.data.get("ood_val", "") or "")
   tests = {"data.test": str(c.data.test)}
-  tests.update({f"data.ood.{k}": str(v) for k, v in pipeline.ood_sources(c).items()})
+  tests.update({f"data.ood.{k}": str(v) for k, v in ood_sources(c).items()})
   ids = {k: datasets.source_identity(v) for k, v in tests.items()}
   tuned = [r.name for r in rows.values() if r.tune]
   if tuned and not (val and ood_val):
@@ -396,12 +396,39 @@ def check_validation_sets(c, rows: Mapping[str, RowSpec]) -> None:
       raise FileNotFoundError(f"{key}: {path} not found ({source!r})")
 
 
+def ood_sources(c) -> dict[str, str]:
+  """`c.data.ood` plus the sets given as `c.data.extra_ood` ("name=SOURCE,...")."""
+  sources = dict(c.data.ood)
+  for item in [i.strip() for i in str(c.data.get("extra_ood", "")).split(",") if i.strip()]:
+    name, sep, src = item.partition("=")
+    if not sep or not name.strip() or not src.strip():
+      raise ValueError(f"data.extra_ood entry {item!r} is not NAME=SOURCE")
+    if name.strip() in sources:
+      raise ValueError(f"data.extra_ood names {name.strip()!r} twice or shadows data.ood."
+                       f"{name.strip()}; override that with --config.data.ood.{name.strip()}=...")
+    sources[name.strip()] = src.strip()
+  return sources
+
+
+def parse_groups(c) -> dict[str, list[str]]:
+  """`c.data.groups` ({group: "a,b"}) -> {group: ["a", "b"]}, checked against the OOD sets."""
+  groups = {}
+  for g, members in (c.data.get("groups") or {}).items():
+    names = [m.strip() for m in str(members).split(",") if m.strip()]
+    unknown = [m for m in names if m not in ood_sources(c)]
+    if unknown or not names:
+      raise ValueError(f"data.groups.{g} = {members!r} names unknown OOD sets {unknown}; "
+                       f"configured sets: {sorted(ood_sources(c))}")
+    groups[g] = names
+  return groups
+
+
 def _check_streams_apart(c, specs: Mapping[str, NetSpec]) -> None:
   """A training stream (e.g. OE's outliers) must not be a test set of the evaluation."""
   tests = {"data.test": str(c.data.test)}
-  tests.update({f"data.ood.{k}": str(v) for k, v in pipeline.ood_sources(c).items()})
+  tests.update({f"data.ood.{k}": str(v) for k, v in ood_sources(c).items()})
   for name, spec in specs.items():
-    for stream, (source, _) in classifiers.stream_sources(spec.recipe).items():
+    for stream, (source, _) in classifier.stream_sources(spec.recipe).items():
       clash = [k for k, v in tests.items() if _same_source(v, source)]
       if clash:
         raise ValueError(f"c.nets.{name}.{stream} = {source!r} is also the test set "

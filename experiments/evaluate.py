@@ -15,7 +15,7 @@ one message and exit status 1.
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import evaluation, launch
+from experiments import launch, run
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
                                           lock_config=True)
@@ -27,9 +27,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  launch.setup()
+  run.setup()
   with launch.reported_failures(_WORKDIR.value):   # known failures: one message, exit 1
-    results = evaluation.run_evaluate(_CONFIG.value, _WORKDIR.value, _OUTDIR.value)
+    results = run.evaluate(_CONFIG.value, _WORKDIR.value, _OUTDIR.value)
   from dlsr_jax.evaluation import report
   print(report.summary_table(results))
   out = _OUTDIR.value or _WORKDIR.value

@@ -3,13 +3,11 @@
 `run_evaluate` builds the plan (`build.build` checks every net and row first), restores the
 trained nets, fits each row once on the ID train arrays of its net, scores the ID test set and
 every OOD set, and writes results.{json,md,csv}, scores.npz and ROC PNGs. Arrays are computed
-once per (net, set) through `arrays.ArrayStore`. The config is validated and checked against
-the workdir's record (`experiments.workdir`) before any extraction. Outputs never mix runs:
-an earlier evaluation's files in the output folder (`OUTPUT_FILES`, there and in its seed_*/
-folders) are moved to `<outdir>/previous/<timestamp>/` before the new ones are written, and
-results.json lists every file of its set ("files").
-The LFDN-only helpers of the benchmark scripts (`load_feature_sets`, `dlsr_scores`,
-`baseline_scores`, ...) are re-exported from `experiments.lfdn_scores`.
+once per (net, set) through `dlsr_jax.evaluation.arrays.ArrayStore`. The config is validated
+and checked against the workdir's record (`experiments.workdir`) before any extraction.
+Outputs never mix runs: an earlier evaluation's files in the output folder (`OUTPUT_FILES`,
+there and in its seed_*/ folders) are moved to `<outdir>/previous/<timestamp>/` before the
+new ones are written, and results.json lists every file of its set ("files").
 """
 
 from __future__ import annotations
@@ -28,15 +26,13 @@ import numpy as np
 from absl import logging
 
 from dlsr_jax import evaluation as evaluation_lib
-from dlsr_jax.evaluation import report, table
+from dlsr_jax.evaluation import arrays, report, table
 from dlsr_jax.evaluation import tune as tune_lib
-from experiments import arrays, build, pipeline, runner, validate
-from experiments import workdir as workdir_lib
+from dlsr_jax.training import workdir as workdir_lib
+from experiments import build, pipeline, runner, validate
+from experiments import workdir as workdir_policy
 from experiments.configs import datasets
-from experiments.lfdn_scores import (assemble_results, baseline_scores,  # noqa: F401
-                                     dlsr_scores, load_feature_sets, merge_scores,
-                                     score_sets_with_params)
-from experiments.pipeline import ood_sources, parse_groups  # noqa: F401
+from experiments.build import ood_sources, parse_groups
 
 # Every file an evaluation writes, in its output folder and in each SEED_DIRS folder of it
 # (with `c.seeds`). An earlier evaluation's are moved to PREVIOUS_DIR/<timestamp>/ first.
@@ -274,12 +270,11 @@ def run_evaluate(c, workdir: str, outdir: Optional[str] = None) -> dict:
   if not ood_sources(c):
     raise ValueError("no OOD sets configured: set --config.data.extra_ood=NAME=SOURCE")
   parse_groups(c)
-  validate.validate_config(c)                               # before any extraction
+  plan = validate.validate_config(c)                        # before any extraction
   if jax.process_index() == 0:
     workdir_lib.check_writable(outdir, "output folder", "" if own_outdir else
                                ": give --outdir=<a writable folder>")
-  workdir_lib.check_config(c, workdir, for_eval=True)      # trained with these settings?
-  plan = build.build(c)
+  workdir_policy.check_config(c, workdir, for_eval=True)      # trained with these settings?
   runner.check_sources(c, plan)                            # every set: a typo fails now
   runner.require_trained(plan, workdir)
   with _eval_lock(workdir, take=not own_outdir):
@@ -305,10 +300,11 @@ def _evaluate(c, plan: build.Plan, workdir: str, outdir: str, own_outdir: bool) 
   <outdir>/feature_cache (the workdir's cache is still read): nothing is written into the
   workdir."""
   cache = os.path.join(outdir, "feature_cache") if own_outdir and not c.cache_dir else None
-  store = arrays.ArrayStore(c, workdir, runner.sources(c), cache_dir=cache)
+  store = pipeline.array_store(c, workdir, runner.sources(c), write_to=cache)
   add_validation_sources(c, store)
   runner.check_labels(c, plan, store, build.needed_nets(plan))
-  nets = runner.prepare_nets(plan, workdir, store, build.needed_nets(plan), restore_only=True)
+  nets = runner.prepare_nets(plan, workdir, store, build.needed_nets(plan), restore_only=True,
+                             tests=runner.test_sets(c))
   accuracy = {n: arrays.accuracy(store, n) for n in nets}
   settings = pipeline.settings_summary(c, store.backbone, pipeline.feature_boundaries(
       c, store.backbone)) if any(r.net == build.BACKBONE for r in plan.rows.values()) else {}

@@ -41,7 +41,7 @@ from dlsr_jax.training import metrics_writer
 from dlsr_jax.training.checkpoint import CheckpointError
 from dlsr_jax.training.loop import Diverged
 from dlsr_jax.training.preemption import Preempted
-from experiments.workdir import WorkdirConfigError, WorkdirLocked
+from dlsr_jax.training.workdir import WorkdirConfigError, WorkdirLocked
 
 # SIGTERM's conventional status (128 + 15): "stopped by the scheduler", so
 # job systems restart the command, which then resumes from the checkpoint.

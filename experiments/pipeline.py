@@ -15,12 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from dlsr_jax import (backbones, data, diffusion, features, lfdn, multihost, parallel,
-                      schedule, scoring)
+from dlsr_jax import (backbones, data, diffusion, features, lfdn, multihost, schedule, scoring,
+                      trainer)
 from dlsr_jax import train as train_lib
-from dlsr_jax import trainer
-from dlsr_jax.training import metrics_writer
-from dlsr_jax.training.checkpoint import Checkpointer
+from dlsr_jax.evaluation import arrays
 from experiments import workdir as workdir_lib
 
 
@@ -66,35 +64,6 @@ def score_config(c, boundaries) -> scoring.ScoreConfig:
       boundaries=tuple(boundaries),
       ddim=diffusion.DDIMConfig(stride=e.stride, eta=e.eta, release_compat=e.release_compat),
       num_draws=e.num_draws, mfsim_skip_first=e.release_compat)
-
-
-# ------------------------------------------------------------------ data --
-def ood_sources(c) -> dict[str, str]:
-  """`c.data.ood` plus the sets given as `c.data.extra_ood` ("name=SOURCE,...")."""
-  sources = dict(c.data.ood)
-  for item in [i.strip() for i in str(c.data.get("extra_ood", "")).split(",") if i.strip()]:
-    name, sep, src = item.partition("=")
-    if not sep or not name.strip() or not src.strip():
-      raise ValueError(f"data.extra_ood entry {item!r} is not NAME=SOURCE")
-    if name.strip() in sources:
-      raise ValueError(f"data.extra_ood names {name.strip()!r} twice or shadows data.ood."
-                       f"{name.strip()}; override that with --config.data.ood.{name.strip()}=...")
-    sources[name.strip()] = src.strip()
-  return sources
-
-
-def parse_groups(c) -> dict[str, list[str]]:
-  """`c.data.groups` ({group: "a,b"}) -> {group: ["a", "b"]}, checked against the OOD sets."""
-  groups = {}
-  for g, members in (c.data.get("groups") or {}).items():
-    names = [m.strip() for m in str(members).split(",") if m.strip()]
-    unknown = [m for m in names if m not in ood_sources(c)]
-    if unknown or not names:
-      raise ValueError(f"data.groups.{g} = {members!r} names unknown OOD sets {unknown}; "
-                       f"configured sets: {sorted(ood_sources(c))}")
-    groups[g] = names
-  return groups
-
 
 
 # ---------------------------------------------------------- data/features --
@@ -149,6 +118,22 @@ def source_features(c, backbone, source: str, cache,
   return z, bounds, info
 
 
+def array_store(c, workdir: str, sources, shard_train: bool = False,
+                write_to: Optional[str] = None) -> arrays.ArrayStore:
+  """The run's `ArrayStore` of `sources`. `write_to`: where new cache entries go (default
+  `cache_dir(c, workdir)`, which is then still read): an evaluation writing to its own
+  --outdir writes nothing into the workdir."""
+  default = cache_dir(c, workdir)
+  write = write_to or default
+  return arrays.ArrayStore(
+      sources, load_images=lambda source, rows=None: load_source(c, source, rows),
+      count_images=lambda source: count_source(c, source),
+      load_backbone=lambda: load_backbone(c), feature_spec=feature_spec(c),
+      feature_batch_size=c.feature_batch_size, cache_dir=write,
+      read_also=() if write == default else (default,),
+      classifier_batch_size=c.eval.get("classifier_batch_size", 256), shard_train=shard_train)
+
+
 def feature_boundaries(c, backbone) -> tuple[int, ...]:
   layers = features.resolve_layers(backbone, tuple(c.layers) or None)
   return features.boundaries_for([backbone.level_channels[i] for i in layers])
@@ -181,39 +166,6 @@ def seed_runs(c, workdir: str) -> list[tuple[object, str]]:
   return runs
 
 
-def run_train(c, workdir: str):
-  """Trains every classifier net and training detector row of `c` (`runner.run_train`).
-
-  Validates `c` and counts the images of its data sources (checking the batch sizes), then
-  locks `workdir`, checks and records config.json (`workdir_lib.guard`)."""
-  from experiments import build, runner  # pylint: disable=g-import-not-at-top
-
-  def check(cfg):
-    runner.check_sources(cfg, build.build(cfg), with_ood=False)
-
-  with workdir_lib.guard(c, workdir, check=check):
-    return runner.run_train(c, workdir)
-
-
-@workdir_lib.guarded
-def train_on_features(c, workdir: str, z: np.ndarray) -> train_lib.TrainState:
-  """Trains (or resumes) the LFDN of config `c` in `workdir` on features `z` [N, C]."""
-  writer = metrics_writer.create(workdir)
-  ckpt = Checkpointer(workdir)
-  fit_cfg = fit_config(c)
-  t0 = time.time()
-  try:  # on trainer.Preempted too: flush the metrics, finish the checkpoint writes
-    state = trainer.fit(z, model_config(c, z.shape[1]), optim_config(c),
-                        schedule.make_schedule(schedule_config(c)), fit_cfg, ckpt,
-                        mesh=parallel.make_mesh(),
-                        write_metrics=lambda s, m: writer.write_scalars(s, m))
-  finally:
-    writer.close()
-    ckpt.close()
-  logging.info("training took %.1f s", time.time() - t0)
-  return state
-
-
 def lr_reference_step(c) -> int:
   """The step of the LR score's reference checkpoint for config `c`.
 
@@ -230,6 +182,18 @@ def restore_ema(c, workdir: str, num_features: int, reference_step: Optional[int
   from dlsr_jax.detectors import dlsr  # pylint: disable=g-import-not-at-top
   return dlsr.restore_ema(workdir, model_config(c, num_features), optim_config(c),
                           reference_step)
+
+
+def release_config(c, model: lfdn.LFDNConfig, reference_step: Optional[int]):
+  """`c` with a converted release LFDN's sizes, `eval.release_compat` and (with a first
+  checkpoint) `train.lr_reference_steps` at its step: the config its workdir records."""
+  c = c.copy_and_resolve_references()  # unlocked copy
+  c.model.width, c.model.embed_dim = model.width, model.embed_dim
+  c.model.num_blocks, c.model.use_time_embedding = model.num_blocks, model.use_time_embedding
+  c.eval.release_compat = True
+  if reference_step is not None:
+    c.train.lr_reference_steps = reference_step
+  return c
 
 
 # ---------------------------------------------------------------- settings --

@@ -15,7 +15,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import evaluation, launch, pipeline
+from experiments import launch, run
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "experiments/configs/quickstart.py", "Config file (path[:variant]).",
@@ -27,13 +27,13 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  launch.setup()
+  run.setup()
   c, wd = _CONFIG.value, _WORKDIR.value
   t0 = time.time()
   with launch.reported_failures(wd):   # known failures: one message, exit 1
-    pipeline.run_train(c, wd)
+    run.train(c, wd)
     t1 = time.time()
-    results = evaluation.run_evaluate(c, wd)
+    results = run.evaluate(c, wd)
   t2 = time.time()
   from dlsr_jax.evaluation import report
   acc = results["accuracy"]

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import jax
 import numpy as np
@@ -21,17 +21,18 @@ from absl import logging
 
 from dlsr_jax import cache as cache_lib
 from dlsr_jax import evaluation
+from dlsr_jax.evaluation import arrays
 from dlsr_jax.detectors.base import Detector
-from dlsr_jax.training import metrics_writer
+from dlsr_jax.training import classifier, metrics_writer
 from dlsr_jax.training import loop
-from experiments import arrays, build, classifiers, pipeline
+from experiments import build, pipeline
 
 
 def sources(c, with_ood: bool = True) -> dict[str, str]:
   """{"train": ID train source, "id": ID test source, OOD set: source, ...}."""
   out = {"train": c.data.train, "id": c.data.test}
   if with_ood:
-    out.update(pipeline.ood_sources(c))
+    out.update(build.ood_sources(c))
   return out
 
 
@@ -40,7 +41,7 @@ def source_keys(c, with_ood: bool = True) -> dict[str, str]:
   keys = {"train": "data.train", "id": "data.test"}
   if with_ood:
     keys.update({n: f"data.ood.{n}" if n in c.data.ood else f"data.extra_ood {n}"
-                 for n in pipeline.ood_sources(c)})
+                 for n in build.ood_sources(c)})
   return keys
 
 
@@ -129,13 +130,14 @@ def require_trained(plan: build.Plan, workdir: str) -> None:
 
 
 def prepare_nets(plan: build.Plan, workdir: str, store: arrays.ArrayStore,
-                 names: Optional[list[str]] = None, restore_only: bool = False
-                 ) -> dict[str, dict]:
+                 names: Optional[list[str]] = None, restore_only: bool = False,
+                 tests: Mapping[str, tuple[str, str]] = ()) -> dict[str, dict]:
   """Trains / resumes / restores the classifier and head nets; adds them to `store`.
 
   Args:
     names: the nets to prepare, in training order (default: every net of the plan).
     restore_only: evaluation: restore finished runs only (nothing is trained or written).
+    tests: `test_sets(c)`: a training stream must hold none of them.
 
   Returns:
     {net: {"model", "kind", "weights"}} for the results.
@@ -157,9 +159,9 @@ def prepare_nets(plan: build.Plan, workdir: str, store: arrays.ArrayStore,
       logging.info("net %s: %s in %s", name,
                    "restoring" if restore_only else "training / restoring", wd)
       try:
-        net = classifiers.train_classifier(net, x, y, spec.recipe, wd,
-                                           streams=_streams(store, name, spec, x),
-                                           restore_only=restore_only)
+        net = classifier.train_classifier(net, x, y, spec.recipe, wd,
+                                          streams=_streams(store, name, spec, x, tests),
+                                          restore_only=restore_only)
       except loop.Diverged as e:   # the net's own key, not the LFDN's optim.learning_rate
         raise e.with_advice(
             f"Lower c.nets.{name}.learning_rate (now {spec.recipe['learning_rate']}; "
@@ -175,48 +177,52 @@ def prepare_nets(plan: build.Plan, workdir: str, store: arrays.ArrayStore,
   return info
 
 
-def _streams(store: arrays.ArrayStore, name: str, spec: build.NetSpec,
-             x_in) -> dict[str, dict]:
+def _streams(store: arrays.ArrayStore, name: str, spec: build.NetSpec, x_in,
+             tests: Mapping[str, tuple[str, str]]) -> dict[str, dict]:
   """The objective's other streams (e.g. the outlier images), loaded from their sources."""
   out = {}
-  for stream, (source, _) in classifiers.stream_sources(spec.recipe).items():
+  for stream, (source, _) in classifier.stream_sources(spec.recipe).items():
     set_name = stream_set(name, stream)
     store.sources[set_name] = source
     images = store.get(build.BACKBONE, set_name, ["images"])["images"]
     if images.shape[1:] != x_in.shape[1:]:
       raise ValueError(f"c.nets.{name}: {stream} {source!r} has images of shape "
                        f"{images.shape[1:]}, the ID training images {x_in.shape[1:]}")
-    _check_not_a_test_set(store, f"c.nets.{name}.{stream}", source, images)
+    _check_not_a_test_set(store, tests, f"c.nets.{name}.{stream}", source, images)
     out[stream] = {"x": images}
   return out
 
 
-def check_streams(plan: build.Plan, store: arrays.ArrayStore) -> None:
+def check_streams(plan: build.Plan, store: arrays.ArrayStore,
+                  tests: Mapping[str, tuple[str, str]]) -> None:
   """Loads every training net's extra streams (e.g. OE's outliers) and checks that none holds
   a test set's images, before any net trains."""
   for name, spec in plan.nets.items():
     if spec.trains:
-      for stream, (source, _) in classifiers.stream_sources(spec.recipe).items():
+      for stream, (source, _) in classifier.stream_sources(spec.recipe).items():
         set_name = stream_set(name, stream)
         store.sources[set_name] = source
         images = store.get(build.BACKBONE, set_name, ["images"])["images"]
-        _check_not_a_test_set(store, f"c.nets.{name}.{stream}", source, images)
+        _check_not_a_test_set(store, tests, f"c.nets.{name}.{stream}", source, images)
 
 
-def _check_not_a_test_set(store: arrays.ArrayStore, key: str, source: str,
-                          images: np.ndarray) -> None:
+def test_sets(c) -> dict[str, tuple[str, str]]:
+  """{test set name: (the config key naming it, its source)}: the ID test and OOD sets."""
+  keys = source_keys(c)
+  return {n: (keys[n], src) for n, src in sources(c).items() if n != "train"}
+
+
+def _check_not_a_test_set(store: arrays.ArrayStore, tests: Mapping[str, tuple[str, str]],
+                          key: str, source: str, images: np.ndarray) -> None:
   """A training stream must not hold the images of a test set (the same file under another
   name, a symlink or a copy): compares the images' digest with every test set's."""
-  c = store.c
   digest = cache_lib.images_digest(np.asarray(images))
-  for name, test_source in sources(c).items():
-    if name == "train":
-      continue
+  for name, (test_key, test_source) in tests.items():
     store.sources.setdefault(name, test_source)
     other = store.image_set(name).images
     if other.shape == images.shape and cache_lib.images_digest(np.asarray(other)) == digest:
       raise ValueError(f"{key} = {source!r} holds the same images as the test set "
-                       f"{source_keys(c)[name]} = {test_source!r}: training data must be "
+                       f"{test_key} = {test_source!r}: training data must be "
                        "disjoint from the test sets")
 
 
@@ -281,15 +287,16 @@ def record_run(workdir: str, info: dict) -> None:
   os.replace(path + ".tmp", path)
 
 
-def run_train(c, workdir: str) -> build.Plan:
-  """Trains every classifier net (init_from order) and every training row of `c`."""
-  plan = build.build(c)
+def run_train(c, workdir: str, plan: Optional[build.Plan] = None) -> build.Plan:
+  """Trains every classifier net (init_from order) and every training row of `c` (`plan`:
+  `build.build(c)` when the caller has it already)."""
+  plan = plan or build.build(c)
   check_sources(c, plan, with_ood=False)
   pipeline.write_config(c, workdir)
-  store = arrays.ArrayStore(c, workdir, sources(c, with_ood=False), shard_train=True)
+  store = pipeline.array_store(c, workdir, sources(c, with_ood=False), shard_train=True)
   check_labels(c, plan, store)
-  check_streams(plan, store)
-  info = prepare_nets(plan, workdir, store)
+  check_streams(plan, store, test_sets(c))
+  info = prepare_nets(plan, workdir, store, tests=test_sets(c))
   if info and jax.process_index() == 0:
     record_run(workdir, info)
   for row in plan.rows.values():

@@ -23,7 +23,7 @@ checkpoints are written collectively into the shared --workdir.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import launch, pipeline
+from experiments import launch, run
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
                                           lock_config=True)
@@ -34,9 +34,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  launch.setup()
+  run.setup()
   with launch.reported_failures(_WORKDIR.value):   # known failures: one message, exit 1
-    pipeline.run_train(_CONFIG.value, _WORKDIR.value)
+    run.train(_CONFIG.value, _WORKDIR.value)
   logging.info("done: checkpoints in %s", _WORKDIR.value)
 
 

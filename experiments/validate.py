@@ -4,14 +4,15 @@
 ConfigDict (batch sizes, k, schedule, resolution, dtypes, names), each with the
 key as given on the command line (`--config.eval.batch_size`) and what is
 allowed, so a typo fails in a second instead of after minutes of extraction.
-`experiments.workdir.guard` (train) and `evaluation.run_evaluate` call it first.
+`run.train` and `evaluation.run_evaluate` call it first; it returns the config's plan.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from dlsr_jax import backbones, diffusion, extras, schedule, scoring
+from experiments import build
 
 DTYPES = ("float32", "bfloat16", "float16")
 MIN_RESOLUTION = 32        # every backbone downsamples 32x: smaller inputs lose levels
@@ -72,7 +73,12 @@ def _get(c, key: str) -> tuple[bool, Any]:
 
 def problems(c) -> list[str]:
   """Every problem of config `c`, one line each (empty: fine)."""
-  out = []
+  return _problems_and_plan(c)[0]
+
+
+def _problems_and_plan(c) -> tuple[list[str], Optional[build.Plan]]:
+  """(every problem of `c`, its plan: None if `build.build` failed)."""
+  out, plan = [], None
   for key, (ok, allowed) in _CHECKS.items():
     present, value = _get(c, key)
     if present and not ok(value):
@@ -89,13 +95,12 @@ def problems(c) -> list[str]:
     except ValueError as e:
       out.append(f"--config.eval.ks={tuple(c.eval.ks)!r}: {e}")
   try:   # nets and detector rows: types, settings, net names (experiments.build)
-    from experiments import build  # pylint: disable=g-import-not-at-top
-    build.build(c)
+    plan = build.build(c)
   except (ValueError, TypeError) as e:
     out.append(f"--config.nets / --config.detectors / --config.eval.rows: {e}")
   out += _library_checks(c)
   out += _extras_checks(c)
-  return out
+  return out, plan
 
 
 def _strings(node, prefix: str = ""):
@@ -135,10 +140,16 @@ def _library_checks(c) -> list[str]:
   return out
 
 
-def validate_config(c) -> None:
-  """Raises one ValueError listing every problem of `c`; call before any long work."""
-  found = list(dict.fromkeys(problems(c)))
+def validate_config(c) -> build.Plan:
+  """Raises one ValueError listing every problem of `c`; call before any long work.
+
+  Returns:
+    The config's plan (`build.build(c)`, built once here).
+  """
+  found, plan = _problems_and_plan(c)
+  found = list(dict.fromkeys(found))
   if len(found) == 1:
     raise ValueError(f"invalid config: {found[0]}")
   if found:
     raise ValueError("invalid config:\n  " + "\n  ".join(found))
+  return plan

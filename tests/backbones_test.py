@@ -29,8 +29,7 @@ from torch import nn as tnn
 
 from dlsr_jax import backbones
 from dlsr_jax.backbones import efficientnet
-from dlsr_jax.weights import convert
-from experiments import convert_weights
+from dlsr_jax.weights import backbone_file, convert
 
 REL_TOL = 1e-3
 LITE0_PATH = backbones.imagenet_weights_path("efficientnet_lite0")
@@ -451,7 +450,7 @@ class TestLoading:
 
   def test_native_round_trip_and_cli(self, tmp_path, lite0):
     out = str(tmp_path / "lite0.safetensors")
-    summary = convert_weights.convert_file("efficientnet_lite0", LITE0_PATH, out)
+    summary = backbone_file.convert_backbone_file("efficientnet_lite0", LITE0_PATH, out)
     ref = lite0[0]
     assert summary["weights_id"] == ref.weights_id and summary["num_tensors"] == 247
     assert summary["num_parameters"] == 4652008

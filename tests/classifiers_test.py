@@ -1,10 +1,10 @@
-"""experiments.classifiers: a net block trains, writes its workdir and resumes."""
+"""dlsr_jax.training.classifier: a recipe trains, writes its workdir and resumes."""
 
 import jax
 import numpy as np
 import pytest
 
-from experiments import classifiers
+from dlsr_jax.training import classifier as classifiers
 
 
 def _toy(n=256, seed=0):
@@ -31,6 +31,6 @@ def test_train_classifier_head_trains_and_resumes(tmp_path):
 
 
 def test_net_config_rejects_unknown_keys():
-  assert classifiers.net_config().learning_rate == 0.1
+  assert classifiers.net_config()["learning_rate"] == 0.1
   with pytest.raises(ValueError, match="unknown net config keys"):
     classifiers.net_config(lr=0.1)

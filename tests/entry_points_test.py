@@ -9,6 +9,7 @@ import pytest
 from dlsr_jax.training.checkpoint import CheckpointError
 from dlsr_jax.training.loop import Diverged
 from dlsr_jax.training.preemption import Preempted
+from dlsr_jax.training import workdir as workdir_lib
 from experiments import launch, workdir
 from experiments.configs import quickstart
 
@@ -29,7 +30,7 @@ def _last_line(proc) -> str:
 
 @pytest.mark.parametrize("error", [
     Diverged(5, 6, None), CheckpointError("checkpoint step 4 in /w cannot be restored"),
-    workdir.WorkdirLocked("workdir /w is in use"), workdir.WorkdirConfigError("x: 1 -> 2"),
+    workdir_lib.WorkdirLocked("workdir /w is in use"), workdir_lib.WorkdirConfigError("x: 1 -> 2"),
     ValueError("invalid config: --config.eval.batch_size=0"),
     FileNotFoundError("no checkpoint in /w"),
 ])

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from dlsr_jax import features
-from dlsr_jax.evaluation import Results
-from experiments import arrays, evaluation, runner
+from dlsr_jax.evaluation import Results, arrays
+from experiments import evaluation, runner
 from experiments.configs import quickstart
 
 

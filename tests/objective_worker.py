@@ -4,7 +4,7 @@
       --num_processes=2 --process_id=I] [--local_devices=2] [--slow=gan_again --step_delay=0.3]
 
 Trains, one after the other, each run of `RUNS` on the tiny image data of `toy_data`
-(the same arrays on every process, as `experiments.classifiers.train_classifier` is
+(the same arrays on every process, as `dlsr_jax.training.classifier.train_classifier` is
 given them): outlier exposure (streams "in" and "outliers", EMA), UMAP (unleashing mask
 with prune=True: scores in params, the frozen weights in `extra`, b estimated and
 written to the workdir), the confidence branch (lambda in `extra`) and the GAN (three

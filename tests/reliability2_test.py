@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from dlsr_jax import backbones, features
-from experiments import evaluation, launch, pipeline, workdir
+from dlsr_jax.training import workdir as workdir_lib
+from experiments import evaluation, launch, pipeline, run, workdir
 from experiments.configs import quickstart
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,7 +82,7 @@ def trained(tmp_path_factory):
   it)."""
   wd = tmp_path_factory.mktemp("trained")
   with _stand_in_backbone():
-    pipeline.run_train(_cfg(**{"eval.rows": "head_msp,dlsr"}), str(wd))
+    run.train(_cfg(**{"eval.rows": "head_msp,dlsr"}), str(wd))
   return wd
 
 
@@ -117,8 +118,9 @@ def _fails(capsys, fn, *args, **kwargs) -> str:
 
 
 def _hold_lock(wd) -> subprocess.Popen:
-  code = ("import sys, time; sys.path.insert(0, sys.argv[2]); from experiments import workdir;"
-          " workdir.acquire(sys.argv[1]); print('locked', flush=True); time.sleep(120)")
+  code = ("import sys, time; sys.path.insert(0, sys.argv[2]);"
+          " from dlsr_jax.training import workdir; workdir.acquire(sys.argv[1]);"
+          " print('locked', flush=True); time.sleep(120)")
   proc = subprocess.Popen([sys.executable, "-c", code, str(wd), ROOT], stdout=subprocess.PIPE,
                           text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.stdout.readline().strip() == "locked"
@@ -186,42 +188,42 @@ def _npz(path, n=16, labels=None, seed=0):
 
 
 def _has_checkpoint(wd) -> bool:
-  return workdir.has_checkpoints(str(wd))
+  return workdir_lib.has_checkpoints(str(wd))
 
 
 # 2: a failed first run writes no record, and a record with no checkpoint takes a new config.
 def test_a_typo_in_data_train_fails_before_the_record(tmp_path, capsys):
   wd = tmp_path / "wd"
-  err = _fails(capsys, pipeline.run_train, _cfg(**{"data.train": "npz:/no/such/digits.npz"}),
+  err = _fails(capsys, run.train, _cfg(**{"data.train": "npz:/no/such/digits.npz"}),
                str(wd))
   assert "data.train = 'npz:/no/such/digits.npz'" in err and "not found" in err, err
-  assert not (wd / workdir.CONFIG_NAME).exists() and not (wd / ".lock").exists()
-  err = _fails(capsys, pipeline.run_train, _cfg(**{"nets.head.batch_size": 1000}), str(wd))
+  assert not (wd / workdir_lib.CONFIG_NAME).exists() and not (wd / ".lock").exists()
+  err = _fails(capsys, run.train, _cfg(**{"nets.head.batch_size": 1000}), str(wd))
   assert "c.nets.head.batch_size = 1000 is more than the 16 images of data.train" in err, err
-  assert not (wd / workdir.CONFIG_NAME).exists()
+  assert not (wd / workdir_lib.CONFIG_NAME).exists()
 
 
 def test_a_record_without_a_checkpoint_accepts_the_corrected_command(tmp_path, monkeypatch):
   from experiments import runner  # pylint: disable=g-import-not-at-top
   wd = tmp_path / "wd"
   wd.mkdir()
-  (wd / workdir.CONFIG_NAME).write_text(_cfg(**{"nets.head.hidden": 7}).to_json())
+  (wd / workdir_lib.CONFIG_NAME).write_text(_cfg(**{"nets.head.hidden": 7}).to_json())
   ran = []
-  monkeypatch.setattr(runner, "run_train", lambda c, w: ran.append(w))
-  pipeline.run_train(_cfg(), str(wd))          # an older version recorded a failed run
+  monkeypatch.setattr(runner, "run_train", lambda c, w, *a: ran.append(w))
+  run.train(_cfg(), str(wd))          # an older version recorded a failed run
   assert ran == [str(wd)]
   import json  # pylint: disable=g-import-not-at-top
-  assert json.loads((wd / workdir.CONFIG_NAME).read_text())["nets"]["head"]["hidden"] == 16
+  assert json.loads((wd / workdir_lib.CONFIG_NAME).read_text())["nets"]["head"]["hidden"] == 16
   os.makedirs(wd / "head" / "checkpoints" / "4")   # now something was trained: guarded
-  with pytest.raises(workdir.WorkdirConfigError, match=r"nets.head.hidden: 16 -> 7"):
-    pipeline.run_train(_cfg(**{"nets.head.hidden": 7}), str(wd))
+  with pytest.raises(workdir_lib.WorkdirConfigError, match=r"nets.head.hidden: 16 -> 7"):
+    run.train(_cfg(**{"nets.head.hidden": 7}), str(wd))
 
 
 # 3 and 6: labels are checked before any training.
 def test_training_on_unlabelled_data_fails_before_work(tmp_path, capsys):
   source = _npz(tmp_path / "unlabelled.npz")
   wd = tmp_path / "wd"
-  err = _fails(capsys, pipeline.run_train, _cfg(**{"data.train": source}), str(wd))
+  err = _fails(capsys, run.train, _cfg(**{"data.train": source}), str(wd))
   assert "data.train has no labels" in err and "net head" in err, err
   assert not _has_checkpoint(wd)
   c = _cfg(**{"data.train": source})               # a row that fits on labels, no net trains
@@ -236,7 +238,7 @@ def test_training_on_unlabelled_data_fails_before_work(tmp_path, capsys):
 def test_labels_beyond_num_classes_fail_before_training(tmp_path, capsys):
   source = _npz(tmp_path / "digits.npz", labels=np.arange(16) % 13)
   wd = tmp_path / "wd"
-  err = _fails(capsys, pipeline.run_train, _cfg(**{"data.train": source}), str(wd))
+  err = _fails(capsys, run.train, _cfg(**{"data.train": source}), str(wd))
   assert "labels of data.train lie in 0..12; net head has num_classes=5" in err, err
   assert not _has_checkpoint(wd)
 
@@ -267,7 +269,7 @@ def test_outliers_that_are_a_test_set_are_refused(tmp_path, capsys, how):
       shutil.copy(tmp_path / "dtd.npz", target)
     outliers = f"npz:{target}"
   wd = tmp_path / "wd"
-  err = _fails(capsys, pipeline.run_train, _oe_cfg(tmp_path, outliers), str(wd))
+  err = _fails(capsys, run.train, _oe_cfg(tmp_path, outliers), str(wd))
   assert "c.nets.oe.outliers" in err and "data.ood.letters" in err, err
   assert "disjoint from the test sets" in err and not _has_checkpoint(wd)
 
@@ -275,14 +277,14 @@ def test_outliers_that_are_a_test_set_are_refused(tmp_path, capsys, how):
 # 5: a diverged classifier names its own key, which may change in the workdir.
 def test_a_diverged_net_names_its_learning_rate_which_may_change(tmp_path, capsys, monkeypatch):
   from dlsr_jax.training import loop  # pylint: disable=g-import-not-at-top
-  from experiments import classifiers  # pylint: disable=g-import-not-at-top
+  from dlsr_jax.training import classifier as classifiers  # pylint: disable=g-import-not-at-top
 
   def diverging(*args, **kwargs):           # as loop.fit raises it
     raise loop.Diverged(3, 4, None)
 
   monkeypatch.setattr(classifiers, "train_classifier", diverging)
   wd = tmp_path / "wd"
-  err = _fails(capsys, pipeline.run_train, _cfg(), str(wd))
+  err = _fails(capsys, run.train, _cfg(), str(wd))
   assert "training diverged" in err and "Lower c.nets.head.learning_rate (now 0.05" in err, err
   assert "optim.learning_rate" not in err
   os.makedirs(wd / "head" / "checkpoints" / "2")
@@ -290,7 +292,7 @@ def test_a_diverged_net_names_its_learning_rate_which_may_change(tmp_path, capsy
                                          "nets.head.epochs": 3}), str(wd))
   assert "nets.head.learning_rate: 0.05 -> 0.01" in changed and "nets.head.epochs: 2 -> 3" in (
       changed)
-  with pytest.raises(workdir.WorkdirConfigError, match="nets.head.num_classes"):
+  with pytest.raises(workdir_lib.WorkdirConfigError, match="nets.head.num_classes"):
     workdir.check_config(_cfg(**{"nets.head.num_classes": 6}), str(wd))
 
 
@@ -301,7 +303,7 @@ def test_a_read_only_workdir_is_one_line_and_is_evaluated_with_an_outdir(trained
   access = os.access
   monkeypatch.setattr(os, "access", lambda p, mode, **kw: (
       not str(p).startswith(str(wd)) or not mode & os.W_OK) and access(p, mode, **kw))
-  err = _fails(capsys, pipeline.run_train, _cfg(), str(wd))
+  err = _fails(capsys, run.train, _cfg(), str(wd))
   assert f"workdir {wd} is not writable" in err, err
   err = _fails(capsys, evaluation.run_evaluate, _cfg(), str(wd))
   assert f"output folder {wd} is not writable" in err and "--outdir" in err, err
@@ -343,7 +345,7 @@ def test_outdir_a_file_and_a_typo_in_an_ood_source_fail_before_extraction(traine
 ])
 def test_net_block_settings_fail_at_once_naming_the_key(tmp_path, capsys, change, message):
   wd = tmp_path / "wd"
-  err = _fails(capsys, pipeline.run_train, _cfg(**change), str(wd))
+  err = _fails(capsys, run.train, _cfg(**change), str(wd))
   assert message in err and "SGDConfig(" not in err, err
   assert not wd.exists()
 
@@ -351,7 +353,7 @@ def test_net_block_settings_fail_at_once_naming_the_key(tmp_path, capsys, change
 def test_an_objective_setting_fails_at_once_naming_the_net(tmp_path, capsys):
   c = _oe_cfg(tmp_path, _npz(tmp_path / "outliers.npz", seed=5))
   c.nets.oe.weight = -1.0
-  err = _fails(capsys, pipeline.run_train, c, str(tmp_path / "wd"))
+  err = _fails(capsys, run.train, c, str(tmp_path / "wd"))
   assert "c.nets.oe (objective 'outlier_exposure')" in err and "weight must be >= 0" in err, err
   assert not (tmp_path / "wd").exists()
 

@@ -133,13 +133,13 @@ def test_ctrl_c_saves_and_exits_like_sigterm(env):
 
 def test_experiments_train_reports_preemption_and_exits_143(monkeypatch, tmp_path, capsys):
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from experiments import pipeline, train  # pylint: disable=g-import-not-at-top
+  from experiments import run, train  # pylint: disable=g-import-not-at-top
 
   def preempted(c, workdir):
     assert workdir == str(tmp_path)
     raise trainer.Preempted(7)
 
-  monkeypatch.setattr(pipeline, "run_train", preempted)
+  monkeypatch.setattr(run, "train", preempted)
   config = os.path.join(fit_worker.ROOT, "experiments/configs/quickstart.py:tiny")
   flags.FLAGS(["train", f"--config={config}",
                f"--workdir={tmp_path}", "--nomultihost"])

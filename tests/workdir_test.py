@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from experiments import pipeline, workdir
+from dlsr_jax.training import workdir as workdir_lib
+from experiments import pipeline, run, workdir
 from experiments.configs import quickstart
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,8 +42,9 @@ def _cfg(**changes):
 
 def _hold_lock(wd) -> subprocess.Popen:
   """Another process that takes the lock of `wd` and sleeps."""
-  code = ("import sys, time; sys.path.insert(0, sys.argv[2]); from experiments import workdir;"
-          " workdir.acquire(sys.argv[1]); print('locked', flush=True); time.sleep(120)")
+  code = ("import sys, time; sys.path.insert(0, sys.argv[2]);"
+          " from dlsr_jax.training import workdir; workdir.acquire(sys.argv[1]);"
+          " print('locked', flush=True); time.sleep(120)")
   proc = subprocess.Popen([sys.executable, "-c", code, str(wd), ROOT], stdout=subprocess.PIPE,
                           text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.stdout.readline().strip() == "locked"
@@ -53,9 +55,9 @@ def test_second_run_fails_at_once_and_a_stale_lock_is_taken_over(tmp_path, no_wo
   proc = _hold_lock(tmp_path)
   try:
     t0 = time.time()
-    with pytest.raises(workdir.WorkdirLocked, match=rf"in use by pid {proc.pid} on .*"
+    with pytest.raises(workdir_lib.WorkdirLocked, match=rf"in use by pid {proc.pid} on .*"
                        "another --workdir"):
-      pipeline.run_train(_cfg(), str(tmp_path))
+      run.train(_cfg(), str(tmp_path))
     assert time.time() - t0 < 5
     lock = json.loads((tmp_path / ".lock").read_text())
     assert lock["pid"] == proc.pid and lock["host"] and lock["started"]
@@ -65,15 +67,15 @@ def test_second_run_fails_at_once_and_a_stale_lock_is_taken_over(tmp_path, no_wo
   assert (tmp_path / ".lock").exists()                 # left behind by the killed owner
   caplog.set_level("WARNING")
   with pytest.raises(WorkStarted):                      # taken over, then released on error
-    pipeline.run_train(_cfg(), str(tmp_path))
+    run.train(_cfg(), str(tmp_path))
   assert f"stale lock {tmp_path}/.lock of pid {proc.pid}" in caplog.text
   assert not (tmp_path / ".lock").exists()
   assert json.loads((tmp_path / "config.json").read_text())["model"]["width"] == 32
 
 
 def test_nested_guards_in_one_process_share_the_lock(tmp_path):
-  with workdir.lock(str(tmp_path)):
-    with workdir.lock(str(tmp_path)):
+  with workdir_lib.lock(str(tmp_path)):
+    with workdir_lib.lock(str(tmp_path)):
       pass
     assert (tmp_path / ".lock").exists()
   assert not (tmp_path / ".lock").exists()
@@ -81,7 +83,7 @@ def test_nested_guards_in_one_process_share_the_lock(tmp_path):
 
 def test_invalid_config_fails_before_config_json_or_lock(tmp_path, no_work):
   with pytest.raises(ValueError, match=r"--config.eval.batch_size=0: must be an int >= 1"):
-    pipeline.run_train(_cfg(**{"eval.batch_size": 0}), str(tmp_path))
+    run.train(_cfg(**{"eval.batch_size": 0}), str(tmp_path))
   assert not os.listdir(tmp_path)
 
 
@@ -93,23 +95,23 @@ def _trained(wd) -> None:
 
 def test_changed_model_or_data_stops_before_any_work_and_lists_the_keys(tmp_path, no_work):
   with pytest.raises(WorkStarted):
-    pipeline.run_train(_cfg(), str(tmp_path))
+    run.train(_cfg(), str(tmp_path))
   _trained(tmp_path)
   recorded = (tmp_path / "config.json").read_text()
   changed = _cfg(**{"model.width": 64, "schedule.kind": "linear", "data.train": "npz:x.npz"})
-  with pytest.raises(workdir.WorkdirConfigError) as err:
-    pipeline.run_train(changed, str(tmp_path))
+  with pytest.raises(workdir_lib.WorkdirConfigError) as err:
+    run.train(changed, str(tmp_path))
   msg = str(err.value)
   assert f"data.train: '{_cfg().data.train}' -> 'npz:x.npz'" in msg
   assert "model.width: 32 -> 64" in msg and "schedule.kind: 'scaled_linear' -> 'linear'" in msg
   assert "new --workdir" in msg and "train.num_epochs" in msg
   assert (tmp_path / "config.json").read_text() == recorded and not (tmp_path / ".lock").exists()
-  with pytest.raises(workdir.WorkdirConfigError, match="cannot be evaluated"):
+  with pytest.raises(workdir_lib.WorkdirConfigError, match="cannot be evaluated"):
     workdir.check_config(changed, str(tmp_path), for_eval=True)
   # Changeable keys: extend the run, new eval settings; the record follows them.
   longer = _cfg(**{"train.num_epochs": 5, "eval.ks": (2,), "optim.learning_rate": 1e-4})
   with pytest.raises(WorkStarted):
-    pipeline.run_train(longer, str(tmp_path))
+    run.train(longer, str(tmp_path))
   assert json.loads((tmp_path / "config.json").read_text())["train"]["num_epochs"] == 5
   changes = workdir.check_config(_cfg(), str(tmp_path), for_eval=True)
   for line in ("eval.ks: [2] -> [2, 3]", "optim.learning_rate: 0.0001 -> 0.001",
@@ -134,7 +136,7 @@ def test_seed_runs_are_guarded_too(tmp_path, monkeypatch):
   monkeypatch.setattr(runner, "prepare_nets", lambda *a, **k: None)
   monkeypatch.setattr(runner, "check_labels", lambda *a, **k: None)
   monkeypatch.setattr(runner, "fit_row", fake_fit_row)
-  pipeline.run_train(c, str(tmp_path))
+  run.train(c, str(tmp_path))
   assert [s for s in seen if s[0] == "dlsr"] == [("dlsr", 0, True), ("dlsr", 1, True)]
   for s in (0, 1):
     rwd = runner.row_workdir(str(tmp_path), "dlsr", s)
@@ -154,13 +156,13 @@ def test_evaluating_with_another_schedule_stops_before_any_extraction(tmp_path, 
     raise WorkStarted("features extracted")
 
   with pytest.raises(WorkStarted):             # "trained": the guard recorded the config
-    pipeline.run_train(_cfg(), str(tmp_path))
+    run.train(_cfg(), str(tmp_path))
   _trained(tmp_path)
   monkeypatch.setattr(features, "extract", no_extraction)
   monkeypatch.setattr(evaluation.arrays, "ArrayStore", no_extraction)
   monkeypatch.setattr(evaluation.runner, "require_trained", lambda *a: None)
   out = tmp_path / "eval"
-  with pytest.raises(workdir.WorkdirConfigError) as err:
+  with pytest.raises(workdir_lib.WorkdirConfigError) as err:
     evaluation.run_evaluate(_cfg(**{"schedule.kind": "cosine"}), str(tmp_path), str(out))
   msg = str(err.value)
   assert "cannot be evaluated" in msg and "schedule.kind: 'scaled_linear' -> 'cosine'" in msg

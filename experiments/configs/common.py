@@ -14,7 +14,7 @@ entry before any work):
         features with the ID labels. weights: a weights file to start from ("" = random init
         from `seed`); init_from: start from another configured net's trained weights.
         epochs=0: no training (the weights as loaded). The other keys are the training
-        recipe of `experiments/classifiers.py` (num_classes, batch_size, learning_rate, ...).
+        recipe of `dlsr_jax/training/classifier.py` (num_classes, batch_size, learning_rate, ...).
         `experiments.train` trains each net (in init_from order) in <workdir>/<name>/.
   c.detectors.<row> = dict(type="<module of dlsr_jax.detectors>", net="backbone" | "<net>",
                            **settings)

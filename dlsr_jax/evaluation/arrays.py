@@ -4,7 +4,8 @@
 "images" and "labels" straight from the data, "features" of the frozen backbone (the feature
 cache), "logits" / "pre_logits" of a classifier or head net (an `ArrayCache` keyed by the net's
 name, a hash of its params, the data set and its content digest, and the array name). Every
-array is memoised, so a second row reading it costs nothing.
+array is memoised, so a second row reading it costs nothing. The store takes plain values and
+functions (how to load a source's images, the backbone, the feature settings), never a config.
 """
 
 from __future__ import annotations
@@ -12,25 +13,20 @@ from __future__ import annotations
 import collections
 import os
 import time
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
 from absl import logging
 
 from dlsr_jax import cache as cache_lib
-from dlsr_jax import data, evaluation, features
+from dlsr_jax import data, features, multihost
+from dlsr_jax.evaluation.evaluate import forward
 from dlsr_jax.models.net import Net
-from experiments import build, pipeline
 
+BACKBONE = "backbone"   # the frozen feature extractor's name among the nets
 # Arrays a net computes (the ones a given net provides: `Net.outputs`).
 NET_ARRAYS = ("logits", "pre_logits", "confidence")
-
-
-def forward(net: Net, x: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
-  """`net.outputs` on uint8 images or features: `dlsr_jax.evaluation.forward` (one compile
-  per net across data sets)."""
-  return evaluation.forward(net, x, batch_size)
 
 
 class ArrayStore:
@@ -43,32 +39,47 @@ class ArrayStore:
     computed: counts of (net, set, "forward" | "features") computations (for tests).
   """
 
-  def __init__(self, c, workdir: str, sources: Mapping[str, str], shard_train: bool = False,
-               cache_dir: Optional[str] = None):
-    """`cache_dir`: where new cache entries go (default `pipeline.cache_dir`, which is then
-    still read): an evaluation writing to its own --outdir writes nothing into the workdir."""
-    self.c = c
+  def __init__(self, sources: Mapping[str, str], *,
+               load_images: Callable[..., data.ImageSet],
+               count_images: Callable[[str], int],
+               load_backbone: Callable[[], object],
+               feature_spec: features.FeatureSpec, feature_batch_size: int,
+               cache_dir: str, read_also: Sequence[str] = (),
+               classifier_batch_size: int = 256, shard_train: bool = False):
+    """
+    Args:
+      sources: {set name: data source}.
+      load_images: `load_images(source, rows=None)` -> `data.ImageSet` (rows: (lo, hi)).
+      count_images: `count_images(source)` -> the number of images (no decoding).
+      load_backbone: returns the frozen backbone (called once, when features are needed).
+      feature_spec, feature_batch_size: how features are extracted.
+      cache_dir: where new cache entries go; `read_also`: other caches that are read.
+      classifier_batch_size: the batch of a net's forward pass.
+      shard_train: in a multi-process job each process extracts its shard of "train".
+    """
     self.sources = dict(sources)
     self.nets: dict[str, Net] = {}
-    self.kinds: dict[str, str] = {build.BACKBONE: build.BACKBONE}
+    self.kinds: dict[str, str] = {BACKBONE: BACKBONE}
     self._weights: dict[str, str] = {}   # net -> hash of its params (part of the cache key)
     self.timing: dict[str, dict] = {}
     self.computed: collections.Counter = collections.Counter()
+    self._load_images, self._count_images = load_images, count_images
+    self._load_backbone = load_backbone
+    self._feature_spec, self._feature_batch_size = feature_spec, feature_batch_size
+    self._classifier_batch_size = classifier_batch_size
     self._shard_train = shard_train
     self._backbone = None
     self._images: dict[str, data.ImageSet] = {}
     self._memo: dict[tuple[str, str, str], np.ndarray] = {}
-    default = pipeline.cache_dir(c, workdir)
-    write = cache_dir or default
-    read = () if write == default else (default,)
-    self._feature_cache = features.FeatureCache(write, read_also=read)
-    self._net_cache = cache_lib.ArrayCache(os.path.join(write, "nets"),
-                                           read_also=tuple(os.path.join(d, "nets") for d in read))
+    self._feature_cache = features.FeatureCache(cache_dir, read_also=tuple(read_also))
+    self._net_cache = cache_lib.ArrayCache(os.path.join(cache_dir, "nets"),
+                                           read_also=tuple(os.path.join(d, "nets")
+                                                           for d in read_also))
 
   @property
   def backbone(self):
     if self._backbone is None:
-      self._backbone = pipeline.load_backbone(self.c)
+      self._backbone = self._load_backbone()
     return self._backbone
 
   def add_net(self, name: str, kind: str, net: Net) -> None:
@@ -78,7 +89,7 @@ class ArrayStore:
   def image_set(self, name: str) -> data.ImageSet:
     if name not in self._images:
       t0 = time.time()
-      self._images[name] = pipeline.load_source(self.c, self.sources[name])
+      self._images[name] = self._load_images(self.sources[name])
       self.timing.setdefault(name, {})["load_s"] = round(time.time() - t0, 3)
     return self._images[name]
 
@@ -87,7 +98,7 @@ class ArrayStore:
     return {k: self._array(net, set_name, k) for k in keys}
 
   def _array(self, net: str, set_name: str, key: str) -> np.ndarray:
-    owner = net if key in NET_ARRAYS else build.BACKBONE   # raw data and features are shared
+    owner = net if key in NET_ARRAYS else BACKBONE   # raw data and features are shared
     memo = (owner, set_name, key)
     if memo not in self._memo:
       if key == "images":
@@ -107,19 +118,27 @@ class ArrayStore:
     return self._memo[memo]
 
   def _features(self, set_name: str) -> np.ndarray:
-    self.computed[(build.BACKBONE, set_name, "features")] += 1
-    shard = self._shard_train and set_name == "train"
-    if shard and jax.process_count() > 1:   # each process extracts only its shard
-      z, _, info = pipeline.source_features(self.c, self.backbone, self.sources[set_name],
-                                            self._feature_cache, shard=True)
+    self.computed[(BACKBONE, set_name, "features")] += 1
+    source = self.sources[set_name]
+    t0 = time.time()
+    if self._shard_train and set_name == "train" and jax.process_count() > 1:
+      n = self._count_images(source)   # each process extracts only its shard, then gathers
+      lo, hi = multihost.shard_range(n)
+      images, name = self._load_images(source, rows=(lo, hi)).images, f"{source}[{lo}:{hi}]"
     else:
-      images = self.image_set(set_name).images
-      t0 = time.time()
-      z, _, cached = features.extract_cached(
-          self.backbone, images, self.sources[set_name], self._feature_cache,
-          self.c.feature_batch_size, pipeline.feature_spec(self.c))
-      info = {"num_images": int(images.shape[0]), "features_s": round(time.time() - t0, 3),
-              "cached": cached}
+      images, name = self.image_set(set_name).images, source
+      n = int(images.shape[0])
+    t1 = time.time()
+    z, _, cached = features.extract_cached(self.backbone, images, name, self._feature_cache,
+                                           self._feature_batch_size, self._feature_spec)
+    if name != source:
+      z = multihost.allgather_rows(z, n)
+    dt = time.time() - t1
+    info = {"num_images": n, "features_s": round(dt, 3), "cached": cached}
+    if name != source:
+      info = {"num_images": n, "load_s": round(t1 - t0, 3), **info}
+      if not cached:
+        info["features_images_per_s"] = round(images.shape[0] / max(dt, 1e-9), 2)
     self.timing.setdefault(set_name, {}).update(info)
     logging.info("features of %s: %s (%s)", set_name, z.shape, info)
     return z
@@ -127,8 +146,7 @@ class ArrayStore:
   def _net_arrays(self, net: str, set_name: str) -> dict[str, np.ndarray]:
     """logits and pre_logits of `net` on a set, through the disk cache."""
     model = self.nets[net]
-    x = self._array(build.BACKBONE, set_name,
-                    "features" if self.kinds[net] == "head" else "images")
+    x = self._array(BACKBONE, set_name, "features" if self.kinds[net] == "head" else "images")
     if any(k not in NET_ARRAYS for k in model.outputs):
       raise ValueError(f"net {net!r} outputs {model.outputs}; arrays a net may provide: "
                        f"{NET_ARRAYS}")
@@ -139,7 +157,7 @@ class ArrayStore:
     if all(h is not None for h in hits.values()):
       return {k: h["array"] for k, h in hits.items()}
     self.computed[(net, set_name, "forward")] += 1
-    out = forward(model, x, self.c.eval.get("classifier_batch_size", 256))
+    out = forward(model, x, self._classifier_batch_size)
     if jax.process_index() == 0:
       for k, key in keys.items():
         self._net_cache.save_arrays(key, {"array": out[k]})

@@ -1,10 +1,11 @@
-"""Training classifier nets (and heads on features) from a `c.nets.<name>` config block.
+"""Training classifier nets (and heads on features) from a recipe: a plain dict of settings
+(the experiments' `c.nets.<name>` blocks are such recipes).
 
-  nc = classifiers.net_config(model="cifar_resnet20", epochs=200)   # or a ConfigDict
-  net = classifiers.load_net(nc)                       # random init or `init_from` weights
-  net = classifiers.train_classifier(net, images, labels, nc, workdir)   # resumable
+  nc = classifier.net_config(model="cifar_resnet20", epochs=200)   # a dict
+  net = classifier.load_net(nc)                       # random init or `init_from` weights
+  net = classifier.train_classifier(net, images, labels, nc, workdir)   # resumable
 
-Keys of a net block (defaults: the CIFAR recipe, SPEC 4.2):
+Keys of a recipe (defaults: the CIFAR recipe, SPEC 4.2):
   model:           registry name of `dlsr_jax.models` ("cifar_resnet20", "resnet18_32x32",
                    "wrn40_2", "linear_head", "mlp_head", ...).
   init_from:       weights file to start from (fine-tuning); "" = random init from `seed`.
@@ -46,7 +47,6 @@ import os
 from typing import Any, Mapping, Optional
 
 import jax
-import ml_collections
 import numpy as np
 
 from dlsr_jax import models, parallel
@@ -67,8 +67,8 @@ def stream_keys(objective: str) -> dict[str, str]:
   return {s: f"{s}_batch_size" for s in objectives.streams_of(objective)}
 
 
-def net_config(**overrides) -> ml_collections.ConfigDict:
-  """A net block with the defaults above, `overrides` applied (unknown keys rejected).
+def net_config(**overrides) -> dict[str, Any]:
+  """A recipe with the defaults above, `overrides` applied (unknown keys rejected).
 
   Raises:
     ValueError: an unknown key (naming the valid ones, the objective's settings included),
@@ -89,7 +89,7 @@ def net_config(**overrides) -> ml_collections.ConfigDict:
     raise ValueError(f"objective {objective!r} needs {missing}: set "
                      + ", ".join(f"{m}=<data source>" if m in streams else f"{m}=..."
                                  for m in missing))
-  return ml_collections.ConfigDict({**DEFAULTS, **overrides})
+  return {**DEFAULTS, **overrides}
 
 
 def objective_settings(nc) -> dict[str, Any]:
@@ -112,7 +112,7 @@ def load_net(nc, num_features: Optional[int] = None) -> Net:
   """The block's starting `Net`: `init_from` weights, or a random init from `seed`.
 
   Args:
-    nc: a net block (ConfigDict or dict).
+    nc: a recipe (a dict or ConfigDict).
     num_features: heads only: the width C of the features [N, C].
   """
   weights = _get(nc, "init_from") or None
