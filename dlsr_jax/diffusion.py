@@ -166,7 +166,8 @@ def ddim_reconstruct(apply_fn: ApplyFn, params, z0: jax.Array, k: jax.Array,
   an array of k values compiles once.
 
   Args:
-    apply_fn: `(params, z_t [B, C], t [B]) -> z0_hat [B, C]`.
+    apply_fn: `(params, z_t [B, C], t) -> z0_hat [B, C]`; `t` is a scalar int32
+      timestep shared by the batch (the LFDN broadcasts it).
     params: denoiser params.
     z0: [B, C] clean features.
     k: scalar int, start level (1..T-1).
@@ -182,7 +183,6 @@ def ddim_reconstruct(apply_fn: ApplyFn, params, z0: jax.Array, k: jax.Array,
   abar = jnp.asarray(alphas_cumprod)
   k = jnp.asarray(k, jnp.int32)
   z = q_sample(z0, k, eps, abar)
-  batch = z0.shape[0]
 
   def step_noise(t):
     draw = lambda key: jax.random.normal(jax.random.fold_in(key, t), z0.shape[1:], z0.dtype)
@@ -190,7 +190,8 @@ def ddim_reconstruct(apply_fn: ApplyFn, params, z0: jax.Array, k: jax.Array,
 
   def body(state):
     t, z = state
-    x0_hat = apply_fn(params, z, jnp.full((batch,), t, jnp.int32))
+    # One t for the whole batch, passed as a scalar: the LFDN embeds it once.
+    x0_hat = apply_fn(params, z, t)
     noise = step_noise(t) if cfg.eta > 0 else None
     if cfg.release_compat:
       return t - 1, release_step(z, x0_hat, abar, t, cfg.eta, noise)

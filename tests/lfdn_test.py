@@ -41,6 +41,27 @@ def test_time_embedding_matters_and_autoencoder_has_none():
   assert lfdn.LFDN(ae).apply({"params": pa}, x).shape == (2, 6)
 
 
+def test_shared_scalar_timestep_equals_per_row_timesteps():
+  """A scalar t (DDIM scoring) embeds once and broadcasts: the same output as t per row."""
+  cfg = lfdn.LFDNConfig(features=6, width=8, embed_dim=4, num_blocks=2)
+  p = lfdn.init_params(cfg, jax.random.key(0))
+  leaves, tree = jax.tree.flatten(p)
+  keys = jax.random.split(jax.random.key(3), len(leaves))
+  p = jax.tree.unflatten(tree, [a + 0.3 * jax.random.normal(k, a.shape)
+                                for a, k in zip(leaves, keys)])
+  x = jax.random.normal(jax.random.key(4), (5, 6))
+  m = lfdn.LFDN(cfg)
+  per_row = m.apply({"params": p}, x, jnp.full((5,), 7))
+  for t in (jnp.int32(7), jnp.array([7])):
+    shared = m.apply({"params": p}, x, t)
+    assert shared.shape == (5, 6)
+    np.testing.assert_allclose(shared, per_row, rtol=1e-6, atol=1e-6)
+  # Different rows still get their own timesteps.
+  mixed = m.apply({"params": p}, x, jnp.array([7, 7, 7, 7, 80]))
+  np.testing.assert_allclose(mixed[:4], per_row[:4], rtol=1e-6, atol=1e-6)
+  assert not np.allclose(mixed[4], per_row[4])
+
+
 def test_timestep_embedding_layout():
   e = lfdn.timestep_embedding(jnp.array([0.0, 3.0]), 8)
   np.testing.assert_allclose(e[0], [1, 1, 1, 1, 0, 0, 0, 0], atol=1e-7)
