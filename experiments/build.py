@@ -1,107 +1,36 @@
-"""The ONLY reader of `c.nets` and `c.detectors`: checks every entry, returns plain dataclasses.
+"""The ONLY reader of ConfigDicts: `build(c)` checks a config and returns its `plan.Plan`.
 
-`build(c)` validates before any extraction or training: each net's kind, model, weights file
-and `init_from` (known, no cycle); each detector row's type (a module of `dlsr_jax.detectors`),
-net (the backbone or a configured net), settings (by constructing the detector once) and the
-arrays it reads (a detector reading "logits" needs a classifier or head net). Detector types
-are found by module name; the context arguments a module's `make` takes (`net`, `layout`,
-`workdir`, `seed`, `write_metrics`) are filled in by `make_detector`.
+`build(c)` validates before any extraction or training (`c.nets`, `c.detectors`, the rows
+selected by `c.eval.rows`, the validation sets, the training streams against the test sets;
+the checks of each net and row are `experiments.plan`'s) and converts the rest of the config
+into plain values: the data sets (`Data`), the seeds, the evaluation settings. The functions
+at the end turn the config into the library's own settings (feature spec, LFDN configs, the
+backbone, data loading, the array store, the config record).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import inspect
-import importlib
 import json
 import os
-from typing import Any, Mapping, Optional
+import time
+from typing import Mapping, Optional
 
-from dlsr_jax import backbones, detectors, models
-from dlsr_jax.detectors.base import CONTEXT_ARGS, Detector, FeatureLayout
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from dlsr_jax import backbones, data, features, lfdn, multihost, schedule, trainer
+from dlsr_jax import train as train_lib
+from dlsr_jax.detectors.base import FeatureLayout
+from dlsr_jax.evaluation import arrays
 from dlsr_jax.evaluation.arrays import BACKBONE
-from dlsr_jax.models.net import Net
-from dlsr_jax.objectives import base as objectives
 from dlsr_jax.training import classifier
+from experiments import plan as plan_lib
+from experiments import validate
+from experiments import workdir as workdir_lib
 from experiments.configs import datasets
-
-# The arrays each kind of net provides per data set.
-PROVIDES = {
-    "backbone": ("features", "images", "labels"),
-    "classifier": ("logits", "pre_logits", "images", "labels"),
-    "head": ("logits", "pre_logits", "features", "images", "labels"),
-}
-_NET_KEYS = ("kind", "weights", "init_from")
-
-
-@dataclasses.dataclass(frozen=True)
-class NetSpec:
-  """One network. `recipe` is the `experiments/classifier.py` block (init_from = weights)."""
-  name: str
-  kind: str
-  model: str = ""
-  weights: str = ""
-  init_from: str = ""
-  recipe: Optional[Mapping[str, Any]] = None
-
-  @property
-  def trains(self) -> bool:
-    return bool(self.recipe and self.recipe["epochs"])
-
-
-@dataclasses.dataclass(frozen=True)
-class RowSpec:
-  """One detector row: its type, net, settings and what it reads."""
-  name: str
-  type: str
-  net: str
-  settings: Mapping[str, Any]
-  reads: tuple[str, ...]
-  fit_reads: tuple[str, ...]
-  context: tuple[str, ...]
-  score_names: Optional[tuple[str, ...]] = None   # when the detector declares them
-  # True: settings chosen on data.val vs data.ood_val; False: not; None: not, and no
-  # "<row>@tuned" twin from eval.tune (the row's tune=False).
-  tune: Optional[bool] = False
-  grid: Optional[Any] = None                 # its grid (None: the type's default grid)
-  fit_set: str = "train"                     # "val": fitted on data.val (OpenOOD's ID-val fits)
-
-  @property
-  def trains(self) -> bool:
-    """True for detectors whose fit trains a network in a workdir of their own (DLSR)."""
-    return "workdir" in self.context
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-  """Every net (in training order, the backbone first) and every selected row."""
-  nets: Mapping[str, NetSpec]
-  rows: Mapping[str, RowSpec]
-  layout: FeatureLayout
-  seeds: tuple[int, ...]
-
-
-def _plain(value: Any) -> Any:
-  if hasattr(value, "to_dict"):
-    value = value.to_dict()
-  if isinstance(value, Mapping):
-    return {k: _plain(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return tuple(_plain(v) for v in value)
-  return value
-
-
-def needed_nets(plan: Plan) -> list[str]:
-  """The nets the selected rows read, with their init_from ancestors, in training order."""
-  need = set()
-  for row in plan.rows.values():
-    name = row.net
-    while name and name not in need:
-      need.add(name)
-      name = plan.nets[name].init_from
-  return [n for n in plan.nets if n in need]
-
 
 def feature_layout(c) -> FeatureLayout:
   """The levels of the "features" array (`c.layers` of `c.backbone`), by name."""
@@ -115,253 +44,7 @@ def feature_layout(c) -> FeatureLayout:
                        channels=tuple(cfg.level_channels[i] for i in layers))
 
 
-def _net_spec(name: str, block: Mapping[str, Any]) -> NetSpec:
-  kind = block.get("kind", "")
-  if kind not in ("classifier", "head"):
-    raise ValueError(f"c.nets.{name}: kind must be 'classifier' or 'head', got {kind!r}")
-  model = block.get("model", "")
-  if model not in models.names():
-    raise ValueError(f"c.nets.{name}: unknown model {model!r}; valid: "
-                     f"{', '.join(models.names())}")
-  recipe = {k: v for k, v in block.items() if k not in _NET_KEYS}
-  weights = str(block.get("weights", "") or "")
-  try:
-    recipe = classifier.net_config(**recipe, init_from=weights)
-  except ValueError as e:
-    raise ValueError(f"c.nets.{name}: {e}") from None
-  if weights and not os.path.isfile(weights):
-    raise FileNotFoundError(f"c.nets.{name}: weights file not found: {weights}")
-  for stream, (source, _) in classifier.stream_sources(recipe).items():
-    try:
-      datasets.check_source(source)
-    except ValueError as e:
-      raise ValueError(f"c.nets.{name}.{stream}: {e}") from None
-    scheme, path = source.split(":", 1)
-    if scheme in ("npz", "folder") and not os.path.exists(path):
-      raise FileNotFoundError(f"c.nets.{name}.{stream}: {path} not found ({source!r})")
-  if recipe["objective"] != "cross_entropy" and not recipe["epochs"]:
-    raise ValueError(f"c.nets.{name}: objective {recipe['objective']!r} with epochs=0 trains "
-                     "nothing; set epochs")
-  _check_recipe(name, recipe)
-  return NetSpec(name=name, kind=kind, model=model, weights=weights,
-                 init_from=str(block.get("init_from", "") or ""), recipe=recipe)
-
-
-# key of a net block -> (check, what is allowed)
-_RECIPE_CHECKS = {
-    "num_classes": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
-    "epochs": (lambda v: _is_int(v) and v >= 0, "an int >= 0 (0 = no training)"),
-    "batch_size": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
-    "seed": (lambda v: _is_int(v), "an int"),
-    "learning_rate": (lambda v: _is_number(v) and 0 < v < 1e3, "a number in (0, 1000)"),
-    "momentum": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    "weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    "weight_decay_on": (lambda v: v in ("all", "kernels"), "'all' or 'kernels'"),
-    "ema_decay": (lambda v: _is_number(v) and 0 <= v < 1, "in [0, 1)"),
-    "log_every_steps": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
-    "checkpoint_every_steps": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
-}
-
-
-def _is_int(v: Any) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-  return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _check_recipe(name: str, recipe: Mapping[str, Any]) -> None:
-  """The numbers of a net block, each named by its key (`c.nets.<name>.<key>`)."""
-  for key, (ok, allowed) in _RECIPE_CHECKS.items():
-    if key in recipe and not ok(recipe[key]):
-      raise ValueError(f"c.nets.{name}.{key} = {recipe[key]!r}: must be {allowed}")
-
-
-def _check_net(name: str, spec: NetSpec, layout: FeatureLayout) -> None:
-  """Loads the net's starting weights and constructs its optimizer and objective, so that a
-  wrong model, weights file or objective setting fails now, naming `c.nets.<name>.<key>`."""
-  heads = [m for m in models.names() if m.endswith("_head")]
-  if (spec.kind == "head") != (spec.model in heads):
-    raise ValueError(f"c.nets.{name}.kind = {spec.kind!r} does not fit model {spec.model!r}: "
-                     f"a head on the backbone features is one of {heads} (kind='head'), an "
-                     "image classifier any other model (kind='classifier')")
-  try:
-    net = placeholder_net(spec, layout)
-  except (ValueError, TypeError, KeyError, OSError) as e:
-    key = "weights" if spec.weights else "model"
-    raise ValueError(f"c.nets.{name}.{key}: {spec.weights or spec.model!r} cannot be loaded "
-                     f"as a {spec.model} with num_classes={spec.recipe['num_classes']}: "
-                     f"{type(e).__name__}: {e}") from None
-  if not spec.trains:
-    return
-  settings = classifier.objective_settings(spec.recipe)
-  if "b" in objectives.settings_of(spec.recipe["objective"]) and settings.get("b") is None:
-    settings["b"] = 0.0   # estimated from the data when training; any value to construct it
-  try:
-    from dlsr_jax.training import optim  # pylint: disable=g-import-not-at-top
-    tx = optim.sgd(classifier.sgd_config(spec.recipe), 1)
-    objectives.make(spec.recipe["objective"], net, tx, settings,
-                    augment=bool(spec.recipe["augment"]) and net.resolution is not None,
-                    ema_decay=spec.recipe["ema_decay"] or None, data=None, workdir=None,
-                    seed=spec.recipe["seed"])
-  except (ValueError, TypeError) as e:
-    raise ValueError(f"c.nets.{name} (objective {spec.recipe['objective']!r}): {e}") from None
-
-
-def _training_order(specs: Mapping[str, NetSpec]) -> list[str]:
-  order, seen = [], set()
-
-  def visit(name, path):
-    if name in seen:
-      return
-    if name in path:
-      raise ValueError(f"c.nets: init_from cycle {' -> '.join(path + (name,))}")
-    src = specs[name].init_from
-    if src:
-      if src not in specs:
-        raise ValueError(f"c.nets.{name}: init_from {src!r} is not a configured net; "
-                         f"configured nets: {sorted(specs)}")
-      if specs[src].model != specs[name].model:
-        raise ValueError(f"c.nets.{name}: init_from {src!r} is a {specs[src].model}, "
-                         f"not a {specs[name].model}")
-      classes = (specs[src].recipe["num_classes"], specs[name].recipe["num_classes"])
-      if classes[0] != classes[1]:
-        raise ValueError(f"c.nets.{name}.num_classes = {classes[1]}: init_from {src!r} has "
-                         f"num_classes = {classes[0]}")
-      visit(src, path + (name,))
-    seen.add(name)
-    order.append(name)
-
-  for name in specs:
-    visit(name, ())
-  return order
-
-
-def provides(spec: NetSpec) -> tuple[str, ...]:
-  """The arrays a configured net provides per data set (its objective may add some)."""
-  extra = objectives.arrays_of(spec.recipe["objective"]) if spec.trains else ()
-  return PROVIDES[spec.kind] + tuple(extra)
-
-
-def placeholder_net(spec: NetSpec, layout: FeatureLayout) -> Net:
-  """The net with its starting weights (or a random init): for checking detector settings
-  (loaded once per recipe and width: `build` runs several times before any work)."""
-  return _load_net(json.dumps(_plain(spec.recipe), sort_keys=True, default=str),
-                   sum(layout.channels) if spec.kind == "head" else None)
-
-
-@functools.lru_cache(maxsize=16)
-def _load_net(recipe: str, num_features: Optional[int]) -> Net:
-  return classifier.load_net(json.loads(recipe), num_features=num_features)
-
-
-def make_detector(row: RowSpec, plan: Plan, *, net: Optional[Net] = None,
-                  workdir: Optional[str] = None, seed: int = 0,
-                  write_metrics=None, restore_only: bool = False) -> Detector:
-  """Constructs a row's detector with its context arguments (`restore_only`: evaluation)."""
-  context = {"net": net, "layout": plan.layout, "workdir": workdir, "seed": seed,
-             "write_metrics": write_metrics, "restore_only": restore_only}
-  return detectors.make(row.type, **row.settings, **{k: context[k] for k in row.context})
-
-
-def _row_spec(name: str, block: Mapping[str, Any], nets: Mapping[str, NetSpec],
-              layout: FeatureLayout) -> RowSpec:
-  block = dict(block)
-  type_, net = block.pop("type", name), block.pop("net", BACKBONE)
-  tune, grid = block.pop("tune", None), block.pop("grid", None)
-  types = detectors.available()
-  if type_ not in types:
-    raise ValueError(f"c.detectors.{name}: unknown detector type {type_!r}; available "
-                     f"(modules of dlsr_jax.detectors): {', '.join(types)}")
-  if net != BACKBONE and net not in nets:
-    raise ValueError(f"c.detectors.{name}: unknown net {net!r}; configured nets: "
-                     f"{[BACKBONE, *nets]}")
-  module = importlib.import_module(f"dlsr_jax.detectors.{type_}")
-  params = inspect.signature(module.make).parameters
-  context = tuple(a for a in CONTEXT_ARGS if a in params)
-  clash = sorted(set(block) & set(CONTEXT_ARGS))
-  if clash:
-    raise ValueError(f"c.detectors.{name}: {clash} are set by the evaluation, not the config")
-  if "net" in context and net == BACKBONE:
-    raise ValueError(f"c.detectors.{name}: detector {type_!r} runs a classifier; set net= "
-                     f"one of the configured nets {sorted(nets)}")
-  spec = RowSpec(name, type_, net, block, (), (), context)
-  plan = Plan({}, {}, layout, ())
-  try:
-    det = make_detector(spec, plan, workdir=os.path.join("unused", name),
-                        net=placeholder_net(nets[net], layout) if "net" in context else None)
-  except (TypeError, ValueError) as e:
-    raise ValueError(f"c.detectors.{name} ({type_}): {e}") from None
-  kind = BACKBONE if net == BACKBONE else nets[net].kind
-  provided = PROVIDES[kind] if net == BACKBONE else provides(nets[net])
-  missing = [a for a in (*det.reads, *det.fit_reads) if a not in provided]
-  if missing:
-    raise ValueError(f"c.detectors.{name}: detector {type_!r} reads {sorted(set(missing))}, "
-                     f"which net {net!r} ({kind}) does not provide (it provides "
-                     f"{', '.join(provided)}); set net= a classifier or head net"
-                     + (" trained with an objective that provides them"
-                        if net != BACKBONE else ""))
-  spec = dataclasses.replace(spec, reads=det.reads, fit_reads=det.fit_reads,
-                             score_names=det.score_names)
-  if tune is not None and not isinstance(tune, bool):
-    raise ValueError(f"c.detectors.{name}.tune must be True or False, got {tune!r}")
-  if tune or (grid is not None and tune is None):   # tune= / grid= tune this row in place
-    spec = tuned_spec(spec, nets, layout, grid, name)
-  elif tune is False:
-    spec = dataclasses.replace(spec, tune=None)       # never tuned (not even by eval.tune)
-  return spec
-
-
-def _check_result_keys(rows: list[RowSpec]) -> None:
-  """Two rows must not give the same results key: known from the score names a detector
-  declares (DLSR: "mse", "lr_mse", ... when the row is named after its type), else the row's
-  name (one score)."""
-  from dlsr_jax.evaluation import table  # pylint: disable=g-import-not-at-top
-  owner = {}
-  for row in rows:
-    keys = (table.result_keys(row.name, row.type, row.score_names).values()
-            if row.score_names else [row.name])
-    for key in dict.fromkeys(keys):
-      if key in owner:
-        raise ValueError(f"c.detectors.{row.name} and c.detectors.{owner[key]} both give the "
-                         f"results key {key!r}: rename one of the rows")
-      owner[key] = row.name
-
-
-def tuned_spec(spec: RowSpec, nets: Mapping[str, NetSpec], layout: FeatureLayout,
-               grid: Any = None, name: Optional[str] = None) -> RowSpec:
-  """`spec` tuned (as row `name`), its grid checked: every candidate's settings are
-  constructed once (a type that trains, like DLSR, cannot be tuned)."""
-  from dlsr_jax.evaluation import tune as tune_lib  # pylint: disable=g-import-not-at-top
-  name = name or spec.name
-  if "workdir" in spec.context or "layout" in spec.context:
-    raise ValueError(f"c.detectors.{name}: detector {spec.type!r} trains in its fit; it "
-                     "cannot be tuned (tune= / grid=)")
-  net = placeholder_net(nets[spec.net], layout) if "net" in spec.context else None
-  try:
-    cands = tune_lib.candidates(spec.type, grid, spec.settings, net=net)
-    for c in cands:
-      detectors.make(spec.type, **c, **({"net": net} if net is not None else {}))
-  except (TypeError, ValueError) as e:
-    raise ValueError(f"c.detectors.{name}.grid ({spec.type}): {e}") from None
-  return dataclasses.replace(spec, name=name, tune=True, grid=grid)
-
-
-def tunable(spec: RowSpec, nets: Mapping[str, NetSpec], layout: FeatureLayout) -> bool:
-  """Whether `--config.eval.tune` gives this row a "<row>@tuned" twin: a row not tuned
-  already nor set tune=False, of a type that does not train, whose grid has 2+ candidates."""
-  from dlsr_jax.evaluation import tune as tune_lib  # pylint: disable=g-import-not-at-top
-  if spec.tune is not False or "workdir" in spec.context or "layout" in spec.context:
-    return False
-  net = placeholder_net(nets[spec.net], layout) if "net" in spec.context else None
-  return len(tune_lib.candidates(spec.type, None, spec.settings, net=net)) > 1
-
-
-TUNED_SUFFIX = "@tuned"
-
-
-def check_validation_sets(c, rows: Mapping[str, RowSpec]) -> None:
+def check_validation_sets(c, rows: Mapping[str, plan_lib.RowSpec]) -> None:
   """data.val / data.ood_val: well formed, never a test set (compared by real path for
   npz / folder sources, so "npz:d/./x.npz" is "npz:d/x.npz"), and set when a row is tuned."""
   val, ood_val = str(c.data.get("val", "") or ""), str(c.data.get("ood_val", "") or "")
@@ -423,43 +106,31 @@ def parse_groups(c) -> dict[str, list[str]]:
   return groups
 
 
-def _check_streams_apart(c, specs: Mapping[str, NetSpec]) -> None:
+def _check_streams_apart(c, specs: Mapping[str, plan_lib.NetSpec]) -> None:
   """A training stream (e.g. OE's outliers) must not be a test set of the evaluation."""
   tests = {"data.test": str(c.data.test)}
   tests.update({f"data.ood.{k}": str(v) for k, v in ood_sources(c).items()})
   for name, spec in specs.items():
     for stream, (source, _) in classifier.stream_sources(spec.recipe).items():
-      clash = [k for k, v in tests.items() if _same_source(v, source)]
+      clash = [k for k, v in tests.items() if plan_lib.same_source(v, source)]
       if clash:
         raise ValueError(f"c.nets.{name}.{stream} = {source!r} is also the test set "
                          f"{clash[0]}: training data must be disjoint from the test sets")
 
 
-def _same_source(a: str, b: str) -> bool:
-  """Whether two data sources name the same data: equal strings, or npz / folder paths that
-  resolve to the same file (`./`, `..`, symlinks). Copies are found by their images' digest
-  when the arrays are loaded (`runner`)."""
-  if a == b:
-    return True
-  (sa, _, pa), (sb, _, pb) = a.partition(":"), b.partition(":")
-  if sa != sb or sa not in ("npz", "folder"):
-    return False
-  return os.path.realpath(os.path.expanduser(pa)) == os.path.realpath(os.path.expanduser(pb))
-
-
-def build(c) -> Plan:
+def build(c) -> plan_lib.Plan:
   """Checks and converts `c.nets`, `c.detectors` (the rows selected by `c.eval.rows`)."""
   layout = feature_layout(c)
-  blocks = _plain(c.get("nets") or {})
+  blocks = plan_lib.plain(c.get("nets") or {})
   if BACKBONE in blocks:
     raise ValueError(f"c.nets.{BACKBONE}: the name is reserved for the frozen backbone")
-  specs = {n: _net_spec(n, b) for n, b in blocks.items()}
+  specs = {n: plan_lib.net_spec(n, b) for n, b in blocks.items()}
   for n, spec in specs.items():
-    _check_net(n, spec, layout)
+    plan_lib.check_net(n, spec, layout)
   _check_streams_apart(c, specs)
-  nets = {BACKBONE: NetSpec(BACKBONE, BACKBONE)}
-  nets.update({n: specs[n] for n in _training_order(specs)})
-  rows = _plain(c.get("detectors") or {})
+  nets = {BACKBONE: plan_lib.NetSpec(BACKBONE, BACKBONE)}
+  nets.update({n: specs[n] for n in plan_lib.training_order(specs)})
+  rows = plan_lib.plain(c.get("detectors") or {})
   wanted = [r.strip() for r in str(c.eval.get("rows", "") or "").split(",") if r.strip()]
   unknown = [r for r in wanted if r not in rows]
   if unknown:
@@ -468,19 +139,226 @@ def build(c) -> Plan:
     raise ValueError("no detector rows configured (c.detectors)")
   selected = []
   for n in wanted or rows:
-    spec = _row_spec(n, rows[n], specs, layout)
+    spec = plan_lib.row_spec(n, rows[n], specs, layout)
     selected.append(spec)
-    if c.eval.get("tune", False) and tunable(spec, nets, layout):
-      selected.append(tuned_spec(spec, nets, layout, None, n + TUNED_SUFFIX))
+    if c.eval.get("tune", False) and plan_lib.tunable(spec, nets, layout):
+      selected.append(plan_lib.tuned_spec(spec, nets, layout, None, n + plan_lib.TUNED_SUFFIX))
   if str(c.data.get("val", "") or ""):
     from dlsr_jax.evaluation import tune as tune_lib  # pylint: disable=g-import-not-at-top
     selected = [dataclasses.replace(r, fit_set="val") if r.type in tune_lib.OPENOOD_VAL_FIT
                 else r for r in selected]
-  _check_result_keys(selected)
+  plan_lib.check_result_keys(selected)
   check_validation_sets(c, {r.name: r for r in selected})
   order = list(nets)
   selected = {r.name: r for r in sorted(selected, key=lambda r: order.index(r.net))}
   seeds = tuple(int(s) for s in (c.get("seeds") or ()))
   if len(set(seeds)) != len(seeds):
     raise ValueError(f"seeds must be distinct, got {list(seeds)}")
-  return Plan(nets=nets, rows=selected, layout=layout, seeds=seeds)
+  return plan_lib.Plan(nets=nets, rows=selected, layout=layout, seeds=seeds,
+                       data=data_plan(c), seed=int(c.seed), eval_seed=int(c.eval.seed),
+                       plots=bool(c.eval.plots),
+                       trapezoid_aupr=bool(c.eval.get("trapezoid_aupr", False)),
+                       cache_dir=str(c.cache_dir or ""))
+
+
+def data_plan(c) -> plan_lib.Data:
+  """The data sets of `c` (`plan.Data`); the groups as configured, unchecked."""
+  ood = ood_sources(c)
+  keys = {"train": "data.train", "id": "data.test"}
+  keys.update({n: f"data.ood.{n}" if n in c.data.ood else f"data.extra_ood {n}" for n in ood})
+  groups = {g: tuple(m.strip() for m in str(members).split(",") if m.strip())
+            for g, members in (c.data.get("groups") or {}).items()}
+  return plan_lib.Data(train=str(c.data.train), test=str(c.data.test), ood=ood, keys=keys,
+              groups=groups, val=str(c.data.get("val", "") or ""),
+              ood_val=str(c.data.get("ood_val", "") or ""))
+
+
+def with_seed(c, seed: int):
+  """A copy of `c` for one of its `seeds`: `seed = seed`, no `seeds` (a seed run's record)."""
+  cs = c.copy_and_resolve_references()
+  with cs.unlocked():
+    cs.seed, cs.seeds = seed, ()
+  return cs
+
+
+# ------------------------------------------- the config as library settings --
+def feature_spec(c) -> features.FeatureSpec:
+  return features.FeatureSpec(layers=tuple(c.layers) or None, pooling=c.pooling,
+                              resolution=c.resolution or None)
+
+
+def schedule_config(c) -> schedule.ScheduleConfig:
+  s = c.schedule
+  return schedule.ScheduleConfig(kind=s.kind, num_steps=s.num_steps,
+                                 beta_start=s.beta_start, beta_end=s.beta_end)
+
+
+def model_config(c, num_features: int) -> lfdn.LFDNConfig:
+  m = c.model
+  return lfdn.LFDNConfig(features=num_features, width=m.width, embed_dim=m.embed_dim,
+                         num_blocks=m.num_blocks, dropout=m.dropout,
+                         use_time_embedding=m.use_time_embedding, dtype=m.dtype)
+
+
+def optim_config(c) -> train_lib.OptimConfig:
+  o = c.optim
+  return train_lib.OptimConfig(learning_rate=o.learning_rate, weight_decay=o.weight_decay,
+                               warmup_steps=o.warmup_steps,
+                               grad_clip_norm=o.grad_clip_norm or None, ema_decay=o.ema_decay)
+
+
+def fit_config(c) -> trainer.FitConfig:
+  t = c.train
+  return trainer.FitConfig(batch_size=t.batch_size, num_epochs=t.num_epochs, seed=c.seed,
+                           log_every_steps=t.log_every_steps,
+                           checkpoint_every_epochs=t.checkpoint_every_epochs,
+                           checkpoint_every_steps=t.checkpoint_every_steps,
+                           lr_reference_steps=t.lr_reference_steps,
+                           keep_steps=tuple(int(s) for s in t.keep_steps))
+
+
+def load_backbone(c) -> backbones.Backbone:
+  weights = None if c.weights in ("none", "", None) else c.weights
+  return backbones.load(c.backbone, weights=weights, dtype=jnp.dtype(c.backbone_dtype),
+                        normalisation=c.normalisation)
+
+
+def cache_dir(c, workdir: str) -> str:
+  return c.cache_dir or os.path.join(workdir, "feature_cache")
+
+
+def load_source(c, source: str, rows: Optional[tuple[int, int]] = None) -> data.ImageSet:
+  return data.load_images(source, image_size=c.data.image_size or None,
+                          tfds_data_dir=c.data.tfds_data_dir or None,
+                          limit=c.data.limit or None, rows=rows)
+
+
+def count_source(c, source: str) -> int:
+  return data.count_images(source, tfds_data_dir=c.data.tfds_data_dir or None,
+                           limit=c.data.limit or None)
+
+
+def source_features(c, backbone, source: str, cache,
+                    shard: bool = False) -> tuple[np.ndarray, tuple, dict]:
+  """(z [N, C], boundaries, timing info) for one data source, through the cache.
+
+  `shard`: in a multi-process job each process loads, extracts (and caches)
+  only its `multihost.shard_range` of the images; the features are then
+  all-gathered, so every process returns the same full [N, C] array.
+  """
+  t0 = time.time()
+  if shard and jax.process_count() > 1:
+    n = count_source(c, source)
+    lo, hi = multihost.shard_range(n)
+    images, name = load_source(c, source, rows=(lo, hi)).images, f"{source}[{lo}:{hi}]"
+  else:
+    images = load_source(c, source).images
+    n, name = int(images.shape[0]), source
+  t1 = time.time()
+  z, bounds, cached = features.extract_cached(backbone, images, name, cache,
+                                              c.feature_batch_size, feature_spec(c))
+  if shard and jax.process_count() > 1:
+    z = multihost.allgather_rows(z, n)
+  dt = time.time() - t1
+  info = {"num_images": n, "load_s": round(t1 - t0, 3),
+          "features_s": round(dt, 3), "cached": cached}
+  if not cached:
+    info["features_images_per_s"] = round(images.shape[0] / max(dt, 1e-9), 2)
+  logging.info("features of %s: %s (%s)", source, z.shape, info)
+  return z, bounds, info
+
+
+def array_store(c, workdir: str, sources, shard_train: bool = False,
+                write_to: Optional[str] = None) -> arrays.ArrayStore:
+  """The run's `ArrayStore` of `sources`. `write_to`: where new cache entries go (default
+  `cache_dir(c, workdir)`, which is then still read): an evaluation writing to its own
+  --outdir writes nothing into the workdir."""
+  default = cache_dir(c, workdir)
+  write = write_to or default
+  return arrays.ArrayStore(
+      sources, load_images=lambda source, rows=None: load_source(c, source, rows),
+      count_images=lambda source: count_source(c, source),
+      load_backbone=lambda: load_backbone(c), feature_spec=feature_spec(c),
+      feature_batch_size=c.feature_batch_size, cache_dir=write,
+      read_also=() if write == default else (default,),
+      classifier_batch_size=c.eval.get("classifier_batch_size", 256), shard_train=shard_train)
+
+
+def feature_boundaries(c, backbone) -> tuple[int, ...]:
+  layers = features.resolve_layers(backbone, tuple(c.layers) or None)
+  return features.boundaries_for([backbone.level_channels[i] for i in layers])
+
+
+def config_record(c) -> dict:
+  """The config as a plain nested dict (what `config.json` records)."""
+  return json.loads(c.to_json_best_effort())
+
+
+def check_config(c, workdir: str, for_eval: bool = False) -> list[str]:
+  """Raises `WorkdirConfigError` if `c` differs from the workdir's record in a guarded key;
+  returns the changeable keys that differ (`experiments.workdir.check_config`)."""
+  return workdir_lib.check_config(config_record(c), workdir, for_eval)
+
+
+def write_config(c, workdir: str) -> None:
+  """Records `c` in `workdir/config.json`; raises if it differs in a guarded key."""
+  workdir_lib.record_config(config_record(c), workdir)
+
+
+def validate_config(c) -> plan_lib.Plan:
+  """Raises one ValueError listing every problem of `c` (`validate.problems`, with what
+  `build` finds among them); call before any long work. Returns the config's plan (built
+  once here)."""
+  plan, found = None, []
+  try:   # nets and detector rows: types, settings, net names
+    plan = build(c)
+  except (ValueError, TypeError) as e:
+    found.append(f"--config.nets / --config.detectors / --config.eval.rows: {e}")
+  validate.raise_problems(validate.problems(config_record(c), found))
+  return plan
+
+
+def lr_reference_step(c) -> int:
+  """The step of the LR score's reference checkpoint for config `c`.
+
+  `train.lr_reference_steps` (0 = one epoch of the training set, counted
+  without loading it).
+  """
+  if c.train.lr_reference_steps:
+    return int(c.train.lr_reference_steps)
+  return count_source(c, c.data.train) // c.train.batch_size
+
+
+def restore_ema(c, workdir: str, num_features: int, reference_step: Optional[int] = None):
+  """EMA params of the final checkpoint in `workdir`, or of a kept reference step."""
+  from dlsr_jax.detectors import dlsr  # pylint: disable=g-import-not-at-top
+  return dlsr.restore_ema(workdir, model_config(c, num_features), optim_config(c),
+                          reference_step)
+
+
+def release_config(c, model: lfdn.LFDNConfig, reference_step: Optional[int]):
+  """`c` with a converted release LFDN's sizes, `eval.release_compat` and (with a first
+  checkpoint) `train.lr_reference_steps` at its step: the config its workdir records."""
+  c = c.copy_and_resolve_references()  # unlocked copy
+  c.model.width, c.model.embed_dim = model.width, model.embed_dim
+  c.model.num_blocks, c.model.use_time_embedding = model.num_blocks, model.use_time_embedding
+  c.eval.release_compat = True
+  if reference_step is not None:
+    c.train.lr_reference_steps = reference_step
+  return c
+
+
+def settings_summary(c, backbone, bounds) -> dict:
+  return {
+      "backbone": backbone.name, "weights": backbone.weights_id,
+      "resolution": c.resolution or backbone.resolution, "layers": list(c.layers) or "default",
+      "normalisation": f"{c.normalisation}: mean {[round(m, 4) for m in backbone.mean]}, "
+                       f"std {[round(v, 4) for v in backbone.std]}",
+      "pooling": c.pooling, "feature_dim": int(bounds[-1]), "boundaries": list(bounds),
+      "lfdn": f"W={c.model.width} E={c.model.embed_dim} N={c.model.num_blocks}",
+      "train": f"{c.train.num_epochs} epochs, batch {c.train.batch_size}, "
+               f"lr {c.optim.learning_rate}, wd {c.optim.weight_decay}, ema {c.optim.ema_decay}",
+      "ddim": f"stride {c.eval.stride}, eta {c.eval.eta}, release_compat {c.eval.release_compat}",
+      "num_draws": c.eval.num_draws, "lr_orientation": c.eval.lr_orientation,
+      "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
+  }

@@ -35,7 +35,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from dlsr_jax import release, schedule
-from experiments import pipeline
+from experiments import build
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "The config evaluate will use (path[:variant]).", lock_config=True)
@@ -66,10 +66,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   c, row_dir = _CONFIG.value, os.path.join(_WORKDIR.value, _ROW.value)
   s = release.convert_to_workdir(
-      row_dir, _FINAL.value, _FIRST.value, _WEIGHTS.value, optim_cfg=pipeline.optim_config(c),
-      alphas_cumprod=schedule.make_schedule(pipeline.schedule_config(c)).alphas_cumprod)
+      row_dir, _FINAL.value, _FIRST.value, _WEIGHTS.value, optim_cfg=build.optim_config(c),
+      alphas_cumprod=schedule.make_schedule(build.schedule_config(c)).alphas_cumprod)
   m = s["model"]
-  pipeline.write_config(pipeline.release_config(c, m, s["steps"][0]), row_dir)
+  build.write_config(build.release_config(c, m, s["steps"][0]), row_dir)
   print(f"LFDN: C={m.features} W={m.width} E={m.embed_dim} N={m.num_blocks} "
         f"time_embedding={m.use_time_embedding}; {s['weights']} weights; epochs "
         f"{s['epochs']} -> steps {s['steps']} (first epoch, final) in {row_dir}")

@@ -5,17 +5,16 @@ trained nets, fits each row once on the ID train arrays of its net, scores the I
 every OOD set, and writes results.{json,md,csv}, scores.npz and ROC PNGs. Arrays are computed
 once per (net, set) through `dlsr_jax.evaluation.arrays.ArrayStore`. The config is validated
 and checked against the workdir's record (`experiments.workdir`) before any extraction.
-Outputs never mix runs: an earlier evaluation's files in the output folder (`OUTPUT_FILES`,
-there and in its seed_*/ folders) are moved to `<outdir>/previous/<timestamp>/` before the
-new ones are written, and results.json lists every file of its set ("files").
+Outputs never mix runs (`dlsr_jax.evaluation.outputs`): an earlier evaluation's files in the
+output folder (`OUTPUT_FILES`, there and in its seed_*/ folders) are moved to
+`<outdir>/previous/<timestamp>/` before the new ones are written, and results.json lists every
+file of its set ("files").
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fnmatch
-import json
 import os
 import time
 import warnings
@@ -26,114 +25,77 @@ import numpy as np
 from absl import logging
 
 from dlsr_jax import evaluation as evaluation_lib
-from dlsr_jax.evaluation import arrays, report, table
+from dlsr_jax.evaluation import arrays, outputs, table
 from dlsr_jax.evaluation import tune as tune_lib
 from dlsr_jax.training import workdir as workdir_lib
-from experiments import build, pipeline, runner, validate
-from experiments import workdir as workdir_policy
+from experiments import build, runner
+from experiments import plan as plan_lib
 from experiments.configs import datasets
 from experiments.build import ood_sources, parse_groups
 
-# Every file an evaluation writes, in its output folder and in each SEED_DIRS folder of it
-# (with `c.seeds`). An earlier evaluation's are moved to PREVIOUS_DIR/<timestamp>/ first.
-OUTPUT_FILES = ("results.json", "results.md", "results.csv", "results_openood.csv",
-                "scores.npz", "roc_hist_*.png", "auroc_vs_k.png", "search.json")
-SEED_DIRS = "seed_*"
-PREVIOUS_DIR = "previous"
-
-
-class _Arrays(Mapping):
-  """The arrays of one (net, data set) as lazy `SetArrays`: each is computed (or read from
-  the caches) when a detector first reads it."""
-
-  def __init__(self, store: arrays.ArrayStore, net: str, set_name: str, keys: tuple[str, ...]):
-    self._store, self._net, self._set, self._keys = store, net, set_name, tuple(keys)
-
-  def __getitem__(self, key: str) -> np.ndarray:
-    if key not in self._keys:
-      raise KeyError(key)
-    return self._store.get(self._net, self._set, [key])[key]
-
-  def __iter__(self):
-    return iter(self._keys)
-
-  def __len__(self) -> int:
-    return len(self._keys)
-
-
-class _Rows(Mapping):
-  """Some rows of lazy `SetArrays` (a holdout split), still read lazily."""
-
-  def __init__(self, arrays: Mapping, rows: np.ndarray):
-    self._arrays, self._rows = arrays, rows
-
-  def __getitem__(self, key: str) -> np.ndarray:
-    return np.asarray(self._arrays[key])[self._rows]
-
-  def __iter__(self):
-    return iter(self._arrays)
-
-  def __len__(self) -> int:
-    return len(self._arrays)
-
-
 VAL, OOD_VAL = "val", "ood_val"   # the store's names of data.val (a source) and data.ood_val
+SEARCH_KEY = "search"   # a tuned row's search record in its metadata, until written
 
 
-def add_validation_sources(c, store: arrays.ArrayStore) -> None:
+def add_validation_sources(plan: plan_lib.Plan, store: arrays.ArrayStore) -> None:
   """Registers data.val (unless a holdout of data.train) and data.ood_val with the store."""
-  val, ood_val = str(c.data.get("val", "") or ""), str(c.data.get("ood_val", "") or "")
+  val, ood_val = plan.data.val, plan.data.ood_val
   if val and datasets.parse_holdout(val) is None:
     store.sources[VAL] = val
   if ood_val:
     store.sources[OOD_VAL] = ood_val
 
 
-def _holdout(c, store: arrays.ArrayStore) -> Optional[tuple[np.ndarray, np.ndarray]]:
-  fraction = datasets.parse_holdout(str(c.data.get("val", "") or ""))
+def _holdout(plan: plan_lib.Plan, store: arrays.ArrayStore
+             ) -> Optional[tuple[np.ndarray, np.ndarray]]:
+  fraction = datasets.parse_holdout(plan.data.val)
   if fraction is None:
     return None
-  n = len(store.get(build.BACKBONE, "train", ["labels"])["labels"])
+  n = len(store.get(arrays.BACKBONE, "train", ["labels"])["labels"])
   return datasets.holdout_rows(n, fraction)
 
 
-def split_arrays(c, store: arrays.ArrayStore, net: str, set_name: str,
+def split_arrays(plan: plan_lib.Plan, store: arrays.ArrayStore, net: str, set_name: str,
                  keys: tuple[str, ...]) -> Mapping:
   """A net's lazy arrays of "train" (without the holdout rows when data.val is a holdout),
   "val" (the holdout rows, or data.val's own source) or any other set of the store."""
-  split = _holdout(c, store) if set_name in ("train", VAL) else None
+  split = _holdout(plan, store) if set_name in ("train", VAL) else None
   if split is not None:
-    return _Rows(_Arrays(store, net, "train", keys), split[0 if set_name == "train" else 1])
-  return _Arrays(store, net, set_name, keys)
+    return arrays.SubsetArrays(arrays.StoreArrays(store, net, "train", keys),
+                               split[0 if set_name == "train" else 1])
+  return arrays.StoreArrays(store, net, set_name, keys)
 
 
-def _fit_arrays(c, store, row: build.RowSpec, keys: tuple[str, ...]) -> Mapping:
+def _fit_arrays(plan: plan_lib.Plan, store, row: plan_lib.RowSpec,
+                keys: tuple[str, ...]) -> Mapping:
   if row.trains:   # DLSR's fit is its training (experiments.train): the whole train set
-    return _Arrays(store, row.net, "train", keys)
-  return split_arrays(c, store, row.net, row.fit_set, keys)
+    return arrays.StoreArrays(store, row.net, "train", keys)
+  return split_arrays(plan, store, row.net, row.fit_set, keys)
 
 
-def tune_row(c, row: build.RowSpec, store: arrays.ArrayStore) -> tuple[build.RowSpec, dict]:
+def tune_row(plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.ArrayStore
+             ) -> tuple[plan_lib.RowSpec, dict]:
   """A tuned row's settings chosen on data.val vs data.ood_val (never a test set; checked by
   `build.check_validation_sets`); returns the row with them and its search record."""
   net = store.nets.get(row.net) if "net" in row.context else None
   keys = tuple(dict.fromkeys((*row.reads, *row.fit_reads)))
   t0 = time.time()
   best, candidates = tune_lib.tune(
-      row.type, row.grid, _fit_arrays(c, store, row, row.fit_reads),
-      split_arrays(c, store, row.net, VAL, keys), _Arrays(store, row.net, OOD_VAL, keys),
-      key=jax.random.key(c.eval.seed), net=net, settings=row.settings)
+      row.type, row.grid, _fit_arrays(plan, store, row, row.fit_reads),
+      split_arrays(plan, store, row.net, VAL, keys),
+      arrays.StoreArrays(store, row.net, OOD_VAL, keys),
+      key=jax.random.key(plan.eval_seed), net=net, settings=row.settings)
   grid = row.grid if row.grid is not None else tune_lib.default_grid(row.type, net)
   grid_keys = list(grid) if isinstance(grid, Mapping) else list(
       dict.fromkeys(k for cand in grid for k in cand))
   settings = tune_lib.plain_settings(best)
   record = {"type": row.type, "net": row.net, "fit_set": row.fit_set,
-            "id_val": str(c.data.val), "ood_val": str(c.data.ood_val),
+            "id_val": plan.data.val, "ood_val": plan.data.ood_val,
             "grid": json_plain(grid), "chosen": {k: settings[k] for k in grid_keys},
             "settings": settings, "seconds": round(time.time() - t0, 3),
             "candidates": candidates}
-  logging.info("row %s: tuned %s on %s vs %s: %s", row.name, row.type, c.data.val,
-               c.data.ood_val, record["chosen"])
+  logging.info("row %s: tuned %s on %s vs %s: %s", row.name, row.type, plan.data.val,
+               plan.data.ood_val, record["chosen"])
   return dataclasses.replace(row, settings=best), record
 
 
@@ -148,7 +110,7 @@ def json_plain(value):
   return value
 
 
-def evaluate_row(c, plan: build.Plan, row: build.RowSpec, store: arrays.ArrayStore,
+def evaluate_row(c, plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.ArrayStore,
                  workdir: str, seed: Optional[int],
                  notes: Optional[list[str]] = None) -> evaluation_lib.Results:
   """One row through `dlsr_jax.evaluation.evaluate`: fitted on the ID train arrays of its net
@@ -157,18 +119,19 @@ def evaluate_row(c, plan: build.Plan, row: build.RowSpec, store: arrays.ArraySto
   search record rides in the row's metadata as "search" until `run_evaluate` takes it out
   for search.json. The warnings it raises (e.g. N <= C features, a one-image set) are logged
   and appended to `notes` ("<row>: <message>") for the results."""
-  set_names = ["id", *ood_sources(c)]
+  set_names = ["id", *plan.data.ood]
   record = None
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     if row.tune:
-      row, record = tune_row(c, row, store)
+      row, record = tune_row(plan, row, store)
     with runner.row_detector(c, plan, row, store, workdir, seed, restore_only=True) as det:
       res = evaluation_lib.evaluate(
-          {row.name: det}, _fit_arrays(c, store, row, row.fit_reads),
-          {s: _Arrays(store, row.net, s, row.reads) for s in set_names},
-          key=jax.random.key(c.eval.seed), id_set="id", groups=parse_groups(c),
-          trapezoid_aupr=bool(c.eval.get("trapezoid_aupr", False)))
+          {row.name: det}, _fit_arrays(plan, store, row, row.fit_reads),
+          {s: arrays.StoreArrays(store, row.net, s, row.reads) for s in set_names},
+          key=jax.random.key(plan.eval_seed), id_set="id",
+          groups={g: list(m) for g, m in plan.data.groups.items()},
+          trapezoid_aupr=plan.trapezoid_aupr)
   for message in dict.fromkeys(str(w.message) for w in caught):
     logging.warning("row %s: %s", row.name, message)
     if notes is not None:
@@ -182,7 +145,7 @@ def evaluate_row(c, plan: build.Plan, row: build.RowSpec, store: arrays.ArraySto
   return res
 
 
-def _score_all(c, plan: build.Plan, store, workdir: str, seed: Optional[int],
+def _score_all(c, plan: plan_lib.Plan, store, workdir: str, seed: Optional[int],
                fixed: dict, notes: Optional[dict] = None) -> evaluation_lib.Results:
   """Results of every row for one seed; rows that train nothing are evaluated once (`fixed`);
   `notes`: {row: its warnings}."""
@@ -193,69 +156,6 @@ def _score_all(c, plan: build.Plan, store, workdir: str, seed: Optional[int],
       if notes is not None:
         notes[row.name] = row_notes
   return evaluation_lib.Results.combine([fixed[r] for r in plan.rows])
-
-
-SEARCH_FILE = "search.json"
-SEARCH_KEY = "search"   # a tuned row's search record in its metadata, until written
-
-
-def write_search(search: Mapping, outdir: str) -> str:
-  """search.json: per tuned row, its validation sets, grid, chosen values and every candidate
-  with its validation metrics (ID-val vs OOD-val; never a test set)."""
-  path = os.path.join(outdir, SEARCH_FILE)
-  os.makedirs(outdir, exist_ok=True)
-  with open(path, "w") as f:
-    json.dump({"rows": dict(search)}, f, indent=2)
-  logging.info("wrote %s", path)
-  return path
-
-
-def write_results(results: dict, outdir: str, files: list[str]) -> list[str]:
-  """results.{json,md,csv} with `files` and themselves listed in results["files"]."""
-  results["files"] = sorted([*report.result_files(results), *files])
-  paths = report.write_results(results, outdir)
-  logging.info("wrote %s", paths)
-  return results["files"]
-
-
-def previous_outputs(outdir: str) -> list[str]:
-  """The `OUTPUT_FILES` in `outdir` and in its `SEED_DIRS` folders (relative paths)."""
-  if not os.path.isdir(outdir):
-    return []
-  found = []
-  subs = [""] + sorted(d for d in os.listdir(outdir) if fnmatch.fnmatch(d, SEED_DIRS)
-                       and os.path.isdir(os.path.join(outdir, d)))
-  for sub in subs:
-    for name in sorted(os.listdir(os.path.join(outdir, sub))):
-      rel = os.path.join(sub, name)
-      if (os.path.isfile(os.path.join(outdir, rel))
-          and any(fnmatch.fnmatch(name, p) for p in OUTPUT_FILES)):
-        found.append(rel)
-  return found
-
-
-def set_aside_previous(outdir: str) -> Optional[str]:
-  """Moves an earlier evaluation's outputs to `<outdir>/previous/<timestamp>/` (never deletes).
-
-  Returns that folder, or None if there was nothing to move.
-  """
-  files = previous_outputs(outdir)
-  if not files:
-    return None
-  stamp = time.strftime("%Y%m%d-%H%M%S")
-  dest, n = os.path.join(outdir, PREVIOUS_DIR, stamp), 1
-  while os.path.exists(dest):
-    n += 1
-    dest = os.path.join(outdir, PREVIOUS_DIR, f"{stamp}_{n}")
-  for rel in files:
-    os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
-    os.replace(os.path.join(outdir, rel), os.path.join(dest, rel))
-  for sub in {os.path.dirname(rel) for rel in files if os.path.dirname(rel)}:
-    with contextlib.suppress(OSError):   # only if nothing else is in it
-      os.rmdir(os.path.join(outdir, sub))
-  logging.warning("moved the %d files of the previous evaluation in %s to %s", len(files),
-                  outdir, dest)
-  return dest
 
 
 def run_evaluate(c, workdir: str, outdir: Optional[str] = None) -> dict:
@@ -270,11 +170,11 @@ def run_evaluate(c, workdir: str, outdir: Optional[str] = None) -> dict:
   if not ood_sources(c):
     raise ValueError("no OOD sets configured: set --config.data.extra_ood=NAME=SOURCE")
   parse_groups(c)
-  plan = validate.validate_config(c)                        # before any extraction
+  plan = build.validate_config(c)                           # before any extraction
   if jax.process_index() == 0:
     workdir_lib.check_writable(outdir, "output folder", "" if own_outdir else
                                ": give --outdir=<a writable folder>")
-  workdir_policy.check_config(c, workdir, for_eval=True)      # trained with these settings?
+  build.check_config(c, workdir, for_eval=True)            # trained with these settings?
   runner.check_sources(c, plan)                            # every set: a typo fails now
   runner.require_trained(plan, workdir)
   with _eval_lock(workdir, take=not own_outdir):
@@ -294,20 +194,20 @@ def _eval_lock(workdir: str, take: bool):
     yield
 
 
-def _evaluate(c, plan: build.Plan, workdir: str, outdir: str, own_outdir: bool) -> dict:
+def _evaluate(c, plan: plan_lib.Plan, workdir: str, outdir: str, own_outdir: bool) -> dict:
   """`run_evaluate` once every check passed: restores (never trains) and scores. With an
   output folder of its own and no `c.cache_dir`, new cache entries go to
   <outdir>/feature_cache (the workdir's cache is still read): nothing is written into the
   workdir."""
-  cache = os.path.join(outdir, "feature_cache") if own_outdir and not c.cache_dir else None
-  store = pipeline.array_store(c, workdir, runner.sources(c), write_to=cache)
-  add_validation_sources(c, store)
-  runner.check_labels(c, plan, store, build.needed_nets(plan))
-  nets = runner.prepare_nets(plan, workdir, store, build.needed_nets(plan), restore_only=True,
-                             tests=runner.test_sets(c))
+  cache = os.path.join(outdir, "feature_cache") if own_outdir and not plan.cache_dir else None
+  store = build.array_store(c, workdir, plan.data.sources(), write_to=cache)
+  add_validation_sources(plan, store)
+  runner.check_labels(plan, store, plan_lib.needed_nets(plan))
+  nets = runner.prepare_nets(plan, workdir, store, plan_lib.needed_nets(plan), restore_only=True,
+                             tests=plan.data.test_sets())
   accuracy = {n: arrays.accuracy(store, n) for n in nets}
-  settings = pipeline.settings_summary(c, store.backbone, pipeline.feature_boundaries(
-      c, store.backbone)) if any(r.net == build.BACKBONE for r in plan.rows.values()) else {}
+  settings = build.settings_summary(c, store.backbone, build.feature_boundaries(
+      c, store.backbone)) if any(r.net == arrays.BACKBONE for r in plan.rows.values()) else {}
   settings["rows"] = {r.name: f"{r.type} on {r.net}" for r in plan.rows.values()}
   per_seed, fixed, files, moved, notes, search = [], {}, [], None, {}, {}
   for seed in plan.seeds or (None,):
@@ -315,7 +215,7 @@ def _evaluate(c, plan: build.Plan, workdir: str, outdir: str, own_outdir: bool) 
     for meta in res.rows.values():        # tuned rows' searches: search.json, not results
       if SEARCH_KEY in meta:
         search[meta["row"]] = meta.pop(SEARCH_KEY)
-    extra = {"id_set": c.data.test, "ood_sets": ood_sources(c), "nets": nets,
+    extra = {"id_set": plan.data.test, "ood_sets": dict(plan.data.ood), "nets": nets,
              "accuracy": accuracy, "settings": settings,
              "timing": {**store.timing, "rows": res.timing}}
     warned = [w for r in plan.rows for w in notes.get(r, [])]
@@ -323,14 +223,14 @@ def _evaluate(c, plan: build.Plan, workdir: str, outdir: str, own_outdir: bool) 
       extra["warnings"] = warned
     results = res.to_dict(**extra)
     if not per_seed and jax.process_index() == 0:
-      moved = set_aside_previous(outdir)          # before this evaluation writes anything
+      moved = outputs.set_aside_previous(outdir)   # before this evaluation writes anything
       if search:
-        write_search(search, outdir)
-        files.append(SEARCH_FILE)
+        outputs.write_search(search, outdir)
+        files.append(outputs.SEARCH_FILE)
     sub = "" if seed is None else f"seed_{seed}"
     if jax.process_index() == 0:
-      written = res.write(os.path.join(outdir, sub), plots=c.eval.plots,
-                          also=[SEARCH_FILE] if search and seed is None else [], **extra)
+      written = res.write(os.path.join(outdir, sub), plots=plan.plots,
+                          also=[outputs.SEARCH_FILE] if search and seed is None else [], **extra)
       files += [p for p in (os.path.join(sub, f) for f in written) if p not in files]
       results["files"] = written
     per_seed.append(results)
@@ -340,7 +240,7 @@ def _evaluate(c, plan: build.Plan, workdir: str, outdir: str, own_outdir: bool) 
     results["metrics"], results["metrics_std"] = table.mean_and_std(
         [r["metrics"] for r in per_seed])
     if jax.process_index() == 0:
-      files = write_results(results, outdir, files)
+      files = outputs.write_results(results, outdir, files)
       logging.info("mean +- std over seeds %s in %s", results["seeds"], outdir)
   logging.info("this evaluation's %d files are in %s (listed in its results.json)%s",
                len(files), outdir, f"; the previous evaluation's in {moved}" if moved else "")

@@ -19,8 +19,7 @@ from absl import logging
 
 from dlsr_jax import features
 from dlsr_jax.training import workdir as workdir_lib
-from experiments import build, evaluation, launch, pipeline, runner, validate
-from experiments import workdir as workdir_policy
+from experiments import build, evaluation, launch, runner
 
 
 def setup(multihost: Optional[bool] = None) -> None:
@@ -35,13 +34,13 @@ def train(c, workdir: str):
   locks `workdir`, checks and records config.json, then trains (`runner.run_train`); each
   run resumes from its latest checkpoint, a finished one is restored.
   """
-  plan = validate.validate_config(c)
+  plan = build.validate_config(c)
   if jax.process_index() == 0:
     workdir_lib.check_writable(workdir, hint=": use another --workdir")
   with workdir_lib.lock(workdir):
-    workdir_policy.check_config(c, workdir)
+    build.check_config(c, workdir)
     runner.check_sources(c, plan, with_ood=False)   # under the lock, before the record
-    workdir_policy.record_config(c, workdir)
+    build.write_config(c, workdir)
     return runner.run_train(c, workdir, plan)
 
 
@@ -54,12 +53,12 @@ def evaluate(c, workdir: str, outdir: Optional[str] = None) -> dict:
 def extract(c, workdir: str) -> list[tuple[str, dict]]:
   """Extracts (or reads from the cache) the features of every configured data set;
   returns [(source, {"shape", **timing})]."""
-  backbone = pipeline.load_backbone(c)
-  cache = features.FeatureCache(pipeline.cache_dir(c, workdir))
+  backbone = build.load_backbone(c)
+  cache = features.FeatureCache(build.cache_dir(c, workdir))
+  data = build.data_plan(c)
   out = []
-  for src in [c.data.train, c.data.test, *[s for _, s in sorted(
-      build.ood_sources(c).items())]]:
-    z, _, info = pipeline.source_features(c, backbone, src, cache)
+  for src in [data.train, data.test, *[s for _, s in sorted(data.ood.items())]]:
+    z, _, info = build.source_features(c, backbone, src, cache)
     out.append((src, {"shape": tuple(z.shape), **info}))
   logging.info("cache: %s", cache.directory)
   return out

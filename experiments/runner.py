@@ -1,4 +1,4 @@
-"""Training and fitting what a `build.Plan` names: classifier nets, then detector rows.
+"""Training and fitting what a `plan_lib.Plan` names: classifier nets, then detector rows.
 
 Each classifier / head net trains (or resumes, or is restored when finished) in
 `<workdir>/<net>/`, in `init_from` order; each detector row whose fit trains (DLSR) lives in
@@ -25,27 +25,11 @@ from dlsr_jax.evaluation import arrays
 from dlsr_jax.detectors.base import Detector
 from dlsr_jax.training import classifier, metrics_writer
 from dlsr_jax.training import loop
-from experiments import build, pipeline
+from experiments import build
+from experiments import plan as plan_lib
 
 
-def sources(c, with_ood: bool = True) -> dict[str, str]:
-  """{"train": ID train source, "id": ID test source, OOD set: source, ...}."""
-  out = {"train": c.data.train, "id": c.data.test}
-  if with_ood:
-    out.update(build.ood_sources(c))
-  return out
-
-
-def source_keys(c, with_ood: bool = True) -> dict[str, str]:
-  """{set name of `sources`: the config key that names its source} (for messages)."""
-  keys = {"train": "data.train", "id": "data.test"}
-  if with_ood:
-    keys.update({n: f"data.ood.{n}" if n in c.data.ood else f"data.extra_ood {n}"
-                 for n in build.ood_sources(c)})
-  return keys
-
-
-def check_sources(c, plan: build.Plan, with_ood: bool = True) -> dict[str, int]:
+def check_sources(c, plan: plan_lib.Plan, with_ood: bool = True) -> dict[str, int]:
   """Counts the images of every data source (no decoding) and checks the training batch
   sizes against them, before any record, extraction or training.
 
@@ -56,44 +40,44 @@ def check_sources(c, plan: build.Plan, with_ood: bool = True) -> dict[str, int]:
     FileNotFoundError / ValueError: one line naming the config key and its source or file.
   """
   counts = {}
-  for name, source in sources(c, with_ood).items():
-    key = source_keys(c, with_ood)[name]
+  for name, source in plan.data.sources(with_ood).items():
+    key = plan.data.keys[name]
     try:
-      counts[name] = pipeline.count_source(c, source)
+      counts[name] = build.count_source(c, source)
     except FileNotFoundError as e:
       raise FileNotFoundError(f"{key} = {source!r}: {e}") from None
     except (OSError, ValueError, KeyError, AssertionError) as e:
       raise ValueError(f"{key} = {source!r} cannot be read: {type(e).__name__}: {e}") from None
   n = counts["train"]
-  for name in build.needed_nets(plan) if with_ood else plan.nets:
+  for name in plan_lib.needed_nets(plan) if with_ood else plan.nets:
     spec = plan.nets[name]
     if spec.trains and int(spec.recipe["batch_size"]) > n:
       raise ValueError(f"c.nets.{name}.batch_size = {spec.recipe['batch_size']} is more than "
-                       f"the {n} images of data.train ({c.data.train}): lower it")
+                       f"the {n} images of data.train ({plan.data.train}): lower it")
   for row in plan.rows.values():
     bs = row.settings.get("batch_size")
     if row.trains and bs is not None and int(bs) > n:
       raise ValueError(f"c.detectors.{row.name}.batch_size (train.batch_size) = {bs} is more "
-                       f"than the {n} images of data.train ({c.data.train}): lower it")
+                       f"than the {n} images of data.train ({plan.data.train}): lower it")
   return counts
 
 
-def check_labels(c, plan: build.Plan, store: arrays.ArrayStore,
+def check_labels(plan: plan_lib.Plan, store: arrays.ArrayStore,
                  names: Optional[list[str]] = None) -> None:
   """Every net that trains with labels and every row that fits on them needs labels of
   data.train in 0..num_classes-1; checked once the set is loaded, before any training."""
   nets = [n for n in (plan.nets if names is None else names)
-          if plan.nets[n].kind != build.BACKBONE and plan.nets[n].trains]
+          if plan.nets[n].kind != arrays.BACKBONE and plan.nets[n].trains]
   rows = [r.name for r in plan.rows.values() if "labels" in r.fit_reads]
   if not nets and not rows:
     return
-  y = np.asarray(store.get(build.BACKBONE, "train", ["labels"])["labels"])
+  y = np.asarray(store.get(arrays.BACKBONE, "train", ["labels"])["labels"])
   users = ", ".join([f"net {n}" for n in nets] + [f"row {r}" for r in rows])
   if y.size == 0 or np.all(y < 0):
-    raise ValueError(f"data.train has no labels ({c.data.train}: every label is -1); "
+    raise ValueError(f"data.train has no labels ({plan.data.train}: every label is -1); "
                      f"{users} train(s) on them: give a labelled training set")
   if np.any(y < 0):
-    raise ValueError(f"data.train ({c.data.train}) has {int(np.sum(y < 0))} unlabelled images "
+    raise ValueError(f"data.train ({plan.data.train}) has {int(np.sum(y < 0))} unlabelled images "
                      f"(label -1) among {y.size}; {users} train(s) on the labels")
   for n in nets:
     k = int(plan.nets[n].recipe["num_classes"])
@@ -116,9 +100,9 @@ def _has_checkpoint(wd: str) -> bool:
   return os.path.isdir(d) and bool(os.listdir(d))
 
 
-def require_trained(plan: build.Plan, workdir: str) -> None:
+def require_trained(plan: plan_lib.Plan, workdir: str) -> None:
   """Raises FileNotFoundError naming every net / row that `experiments.train` must train."""
-  missing = [net_workdir(workdir, n) for n in build.needed_nets(plan)
+  missing = [net_workdir(workdir, n) for n in plan_lib.needed_nets(plan)
              if plan.nets[n].trains and not _has_checkpoint(net_workdir(workdir, n))]
   for row in plan.rows.values():
     if row.trains:
@@ -129,7 +113,7 @@ def require_trained(plan: build.Plan, workdir: str) -> None:
                             "--workdir first")
 
 
-def prepare_nets(plan: build.Plan, workdir: str, store: arrays.ArrayStore,
+def prepare_nets(plan: plan_lib.Plan, workdir: str, store: arrays.ArrayStore,
                  names: Optional[list[str]] = None, restore_only: bool = False,
                  tests: Mapping[str, tuple[str, str]] = ()) -> dict[str, dict]:
   """Trains / resumes / restores the classifier and head nets; adds them to `store`.
@@ -137,7 +121,7 @@ def prepare_nets(plan: build.Plan, workdir: str, store: arrays.ArrayStore,
   Args:
     names: the nets to prepare, in training order (default: every net of the plan).
     restore_only: evaluation: restore finished runs only (nothing is trained or written).
-    tests: `test_sets(c)`: a training stream must hold none of them.
+    tests: `plan.data.test_sets()`: a training stream must hold none of them.
 
   Returns:
     {net: {"model", "kind", "weights"}} for the results.
@@ -145,16 +129,16 @@ def prepare_nets(plan: build.Plan, workdir: str, store: arrays.ArrayStore,
   info = {}
   for name in plan.nets if names is None else names:
     spec = plan.nets[name]
-    if spec.kind == build.BACKBONE:
+    if spec.kind == arrays.BACKBONE:
       continue
-    net = build.placeholder_net(spec, plan.layout)
+    net = plan_lib.placeholder_net(spec, plan.layout)
     if spec.init_from:
       net = dataclasses.replace(net, params=store.nets[spec.init_from].params)
     t0 = time.time()
     if spec.trains:
-      x = store.get(build.BACKBONE, "train",
+      x = store.get(arrays.BACKBONE, "train",
                     ["features" if spec.kind == "head" else "images"]).popitem()[1]
-      y = store.get(build.BACKBONE, "train", ["labels"])["labels"]
+      y = store.get(arrays.BACKBONE, "train", ["labels"])["labels"]
       wd = net_workdir(workdir, name)
       logging.info("net %s: %s in %s", name,
                    "restoring" if restore_only else "training / restoring", wd)
@@ -177,14 +161,14 @@ def prepare_nets(plan: build.Plan, workdir: str, store: arrays.ArrayStore,
   return info
 
 
-def _streams(store: arrays.ArrayStore, name: str, spec: build.NetSpec, x_in,
+def _streams(store: arrays.ArrayStore, name: str, spec: plan_lib.NetSpec, x_in,
              tests: Mapping[str, tuple[str, str]]) -> dict[str, dict]:
   """The objective's other streams (e.g. the outlier images), loaded from their sources."""
   out = {}
   for stream, (source, _) in classifier.stream_sources(spec.recipe).items():
     set_name = stream_set(name, stream)
     store.sources[set_name] = source
-    images = store.get(build.BACKBONE, set_name, ["images"])["images"]
+    images = store.get(arrays.BACKBONE, set_name, ["images"])["images"]
     if images.shape[1:] != x_in.shape[1:]:
       raise ValueError(f"c.nets.{name}: {stream} {source!r} has images of shape "
                        f"{images.shape[1:]}, the ID training images {x_in.shape[1:]}")
@@ -193,7 +177,7 @@ def _streams(store: arrays.ArrayStore, name: str, spec: build.NetSpec, x_in,
   return out
 
 
-def check_streams(plan: build.Plan, store: arrays.ArrayStore,
+def check_streams(plan: plan_lib.Plan, store: arrays.ArrayStore,
                   tests: Mapping[str, tuple[str, str]]) -> None:
   """Loads every training net's extra streams (e.g. OE's outliers) and checks that none holds
   a test set's images, before any net trains."""
@@ -202,14 +186,8 @@ def check_streams(plan: build.Plan, store: arrays.ArrayStore,
       for stream, (source, _) in classifier.stream_sources(spec.recipe).items():
         set_name = stream_set(name, stream)
         store.sources[set_name] = source
-        images = store.get(build.BACKBONE, set_name, ["images"])["images"]
+        images = store.get(arrays.BACKBONE, set_name, ["images"])["images"]
         _check_not_a_test_set(store, tests, f"c.nets.{name}.{stream}", source, images)
-
-
-def test_sets(c) -> dict[str, tuple[str, str]]:
-  """{test set name: (the config key naming it, its source)}: the ID test and OOD sets."""
-  keys = source_keys(c)
-  return {n: (keys[n], src) for n, src in sources(c).items() if n != "train"}
 
 
 def _check_not_a_test_set(store: arrays.ArrayStore, tests: Mapping[str, tuple[str, str]],
@@ -231,12 +209,12 @@ def stream_set(net: str, stream: str) -> str:
   return f"{net}.{stream}"
 
 
-def fit_key(c, row: str) -> jax.Array:
-  return evaluation.fit_key(jax.random.key(c.eval.seed), row)
+def fit_key(plan: plan_lib.Plan, row: str) -> jax.Array:
+  return evaluation.fit_key(jax.random.key(plan.eval_seed), row)
 
 
 @contextlib.contextmanager
-def row_detector(c, plan: build.Plan, row: build.RowSpec, store: arrays.ArrayStore,
+def row_detector(c, plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.ArrayStore,
                  workdir: str, seed: Optional[int], restore_only: bool = False
                  ) -> Iterator[Detector]:
   """A row's detector with its trained net; a row whose fit trains (DLSR) gets its workdir
@@ -246,12 +224,12 @@ def row_detector(c, plan: build.Plan, row: build.RowSpec, store: arrays.ArraySto
   wd = row_workdir(workdir, row.name, seed) if row.trains else None
   writer = None
   if wd is not None and not restore_only:
-    cs = c if seed is None else _with_seed(c, seed)
-    pipeline.write_config(cs, wd)
+    cs = c if seed is None else build.with_seed(c, seed)
+    build.write_config(cs, wd)
     writer = metrics_writer.create(wd)
   try:
-    yield build.make_detector(row, plan, net=store.nets.get(row.net), workdir=wd,
-                              seed=c.seed if seed is None else seed,
+    yield plan_lib.make_detector(row, plan, net=store.nets.get(row.net), workdir=wd,
+                              seed=plan.seed if seed is None else seed,
                               write_metrics=writer and writer.write_scalars,
                               restore_only=restore_only)
   finally:
@@ -259,19 +237,12 @@ def row_detector(c, plan: build.Plan, row: build.RowSpec, store: arrays.ArraySto
       writer.close()
 
 
-def fit_row(c, plan: build.Plan, row: build.RowSpec, store: arrays.ArrayStore, workdir: str,
+def fit_row(c, plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.ArrayStore, workdir: str,
             seed: Optional[int]) -> tuple[Detector, Any]:
   """Makes a row's detector (with its trained net) and fits it on the ID train arrays."""
   with row_detector(c, plan, row, store, workdir, seed) as det:
-    state = det.fit(store.get(row.net, "train", row.fit_reads), fit_key(c, row.name))
+    state = det.fit(store.get(row.net, "train", row.fit_reads), fit_key(plan, row.name))
   return det, state
-
-
-def _with_seed(c, seed: int):
-  cs = c.copy_and_resolve_references()
-  with cs.unlocked():
-    cs.seed, cs.seeds = seed, ()
-  return cs
 
 
 def record_run(workdir: str, info: dict) -> None:
@@ -287,16 +258,16 @@ def record_run(workdir: str, info: dict) -> None:
   os.replace(path + ".tmp", path)
 
 
-def run_train(c, workdir: str, plan: Optional[build.Plan] = None) -> build.Plan:
+def run_train(c, workdir: str, plan: Optional[plan_lib.Plan] = None) -> plan_lib.Plan:
   """Trains every classifier net (init_from order) and every training row of `c` (`plan`:
   `build.build(c)` when the caller has it already)."""
   plan = plan or build.build(c)
   check_sources(c, plan, with_ood=False)
-  pipeline.write_config(c, workdir)
-  store = pipeline.array_store(c, workdir, sources(c, with_ood=False), shard_train=True)
-  check_labels(c, plan, store)
-  check_streams(plan, store, test_sets(c))
-  info = prepare_nets(plan, workdir, store, tests=test_sets(c))
+  build.write_config(c, workdir)
+  store = build.array_store(c, workdir, plan.data.sources(with_ood=False), shard_train=True)
+  check_labels(plan, store)
+  check_streams(plan, store, plan.data.test_sets())
+  info = prepare_nets(plan, workdir, store, tests=plan.data.test_sets())
   if info and jax.process_index() == 0:
     record_run(workdir, info)
   for row in plan.rows.values():

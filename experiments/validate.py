@@ -1,18 +1,18 @@
 """Config checks that run before any feature extraction or training.
 
-`validate_config(c)` raises one `ValueError` listing every bad key of a
-ConfigDict (batch sizes, k, schedule, resolution, dtypes, names), each with the
-key as given on the command line (`--config.eval.batch_size`) and what is
-allowed, so a typo fails in a second instead of after minutes of extraction.
-`run.train` and `evaluation.run_evaluate` call it first; it returns the config's plan.
+`problems(settings)` lists every bad key of a config's settings (a plain dict,
+`build.config_record(c)`: batch sizes, k, schedule, resolution, dtypes, names), each with the
+key as given on the command line (`--config.eval.batch_size`) and what is allowed, so a typo
+fails in a second instead of after minutes of extraction. `build.validate_config(c)` raises
+them (with what `build.build` finds) as one `ValueError`; `run.train` and
+`evaluation.run_evaluate` call it first.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Sequence
 
 from dlsr_jax import backbones, diffusion, extras, schedule, scoring
-from experiments import build
 
 DTYPES = ("float32", "bfloat16", "float16")
 MIN_RESOLUTION = 32        # every backbone downsamples 32x: smaller inputs lose levels
@@ -62,8 +62,8 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def _get(c, key: str) -> tuple[bool, Any]:
-  node = c
+def _get(settings: Mapping, key: str) -> tuple[bool, Any]:
+  node = settings
   for part in key.split("."):
     if part not in node:
       return False, None
@@ -71,40 +71,38 @@ def _get(c, key: str) -> tuple[bool, Any]:
   return True, node
 
 
-def problems(c) -> list[str]:
-  """Every problem of config `c`, one line each (empty: fine)."""
-  return _problems_and_plan(c)[0]
+def problems(settings: Mapping, plan_problems: Sequence[str] = ()) -> list[str]:
+  """Every problem of a config's settings, one line each (empty: fine).
 
-
-def _problems_and_plan(c) -> tuple[list[str], Optional[build.Plan]]:
-  """(every problem of `c`, its plan: None if `build.build` failed)."""
-  out, plan = [], None
+  Args:
+    settings: the config as a plain nested dict (`build.config_record(c)`).
+    plan_problems: what `build.build` found (nets, detector rows), listed in their place.
+  """
+  out = []
   for key, (ok, allowed) in _CHECKS.items():
-    present, value = _get(c, key)
+    present, value = _get(settings, key)
     if present and not ok(value):
       out.append(f"--config.{key}={value!r}: must be {allowed}")
-  if c.backbone not in backbones.names():
-    out.append(f"--config.backbone={c.backbone!r}: must be one of {backbones.names()}")
-  s = c.schedule
-  if not 0 < s.beta_start < s.beta_end < 1:
-    out.append(f"--config.schedule.beta_start={s.beta_start!r}, beta_end={s.beta_end!r}: "
-               "need 0 < beta_start < beta_end < 1")
-  if _get(c, "schedule.num_steps")[1] and _int_at_least(2)(c.schedule.num_steps):
+  backbone = settings["backbone"]
+  if backbone not in backbones.names():
+    out.append(f"--config.backbone={backbone!r}: must be one of {backbones.names()}")
+  s, e = settings["schedule"], settings["eval"]
+  if not 0 < s["beta_start"] < s["beta_end"] < 1:
+    out.append(f"--config.schedule.beta_start={s['beta_start']!r}, "
+               f"beta_end={s['beta_end']!r}: need 0 < beta_start < beta_end < 1")
+  if _get(settings, "schedule.num_steps")[1] and _int_at_least(2)(s["num_steps"]):
     try:
-      scoring.validate_ks(list(c.eval.ks), c.schedule.num_steps)
-    except ValueError as e:
-      out.append(f"--config.eval.ks={tuple(c.eval.ks)!r}: {e}")
-  try:   # nets and detector rows: types, settings, net names (experiments.build)
-    plan = build.build(c)
-  except (ValueError, TypeError) as e:
-    out.append(f"--config.nets / --config.detectors / --config.eval.rows: {e}")
-  out += _library_checks(c)
-  out += _extras_checks(c)
-  return out, plan
+      scoring.validate_ks(list(e["ks"]), s["num_steps"])
+    except ValueError as err:
+      out.append(f"--config.eval.ks={tuple(e['ks'])!r}: {err}")
+  out += list(plan_problems)
+  out += _library_checks(settings)
+  out += _extras_checks(settings)
+  return out
 
 
 def _strings(node, prefix: str = ""):
-  """(dotted key, value) of every string value in a ConfigDict / dict tree."""
+  """(dotted key, value) of every string value in a dict tree."""
   for key, value in node.items():
     if hasattr(value, "items"):
       yield from _strings(value, f"{prefix}{key}.")
@@ -112,44 +110,37 @@ def _strings(node, prefix: str = ""):
       yield f"{prefix}{key}", value
 
 
-def _extras_checks(c) -> list[str]:
+def _extras_checks(settings: Mapping) -> list[str]:
   """`tfds:` sources (any key, e.g. data.train, data.ood.*, a net's outliers) without the
   `tfds` extra installed: named with the pip command, before any work."""
   if extras.installed("tfds"):
     return []
   return [f"--config.{key}={value!r}: {extras.missing_message('tfds', 'a tfds: source')}"
-          for key, value in _strings(c) if value.startswith("tfds:")
+          for key, value in _strings(settings) if value.startswith("tfds:")
           or (key.endswith("extra_ood") and "=tfds:" in value)]
 
 
-def _library_checks(c) -> list[str]:
+def _library_checks(settings: Mapping) -> list[str]:
   """What the library's own config dataclasses reject (DDIM, schedule)."""
   out = []
+  e, s = settings["eval"], settings["schedule"]
   try:
-    diffusion.DDIMConfig(stride=c.eval.stride, eta=c.eval.eta,
-                         release_compat=c.eval.release_compat)
-  except (ValueError, TypeError) as e:
-    out.append(f"--config.eval (DDIM): {e}")
+    diffusion.DDIMConfig(stride=e["stride"], eta=e["eta"], release_compat=e["release_compat"])
+  except (ValueError, TypeError) as err:
+    out.append(f"--config.eval (DDIM): {err}")
   try:
-    s = c.schedule
-    schedule.make_schedule(schedule.ScheduleConfig(kind=s.kind, num_steps=s.num_steps,
-                                                   beta_start=s.beta_start,
-                                                   beta_end=s.beta_end))
-  except (ValueError, TypeError) as e:
-    out.append(f"--config.schedule: {e}")
+    schedule.make_schedule(schedule.ScheduleConfig(kind=s["kind"], num_steps=s["num_steps"],
+                                                   beta_start=s["beta_start"],
+                                                   beta_end=s["beta_end"]))
+  except (ValueError, TypeError) as err:
+    out.append(f"--config.schedule: {err}")
   return out
 
 
-def validate_config(c) -> build.Plan:
-  """Raises one ValueError listing every problem of `c`; call before any long work.
-
-  Returns:
-    The config's plan (`build.build(c)`, built once here).
-  """
-  found, plan = _problems_and_plan(c)
+def raise_problems(found: Sequence[str]) -> None:
+  """Raises one ValueError listing every problem (duplicates once); nothing if none."""
   found = list(dict.fromkeys(found))
   if len(found) == 1:
     raise ValueError(f"invalid config: {found[0]}")
   if found:
     raise ValueError("invalid config:\n  " + "\n  ".join(found))
-  return plan

@@ -2,15 +2,14 @@
 
 The lock and the config record are `dlsr_jax.training.workdir` (plain dicts); this module
 says which keys of an experiment config may differ from a workdir's record
-(`CHANGEABLE_KEYS`, `changeable`) and applies it to a ConfigDict: `check_config(c, workdir,
-for_eval=True)` (every evaluation) and `record_config` (every training run, `run.train`).
+(`CHANGEABLE_KEYS`, `changeable`) and applies it to a config's settings (a plain dict,
+`build.config_record(c)`): `check_config` (every evaluation, every training run) and
+`record_config` (every training run).
 `c.nets.<name>` keys in `CHANGEABLE_NET_KEYS` (learning_rate, epochs, ...) may change like
 their LFDN counterparts.
 """
 
 from __future__ import annotations
-
-import json
 
 from dlsr_jax.training import workdir as workdir_lib
 from experiments.configs import common
@@ -54,17 +53,14 @@ def changeable(key: str) -> bool:
   return any(key == k or (k.endswith(".") and key.startswith(k)) for k in CHANGEABLE_KEYS)
 
 
-def _as_dict(c) -> dict:
-  return json.loads(c.to_json_best_effort())
+def check_config(settings: dict, workdir: str, for_eval: bool = False) -> list[str]:
+  """Raises `WorkdirConfigError` if a config's `settings` (`build.config_record(c)`) differ
+  from the workdir's record in a guarded key (`for_eval`: the caller evaluates the workdir's
+  checkpoints); returns the changeable keys that differ ('key: old -> new')."""
+  return workdir_lib.check_record(settings, workdir, changeable, for_eval, CHANGEABLE_HINT)
 
 
-def check_config(c, workdir: str, for_eval: bool = False) -> list[str]:
-  """Raises `WorkdirConfigError` if `c` differs from the workdir's record in a guarded key
-  (`for_eval`: the caller evaluates the workdir's checkpoints); returns the changeable keys
-  that differ ('key: old -> new')."""
-  return workdir_lib.check_record(_as_dict(c), workdir, changeable, for_eval, CHANGEABLE_HINT)
-
-
-def record_config(c, workdir: str) -> None:
-  """Checks `c` against the record, then writes it if absent or changed (process 0)."""
-  workdir_lib.write_record(_as_dict(c), workdir, changeable, CHANGEABLE_HINT)
+def record_config(settings: dict, workdir: str) -> None:
+  """Checks `settings` against the record, then writes them if absent or changed
+  (process 0)."""
+  workdir_lib.write_record(settings, workdir, changeable, CHANGEABLE_HINT)

@@ -8,6 +8,7 @@ import pytest
 from dlsr_jax import cache as cache_lib
 from dlsr_jax import features
 from experiments import build, evaluation
+from experiments import plan as plan_lib
 from experiments.configs import quickstart
 
 
@@ -137,4 +138,4 @@ def test_confidence_row_needs_a_net_trained_with_the_confidence_branch():
   c.nets.head.objective = "confidence_branch"
   plan = build.build(c)
   assert plan.rows["conf"].reads == ("confidence",)
-  assert "confidence" in build.provides(plan.nets["head"])
+  assert "confidence" in plan_lib.provides(plan.nets["head"])

@@ -10,7 +10,7 @@ from dlsr_jax.training.checkpoint import CheckpointError
 from dlsr_jax.training.loop import Diverged
 from dlsr_jax.training.preemption import Preempted
 from dlsr_jax.training import workdir as workdir_lib
-from experiments import launch, workdir
+from experiments import build, launch
 from experiments.configs import quickstart
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,7 +70,7 @@ def test_evaluate_with_a_bad_detector_type_is_one_line(tmp_path):
 
 
 def test_evaluate_a_workdir_trained_with_another_schedule_names_it(tmp_path):
-  workdir.record_config(quickstart.get_config("tiny"), str(tmp_path))   # as train wrote it
+  build.write_config(quickstart.get_config("tiny"), str(tmp_path))   # as train wrote it
   os.makedirs(tmp_path / "dlsr" / "checkpoints" / "2")   # a trained run: the record binds
   proc = _run("experiments.evaluate", f"--config={TINY}", f"--workdir={tmp_path}",
               "--config.schedule.kind=cosine")

@@ -106,8 +106,8 @@ def test_a_second_evaluation_moves_the_first_ones_outputs_aside(config, tmp_path
   monkeypatch.setattr(arrays, "ArrayStore", lambda *a, **k: collections.namedtuple(
       "Store", "timing backbone")({}, None))
   monkeypatch.setattr(runner, "prepare_nets", lambda *a, **k: {})
-  monkeypatch.setattr(evaluation.pipeline, "settings_summary", lambda *a: {})
-  monkeypatch.setattr(evaluation.pipeline, "feature_boundaries", lambda *a: ())
+  monkeypatch.setattr(evaluation.build, "settings_summary", lambda *a: {})
+  monkeypatch.setattr(evaluation.build, "feature_boundaries", lambda *a: ())
   monkeypatch.setattr(evaluation, "_score_all", _fake_scores)
   out = tmp_path / "eval"
   (out / "dlsr").mkdir(parents=True)

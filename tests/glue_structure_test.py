@@ -6,9 +6,10 @@
   `c.get("nets")`) counts as a read. A name is taken for a ConfigDict when it is a parameter
   or variable called `c`, `cs`, `cc` or `config`, a parameter annotated `ConfigDict`, or a
   name bound to a config flag's `.value` (`_CONFIG.value`). Reading `.value` of the flag
-  itself is not a read (the mains hand the config on). The per-module counts may only go
-  down (`CONFIG_READS`, a ratchet): a new module reading the config, or more reads, fails.
-- The size of `experiments/` outside `configs/` may only go down (`MAX_LINES`).
+  itself is not a read (the mains hand the config on). Only build.py reads the config; the
+  other modules get its `plan.Plan`, plain values, or hand the config on to build.
+- The size of `experiments/` outside `configs/` may only go down (`MAX_LINES`: the size
+  reached; issue 15 asks for 1,500).
 """
 
 from __future__ import annotations
@@ -22,11 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLUE = os.path.join(ROOT, "experiments")
 CONFIG_NAMES = ("c", "cs", "cc", "config")
 
-# The reads of each module today (issue 15 asks for build.py alone); lower them when a
-# module stops reading the config, never raise them.
-CONFIG_READS = {"build": 17, "pipeline": 58, "runner": 13, "validate": 11, "evaluation": 13,
-                "workdir": 1, "run": 2}
-MAX_LINES = 2175   # issue 15 asks for 1,500
+READERS = ("build",)   # the only modules that read ConfigDict fields
+MAX_LINES = 2104       # the size reached (issue 15 asks for 1,500): lower it, never raise it
 
 
 def _modules() -> dict[str, str]:
@@ -126,13 +124,12 @@ def test_no_import_cycle_in_experiments():
   assert not cycle, "import cycle in experiments/: " + " -> ".join(cycle)
 
 
-def test_config_reads_only_go_down():
+def test_only_build_reads_the_config():
   counts = {m: config_reads(src) for m, src in _modules().items()}
-  counts = {m: n for m, n in counts.items() if n}
-  over = {m: (n, CONFIG_READS.get(m, 0)) for m, n in counts.items()
-          if n > CONFIG_READS.get(m, 0)}
-  assert not over, f"config reads (now, allowed) grew: {over}; all: {counts}"
-  print("config reads per module:", counts)
+  print("config reads per module:", {m: n for m, n in counts.items() if n})
+  assert all(counts[m] > 0 for m in READERS)   # the detection sees build's reads
+  others = {m: n for m, n in counts.items() if n and m not in READERS}
+  assert not others, f"config fields read outside {READERS}: {others}"
 
 
 @pytest.mark.parametrize("limit", [MAX_LINES])

@@ -9,7 +9,7 @@ from PIL import Image
 
 from dlsr_jax import data, features
 from dlsr_jax.evaluation import metrics
-from experiments import validate
+from experiments import build, validate
 from experiments.configs import quickstart
 
 
@@ -62,15 +62,15 @@ def _config(**changes):
     ("backbone", "efficientnet_lite9", "--config.backbone='efficientnet_lite9': must be one"),
 ])
 def test_config_errors_name_the_key_and_what_is_allowed(key, value, message):
-  validate.validate_config(_config())          # the tiny config itself is fine
+  build.validate_config(_config())          # the tiny config itself is fine
   with pytest.raises(ValueError, match="invalid config") as err:
-    validate.validate_config(_config(**{key: value}))
+    build.validate_config(_config(**{key: value}))
   assert message in str(err.value), str(err.value)
 
 
 def test_all_problems_in_one_message():
   c = _config(**{"model.dtype": "float8", "eval.batch_size": 0, "resolution": 8})
-  lines = validate.problems(c)
+  lines = validate.problems(build.config_record(c))
   assert len(lines) == 3, lines
 
 
@@ -115,13 +115,13 @@ def test_one_image_sets_warn_that_the_metrics_are_meaningless():
 def test_evaluate_rejects_batch_size_k_and_schedule_before_any_extraction(
     key, value, message, tmp_path, monkeypatch):
   """Issue 10, seen 7: these errors came only after minutes of feature extraction."""
-  from experiments import evaluation, pipeline  # pylint: disable=g-import-not-at-top
+  from experiments import build, evaluation  # pylint: disable=g-import-not-at-top
 
   def no_work(*args, **kwargs):
     raise AssertionError("work started before the config was checked")
 
   monkeypatch.setattr(features, "extract", no_work)
-  monkeypatch.setattr(pipeline, "load_backbone", no_work)
+  monkeypatch.setattr(build, "load_backbone", no_work)
   monkeypatch.setattr(evaluation.arrays, "ArrayStore", no_work)
   with pytest.raises(ValueError, match="invalid config:") as err:
     evaluation.run_evaluate(_config(**{key: value}), str(tmp_path))

@@ -19,7 +19,7 @@ import pytest
 from dlsr_jax import extras, logs
 from dlsr_jax.data import sources
 from dlsr_jax.training import metrics_writer
-from experiments import launch, validate
+from experiments import build, launch, validate
 from experiments.configs import quickstart
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -145,15 +145,16 @@ def test_tfds_source_without_the_extra_names_it(no_tfds):
 
 def test_config_with_tfds_sources_fails_validation_without_the_extra(no_tfds):
   c = quickstart.get_config("tiny")
-  assert not any("tfds" in p for p in validate.problems(c))    # offline sets: no extra needed
+  settings = build.config_record(c)
+  assert not any("tfds" in p for p in validate.problems(settings))   # offline: no extra needed
   with c.unlocked():
     c.data.ood.mnist = "tfds:mnist:test"
     c.data.extra_ood = "svhn=tfds:svhn_cropped:test"
-  found = [p for p in validate.problems(c) if "dlsr_jax[tfds]" in p]
+  found = [p for p in validate.problems(build.config_record(c)) if "dlsr_jax[tfds]" in p]
   assert sorted(p.split("=")[0] for p in found) == ["--config.data.extra_ood",
                                                     "--config.data.ood.mnist"], found
   with pytest.raises(ValueError, match=r"--config.data.ood.mnist='tfds:mnist:test'"):
-    validate.validate_config(c)
+    build.validate_config(c)
 
 
 # ------------------------------------------------------------------ quiet console --

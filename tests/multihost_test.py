@@ -154,14 +154,14 @@ def test_auto_detection_joins_only_known_multi_process_setups(monkeypatch):
 def test_source_features_loads_and_extracts_only_this_process_rows(tmp_path, monkeypatch):
   """Process 1 of 2 reads rows [4, 9) of a 9-image set, extracts them, all-gathers."""
   from dlsr_jax import data, features  # pylint: disable=g-import-not-at-top
-  from experiments import pipeline  # pylint: disable=g-import-not-at-top
+  from experiments import build  # pylint: disable=g-import-not-at-top
   from experiments.configs import quickstart  # pylint: disable=g-import-not-at-top
   c = quickstart.get_config("tiny")
   c.data.limit = 0
   images = np.random.default_rng(0).integers(0, 256, (9, 16, 16, 3), dtype=np.uint8)
   np.savez(tmp_path / "s.npz", images=images)
   source = f"npz:{tmp_path / 's.npz'}"
-  backbone = pipeline.load_backbone(c)
+  backbone = build.load_backbone(c)
   loads, gathers, load = [], [], data.load_images
   monkeypatch.setattr(data, "load_images",
                       lambda *a, **kw: loads.append(kw.get("rows")) or load(*a, **kw))
@@ -174,11 +174,11 @@ def test_source_features_loads_and_extracts_only_this_process_rows(tmp_path, mon
 
   monkeypatch.setattr(multihost, "allgather_rows", gather)
   cache = features.FeatureCache(str(tmp_path / "cache"))
-  z, bounds, info = pipeline.source_features(c, backbone, source, cache, shard=True)
+  z, bounds, info = build.source_features(c, backbone, source, cache, shard=True)
   assert loads == [(4, 9)] and info["num_images"] == 9 and z.shape == (9, bounds[-1])
   (local, n), = gathers
-  full = pipeline.load_source(c, source).images   # the config's resizing applies
-  want, _ = features.extract(backbone, full[4:], 4, pipeline.feature_spec(c), progress=False)
+  full = build.load_source(c, source).images   # the config's resizing applies
+  want, _ = features.extract(backbone, full[4:], 4, build.feature_spec(c), progress=False)
   assert n == 9 and local.shape == (5, bounds[-1])
   np.testing.assert_allclose(local, want, rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(z[4:], local)

@@ -233,7 +233,7 @@ def test_malicious_args_are_refused(tmp_path):
 def test_convert_command_end_to_end(tmp_path):
   # experiments.convert_release is only run as a command: importing it here would define its
   # absl flags in the test process, where other tests import other entry points.
-  from experiments import pipeline
+  from experiments import build
   from experiments.configs import quickstart
 
   final, first = tmp_path / "checkpoint-4.pth", tmp_path / "checkpoint-0.pth"
@@ -262,9 +262,9 @@ def test_convert_command_end_to_end(tmp_path):
     c[section][name] = type(c[section][name])(value == "True" if value in ("True", "False")
                                               else int(value))
   assert (c.model.width, c.model.embed_dim, c.model.num_blocks) == (W, E, N)
-  assert c.train.lr_reference_steps == 10 == pipeline.lr_reference_step(c)
+  assert c.train.lr_reference_steps == 10 == build.lr_reference_step(c)
   for lfdm, ref_step in ((lfdm_final, None), (lfdm_first, 10)):
-    got = pipeline.restore_ema(c, str(wd), C, reference_step=ref_step)
+    got = build.restore_ema(c, str(wd), C, reference_step=ref_step)
     want = _lfdn_weights(lfdm, ema=True)
     for path, v in jax.tree_util.tree_leaves_with_path(got):
       names = tuple(k.key for k in path)
@@ -276,14 +276,14 @@ def test_convert_command_end_to_end(tmp_path):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import release_reference as ref  # pylint: disable=g-import-not-at-top
   from dlsr_jax import diffusion, scoring, train  # pylint: disable=g-import-not-at-top
-  params = pipeline.restore_ema(c, str(wd), C)
-  abar = schedule.make_schedule(pipeline.schedule_config(c)).alphas_cumprod
+  params = build.restore_ema(c, str(wd), C)
+  abar = schedule.make_schedule(build.schedule_config(c)).alphas_cumprod
   bounds = (0, 4, 8, C)
   cfg = scoring.ScoreConfig(boundaries=bounds, mfsim_skip_first=True,
                             ddim=diffusion.DDIMConfig(eta=1.0, release_compat=True))
   z0 = np.random.default_rng(5).normal(size=(6, C)).astype(np.float32)
   ids, key, k = np.arange(6, dtype=np.int32), jax.random.key(2), 3
-  got = jax.jit(scoring.make_score_fn(train.lfdn_apply_fn(pipeline.model_config(c, C)), abar,
+  got = jax.jit(scoring.make_score_fn(train.lfdn_apply_fn(build.model_config(c, C)), abar,
                                       cfg))(params, z0, ids, jnp.asarray([k], jnp.int32), key)
   keys = scoring.sample_keys(key, jnp.asarray(ids))
   split = jax.vmap(jax.random.split)(jax.vmap(lambda kk: jax.random.fold_in(kk, 0))(keys))

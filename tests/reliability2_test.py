@@ -20,7 +20,7 @@ import pytest
 
 from dlsr_jax import backbones, features
 from dlsr_jax.training import workdir as workdir_lib
-from experiments import evaluation, launch, pipeline, run, workdir
+from experiments import build, evaluation, launch, run
 from experiments.configs import quickstart
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +45,7 @@ def _fake_extract(backbone, images, batch_size=64, spec=None, progress=True, des
 @contextlib.contextmanager
 def _stand_in_backbone():
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(pipeline, "load_backbone", _fake_backbone)
+    mp.setattr(build, "load_backbone", _fake_backbone)
     mp.setattr(features, "extract", _fake_extract)
     yield
 
@@ -288,12 +288,12 @@ def test_a_diverged_net_names_its_learning_rate_which_may_change(tmp_path, capsy
   assert "training diverged" in err and "Lower c.nets.head.learning_rate (now 0.05" in err, err
   assert "optim.learning_rate" not in err
   os.makedirs(wd / "head" / "checkpoints" / "2")
-  changed = workdir.check_config(_cfg(**{"nets.head.learning_rate": 0.01,
+  changed = build.check_config(_cfg(**{"nets.head.learning_rate": 0.01,
                                          "nets.head.epochs": 3}), str(wd))
   assert "nets.head.learning_rate: 0.05 -> 0.01" in changed and "nets.head.epochs: 2 -> 3" in (
       changed)
   with pytest.raises(workdir_lib.WorkdirConfigError, match="nets.head.num_classes"):
-    workdir.check_config(_cfg(**{"nets.head.num_classes": 6}), str(wd))
+    build.check_config(_cfg(**{"nets.head.num_classes": 6}), str(wd))
 
 
 # 7: a workdir this process cannot write.

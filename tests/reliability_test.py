@@ -188,22 +188,22 @@ def test_ctrl_c_saves_and_stops_like_sigterm_and_a_second_one_aborts(tmp_path):
 
 
 def test_restore_ema_falls_back_to_the_newest_intact_step(tmp_path, caplog):
-  from experiments import pipeline  # pylint: disable=g-import-not-at-top
+  from experiments import build  # pylint: disable=g-import-not-at-top
   from experiments.configs import quickstart  # pylint: disable=g-import-not-at-top
   c = quickstart.get_config("tiny")           # batch 16: 3 steps an epoch, 2 epochs
   z = np.random.default_rng(0).normal(size=(48, 8)).astype(np.float32)
   ck = Checkpointer(str(tmp_path))
-  trainer.fit(z, pipeline.model_config(c, 8), pipeline.optim_config(c), SCHED,
-              pipeline.fit_config(c), ck, mesh=MESH, progress=False)
-  target = train.create_train_state(pipeline.model_config(c, 8),
-                                    train.make_optimizer(pipeline.optim_config(c)),
+  trainer.fit(z, build.model_config(c, 8), build.optim_config(c), SCHED,
+              build.fit_config(c), ck, mesh=MESH, progress=False)
+  target = train.create_train_state(build.model_config(c, 8),
+                                    train.make_optimizer(build.optim_config(c)),
                                     jax.random.key(0))
   first = ck.restore_reference(target, 3)
   ck.close()
   assert _steps(tmp_path / "checkpoints") == [3, 6]
   _damage(tmp_path / "checkpoints" / "6", "manifest_truncated")
   caplog.set_level("WARNING")
-  ema = pipeline.restore_ema(c, str(tmp_path), 8)
+  ema = build.restore_ema(c, str(tmp_path), 8)
   assert "checkpoint step 6 in" in caplog.text
   assert "falling back to checkpoint step 3" in caplog.text
   for a, b in zip(jax.tree.leaves(first.ema_params), jax.tree.leaves(ema)):
@@ -218,17 +218,17 @@ import numpy as np
 import reliability_test as r
 from dlsr_jax import trainer
 from dlsr_jax.training.checkpoint import Checkpointer
-from experiments import pipeline
+from experiments import build
 from experiments.configs import quickstart
 c, wd = quickstart.get_config("tiny"), sys.argv[1]
 z = np.random.default_rng(0).normal(size=(48, 8)).astype(np.float32)
 ck = Checkpointer(wd)
-trainer.fit(z, pipeline.model_config(c, 8), pipeline.optim_config(c), r.SCHED,
-            pipeline.fit_config(c), ck, mesh=r.MESH, progress=False)
+trainer.fit(z, build.model_config(c, 8), build.optim_config(c), r.SCHED,
+            build.fit_config(c), ck, mesh=r.MESH, progress=False)
 ck.close()
 r._damage(os.path.join(wd, "checkpoints", "6"), "manifest_truncated")
 for _ in range(3):   # the reports come from a race: about every other restore shows them
-  pipeline.restore_ema(c, wd, 8)
+  build.restore_ema(c, wd, 8)
 print("restored", flush=True)
 """
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dlsr_jax.training import workdir as workdir_lib
-from experiments import pipeline, run, workdir
+from experiments import build, run
 from experiments.configs import quickstart
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +26,7 @@ def no_work(monkeypatch):
   def load_backbone(c):
     raise WorkStarted
 
-  monkeypatch.setattr(pipeline, "load_backbone", load_backbone)
+  monkeypatch.setattr(build, "load_backbone", load_backbone)
 
 
 def _cfg(**changes):
@@ -107,13 +107,13 @@ def test_changed_model_or_data_stops_before_any_work_and_lists_the_keys(tmp_path
   assert "new --workdir" in msg and "train.num_epochs" in msg
   assert (tmp_path / "config.json").read_text() == recorded and not (tmp_path / ".lock").exists()
   with pytest.raises(workdir_lib.WorkdirConfigError, match="cannot be evaluated"):
-    workdir.check_config(changed, str(tmp_path), for_eval=True)
+    build.check_config(changed, str(tmp_path), for_eval=True)
   # Changeable keys: extend the run, new eval settings; the record follows them.
   longer = _cfg(**{"train.num_epochs": 5, "eval.ks": (2,), "optim.learning_rate": 1e-4})
   with pytest.raises(WorkStarted):
     run.train(longer, str(tmp_path))
   assert json.loads((tmp_path / "config.json").read_text())["train"]["num_epochs"] == 5
-  changes = workdir.check_config(_cfg(), str(tmp_path), for_eval=True)
+  changes = build.check_config(_cfg(), str(tmp_path), for_eval=True)
   for line in ("eval.ks: [2] -> [2, 3]", "optim.learning_rate: 0.0001 -> 0.001",
                "train.num_epochs: 5 -> 2", "detectors.dlsr.ks: [2] -> [2, 3]",
                "detectors.dlsr.num_epochs: 5 -> 2"):   # the DLSR row mirrors the blocks
@@ -130,7 +130,7 @@ def test_seed_runs_are_guarded_too(tmp_path, monkeypatch):
   def fake_fit_row(c, plan, row, store, wd, seed):
     seen.append((row.name, seed, os.path.exists(os.path.join(wd, ".lock"))))
     rwd = runner.row_workdir(wd, row.name, seed)
-    pipeline.write_config(runner._with_seed(c, seed), rwd)   # what fit_row records
+    build.write_config(build.with_seed(c, seed), rwd)   # what fit_row records
 
   monkeypatch.setattr(runner.arrays, "ArrayStore", lambda *a, **k: None)
   monkeypatch.setattr(runner, "prepare_nets", lambda *a, **k: None)

@@ -164,6 +164,41 @@ class ArrayStore:
     return out
 
 
+class StoreArrays(Mapping):
+  """The arrays of one (net, data set) as lazy `SetArrays`: each is computed (or read from
+  the caches) when a detector first reads it."""
+
+  def __init__(self, store: ArrayStore, net: str, set_name: str, keys: tuple[str, ...]):
+    self._store, self._net, self._set, self._keys = store, net, set_name, tuple(keys)
+
+  def __getitem__(self, key: str) -> np.ndarray:
+    if key not in self._keys:
+      raise KeyError(key)
+    return self._store.get(self._net, self._set, [key])[key]
+
+  def __iter__(self):
+    return iter(self._keys)
+
+  def __len__(self) -> int:
+    return len(self._keys)
+
+
+class SubsetArrays(Mapping):
+  """Some rows of lazy `SetArrays` (a holdout split), still read lazily."""
+
+  def __init__(self, arrays: Mapping, rows: np.ndarray):
+    self._arrays, self._rows = arrays, rows
+
+  def __getitem__(self, key: str) -> np.ndarray:
+    return np.asarray(self._arrays[key])[self._rows]
+
+  def __iter__(self):
+    return iter(self._arrays)
+
+  def __len__(self) -> int:
+    return len(self._arrays)
+
+
 def accuracy(store: ArrayStore, net: str, set_name: str = "id") -> Optional[float]:
   """Top-1 accuracy of a classifier net on a labelled set (None without labels)."""
   labels = store.get(net, set_name, ["labels"])["labels"]
