@@ -28,6 +28,7 @@ Example, two processes on one machine (CPU, gloo collectives):
 """
 
 import contextlib
+import errno
 import sys
 import traceback
 from typing import Iterator, Optional
@@ -180,10 +181,34 @@ def reported_failures(workdir: str) -> Iterator[None]:
     logging.debug("%s", traceback.format_exc())
     print(failure_message(e), file=sys.stderr, flush=True)
     sys.exit(FAILED_EXIT_CODE)
+  except Exception as e:  # pylint: disable=broad-except
+    env = environment_error(e)
+    if env is None:
+      raise
+    logging.debug("%s", traceback.format_exc())
+    print(f"FAILED ({type(env).__name__}): {env}", file=sys.stderr, flush=True)
+    sys.exit(FAILED_EXIT_CODE)
   except KeyboardInterrupt as e:
     print(f"INTERRUPTED (Ctrl-C){': ' + str(e) if str(e) else ''}; nothing was saved after "
           f"the last checkpoint in {workdir}", file=sys.stderr, flush=True)
     sys.exit(INTERRUPTED_EXIT_CODE)
+
+
+_ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT)
+
+
+def environment_error(e: BaseException) -> Optional[OSError]:
+  """The OSError of a full disk, a read-only file system or a denied permission behind `e`
+  (itself, or its cause / context chain, e.g. inside an orbax error); None if there is none.
+  Such a failure is the machine's, not a bug: one line, not a traceback."""
+  seen = 0
+  while e is not None and seen < 20:
+    if isinstance(e, OSError) and e.errno in _ENVIRONMENT_ERRNOS:
+      return e
+    if "No space left on device" in str(e):
+      return OSError(errno.ENOSPC, f"No space left on device ({str(e).splitlines()[0][:300]})")
+    e, seen = e.__cause__ or e.__context__, seen + 1
+  return None
 
 
 def _load_config(argv: list[str]):
