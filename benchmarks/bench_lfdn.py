@@ -115,7 +115,8 @@ def jax_variants(part: str, gpu: bool) -> list[JaxVariant]:
   else:
     base = [JaxVariant("fp32")]
   bf16 = [JaxVariant("fp32 prec=bf16", precision="bfloat16", fp32=False, minor=not gpu),
-          JaxVariant("bf16 compute", dtype="bfloat16", fp32=False)]
+          JaxVariant("bf16 compute", dtype="bfloat16", fp32=False),
+          JaxVariant("bf16 matmul", dtype="bf16_matmul", fp32=False)]
   if part == "train":
     return base + [JaxVariant("fp32 no-donate", precision=base[0].precision,
                               donate=False, minor=True)] + bf16
