@@ -92,7 +92,7 @@ def test_bf16_compute_keeps_fp32_params():
 
 def test_bf16_matmul_multiplies_in_bf16_and_stays_close_to_fp32():
   """dtype "bf16_matmul": same params; every Dense is a bf16 x bf16 -> f32 dot; f32 output."""
-  kw = dict(features=6, width=8, embed_dim=4, num_blocks=2)
+  kw = {"features": 6, "width": 8, "embed_dim": 4, "num_blocks": 2}
   cfg, mixed = lfdn.LFDNConfig(**kw), lfdn.LFDNConfig(**kw, dtype=lfdn.BF16_MATMUL)
   p = lfdn.init_params(cfg, jax.random.key(0))
   assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), p,

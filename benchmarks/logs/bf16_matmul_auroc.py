@@ -4,8 +4,8 @@ ResNet-20 pre-logits (C=64) of CIFAR-10 train (fit) / test (ID) and far/near OOD
 """
 import sys, glob, time
 sys.path.insert(0, sys.argv[1]); epochs = int(sys.argv[2])
-import numpy as np, jax, jax.numpy as jnp
-from dlsr_jax import lfdn, schedule, scoring, trainer, diffusion
+import numpy as np, jax
+from dlsr_jax import lfdn, schedule, scoring, trainer
 from dlsr_jax.training import optim
 from dlsr_jax.evaluation import metrics
 A = sys.argv[3]   # e.g. /tmp/ph_full/arrays/ResNet-20_ (the posthoc cache of pre-logits)
