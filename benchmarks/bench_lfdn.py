@@ -115,7 +115,8 @@ def jax_variants(part: str, gpu: bool) -> list[JaxVariant]:
   else:
     base = [JaxVariant("fp32")]
   bf16 = [JaxVariant("fp32 prec=bf16", precision="bfloat16", fp32=False, minor=not gpu),
-          JaxVariant("bf16 compute", dtype="bfloat16", fp32=False)]
+          JaxVariant("bf16 compute", dtype="bfloat16", fp32=False),
+          JaxVariant("bf16 matmul", dtype="bf16_matmul", fp32=False)]
   if part == "train":
     return base + [JaxVariant("fp32 no-donate", precision=base[0].precision,
                               donate=False, minor=True)] + bf16
@@ -182,8 +183,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                       "PRNG, odd batch sizes, fused AdamW) unless this is set")
   p.add_argument("--time_budget_s", type=float, default=540.0,
                  help="after this many seconds only head-to-head pairs are still measured")
-  p.add_argument("--variants", default="all", choices=["all", "base"],
-                 help="'base': only fp32 (ours) vs fp32 eager (torch)")
+  p.add_argument("--variants", default="all", choices=["all", "base", "matmul"],
+                 help="'base': only fp32 (ours) vs fp32 eager (torch); 'matmul': those two "
+                      "and the bf16-matmul ones (ours: bf16 matmul, torch: bf16 autocast)")
+  p.add_argument("--interleave_all", action="store_true",
+                 help="time every selected variant of a part interleaved (A B C A B C ...), "
+                      "not only the fp32 pair: comparable under changing load")
   p.add_argument("--torch_compile", default="small", choices=["none", "small", "all"],
                  help="torch.compile variants: none, on sizes other than paper, or all "
                       "(compiling the paper size takes minutes on 2 CPU cores)")
@@ -483,6 +488,8 @@ def select(variants, args, size: Size, torch_side: bool = False):
     return []
   if args.variants == "base":
     variants = variants[:1]
+  elif args.variants == "matmul":
+    variants = variants[:1] + [v for v in variants if v.name in ("bf16 matmul", "bf16 autocast")]
   if size.name == "paper" and not is_gpu() and not args.all_variants_at_paper_size:
     variants = [v for v in variants if not v.minor]
   if torch_side:
@@ -532,11 +539,14 @@ def measure(part: str, size: Size, specs: Sequence[Spec], warmup: int,
 
 
 def measure_all(part: str, size: Size, specs: Sequence[Spec], warmup: int, reps: int,
-                deadline: float) -> list[dict[str, Any]]:
+                deadline: float, interleave_all: bool = False) -> list[dict[str, Any]]:
   """The first JAX and the first torch spec head to head (interleaved), then the others.
 
-  Past `deadline` (time.time()), the other specs are skipped.
+  Past `deadline` (time.time()), the other specs are skipped. `interleave_all`: every
+  spec in one interleaved measurement.
   """
+  if interleave_all:
+    return measure(part, size, specs, warmup, reps)
   first_jax = next((s for s in specs if s.impl == "jax"), None)
   first_torch = next((s for s in specs if s.impl == "torch"), None)
   pair = [s for s in (first_jax, first_torch) if s is not None]
@@ -600,7 +610,7 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   keys = list(dict.fromkeys((r["part"], r["size"]) for r in rows))
   for part, size in keys:
     ok = [r for r in rows if r["part"] == part and r["size"] == size and "median_ms" in r]
-    for label, pick in (("head-to-head fp32", lambda r: r["interleaved"]),
+    for label, pick in (("head-to-head fp32", lambda r: r["interleaved"] and r["fp32"]),
                         ("best fp32", lambda r: r["fp32"]), ("best any", lambda r: True)):
       j = [r for r in ok if r["impl"] == "jax" and pick(r)]
       t = [r for r in ok if r["impl"] == "torch" and pick(r)]
@@ -670,14 +680,14 @@ def main(argv: Sequence[str]) -> int:
     params = jax.device_get(init_params(size))
     if "train" in parts:
       rows += measure_all("train", size, train_specs(size, args, tdev, params),
-                          warmup, reps, deadline)
+                          warmup, reps, deadline, args.interleave_all)
     if "score" in parts:
       specs = score_specs(size, args, tdev, params, ks)
-      rows += measure_all("score", size, specs, warmup, reps, deadline)
+      rows += measure_all("score", size, specs, warmup, reps, deadline, args.interleave_all)
       if multi_k and size == min(sizes, key=lambda s: s.width * s.num_blocks):
         specs = score_specs(size, args, tdev, params, multi_k, part="score_multi_k")
         rows += measure_all("score_k" + "_".join(map(str, multi_k)), size, specs,
-                            warmup, reps, deadline)
+                            warmup, reps, deadline, args.interleave_all)
     del params
     free_memory()
   add_ratios(rows)

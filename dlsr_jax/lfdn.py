@@ -31,7 +31,7 @@ class LFDNConfig:
   dropout: float = 0.0
   use_time_embedding: bool = True   # False: the "AutoEncoder" ablation
   gn_epsilon: float = 1e-5
-  dtype: str = "float32"        # compute dtype; params stay float32
+  dtype: str = "float32"        # compute dtype; params stay float32 (or BF16_MATMUL)
 
   def __post_init__(self):
     for name in ("features", "width", "embed_dim", "num_blocks"):
@@ -39,6 +39,21 @@ class LFDNConfig:
         raise ValueError(f"LFDNConfig.{name} must be positive, got {getattr(self, name)}")
     if self.width % 2:
       raise ValueError(f"LFDNConfig.width must be even (sinusoidal embedding), got {self.width}")
+
+
+# dtype "bf16_matmul": every Dense multiplies bfloat16 copies of its input and kernel and accumulates
+# and returns float32; norms, activations, the residual stream and the DDIM arithmetic stay
+# float32. On CPUs with AMX (and on GPUs/TPUs) a bf16 x bf16 -> f32 matmul is several times
+# faster than fp32; a bf16 -> bf16 matmul ("bfloat16" compute) is not faster on XLA CPU.
+BF16_MATMUL = "bf16_matmul"
+
+
+def bf16_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+  """`lax.dot_general` of bfloat16 copies of both operands, accumulated in float32."""
+  del preferred_element_type
+  return jax.lax.dot_general(lhs.astype(jnp.bfloat16), rhs.astype(jnp.bfloat16),
+                             dimension_numbers, precision=precision,
+                             preferred_element_type=jnp.float32)
 
 
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
@@ -62,18 +77,20 @@ class ResBlock(nn.Module):
   dropout: float
   gn_epsilon: float
   dtype: Any
+  dot_general: Optional[Callable] = None
 
   @nn.compact
   def __call__(self, x, emb, train: bool):
     gn = lambda name: nn.GroupNorm(num_groups=1, epsilon=self.gn_epsilon,
                                    dtype=self.dtype, name=name)
-    h = nn.Dense(self.width, dtype=self.dtype, name="in_dense")(nn.silu(gn("in_norm")(x)))
+    dense = lambda name, **kw: nn.Dense(self.width, dtype=self.dtype, name=name,
+                                        dot_general=self.dot_general, **kw)
+    h = dense("in_dense")(nn.silu(gn("in_norm")(x)))
     if emb is not None:
-      h = h + nn.Dense(self.width, dtype=self.dtype, name="emb_dense")(nn.silu(emb))
+      h = h + dense("emb_dense")(nn.silu(emb))
     h = nn.silu(gn("out_norm")(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    h = nn.Dense(self.width, dtype=self.dtype, kernel_init=nn.initializers.zeros,
-                 name="out_dense")(h)
+    h = dense("out_dense", kernel_init=nn.initializers.zeros)(h)
     return x + h
 
 
@@ -91,7 +108,9 @@ class LFDN(nn.Module):
   def __call__(self, x: jax.Array, t: Optional[jax.Array] = None,
                train: bool = False) -> jax.Array:
     cfg = self.config
-    dtype = jnp.dtype(cfg.dtype)
+    mixed = cfg.dtype == BF16_MATMUL
+    dtype = jnp.dtype(jnp.float32 if mixed else cfg.dtype)
+    dg = bf16_dot_general if mixed else None
     if x.ndim != 2 or x.shape[-1] != cfg.features:
       raise ValueError(f"LFDN expects [B, {cfg.features}] features, got {x.shape}")
     emb = None
@@ -104,16 +123,17 @@ class LFDN(nn.Module):
       # of the network's multiply-adds at paper size) then run on 1 row instead of B.
       t = t.reshape((1,)) if t.size == 1 else jnp.broadcast_to(t, (x.shape[0],))
       emb = timestep_embedding(t, cfg.width)
-      emb = nn.Dense(cfg.embed_dim, dtype=dtype, name="time_dense_0")(emb)
-      emb = nn.Dense(cfg.embed_dim, dtype=dtype, name="time_dense_1")(nn.silu(emb))
-    h = nn.Dense(cfg.width, dtype=dtype, name="in_proj")(nn.silu(x.astype(dtype)))
+      emb = nn.Dense(cfg.embed_dim, dtype=dtype, dot_general=dg, name="time_dense_0")(emb)
+      emb = nn.Dense(cfg.embed_dim, dtype=dtype, dot_general=dg, name="time_dense_1")(
+          nn.silu(emb))
+    h = nn.Dense(cfg.width, dtype=dtype, dot_general=dg, name="in_proj")(nn.silu(x.astype(dtype)))
     for i in range(cfg.num_blocks):
-      h = ResBlock(cfg.width, cfg.dropout, cfg.gn_epsilon, dtype, name=f"block_{i}")(
+      h = ResBlock(cfg.width, cfg.dropout, cfg.gn_epsilon, dtype, dg, name=f"block_{i}")(
           h, emb, train)
     h = nn.silu(nn.GroupNorm(num_groups=1, epsilon=cfg.gn_epsilon, dtype=dtype,
                              name="out_norm")(h))
     out = nn.Dense(cfg.features, dtype=dtype, kernel_init=nn.initializers.zeros,
-                   name="out_proj")(h)
+                   dot_general=dg, name="out_proj")(h)
     return out.astype(jnp.float32)
 
 

@@ -1,3 +1,5 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,3 +88,27 @@ def test_bf16_compute_keeps_fp32_params():
   assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(p))
   out = lfdn.LFDN(cfg).apply({"params": p}, jnp.ones((2, 6)), jnp.zeros(2, jnp.int32))
   assert out.dtype == jnp.float32
+
+
+def test_bf16_matmul_multiplies_in_bf16_and_stays_close_to_fp32():
+  """dtype "bf16_matmul": same params; every Dense is a bf16 x bf16 -> f32 dot; f32 output."""
+  kw = {"features": 6, "width": 8, "embed_dim": 4, "num_blocks": 2}
+  cfg, mixed = lfdn.LFDNConfig(**kw), lfdn.LFDNConfig(**kw, dtype=lfdn.BF16_MATMUL)
+  p = lfdn.init_params(cfg, jax.random.key(0))
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), p,
+                                   lfdn.init_params(mixed, jax.random.key(0))))
+  leaves, tree = jax.tree.flatten(p)
+  keys = jax.random.split(jax.random.key(5), len(leaves))
+  p = jax.tree.unflatten(tree, [a + 0.3 * jax.random.normal(k, a.shape)
+                                for a, k in zip(leaves, keys)])
+  x, t = jax.random.normal(jax.random.key(6), (3, 6)), jnp.array([1, 40, 900])
+  f32 = lfdn.LFDN(cfg).apply({"params": p}, x, t)
+  fn = jax.jit(lambda p, x: lfdn.LFDN(mixed).apply({"params": p}, x, t))
+  out = fn(p, x)
+  assert out.dtype == jnp.float32
+  np.testing.assert_allclose(out, f32, rtol=5e-2, atol=5e-2)
+  assert not np.array_equal(out, f32)   # it did round the matmul inputs
+  dots = [ln for ln in fn.lower(p, x).as_text().splitlines() if "dot_general" in ln]
+  assert len(dots) == 2 + 1 + 3 * 2 + 1   # time MLP, in_proj, 3 per block, out_proj
+  for ln in dots:
+    assert re.search(r"\(tensor<[0-9x]*bf16>, tensor<[0-9x]*bf16>\) -> tensor<[0-9x]*f32>", ln), ln
