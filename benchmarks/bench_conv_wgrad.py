@@ -36,14 +36,13 @@ import functools
 import os
 import sys
 import time
-from typing import Any, Callable, Sequence
-
-import numpy as np
+from collections.abc import Callable, Sequence
+from typing import Any
 
 if __package__ in (None, ""):   # run as a script: make the repo root importable
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import common  # noqa: E402
+from benchmarks import common
 
 VARIANTS = ("xla", "taps_x", "taps_g", "patches_g", "flat", "zero")
 STAGES = ((32, 16), (16, 32), (8, 64))          # ResNet-20: (spatial, channels) per stage
@@ -108,7 +107,7 @@ def weight_grad(variant: str, x, g, kernel: tuple[int, int], stride: int, paddin
   raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def conv_fn(variant: str) -> Callable[..., Any]:
   """conv(x, w, stride, padding, groups): XLA's forward and input gradient, `variant`'s dW."""
   import jax
@@ -136,6 +135,7 @@ def resnet_conv(variant: str):
   """While active, the ResNets' `conv` layer uses `conv_fn(variant)` (same `kernel` param)."""
   import flax.linen as nn
   import jax.numpy as jnp
+
   from dlsr_jax.models import layers, resnet_cifar
   fn = conv_fn(variant)
 
@@ -171,8 +171,8 @@ CHECK_CASES = ((1, 3, 1, 8, 8, 9), (2, 3, 1, 8, 16, 9), (2, 3, 1, 8, 16, 8), (2,
                (1, 3, 2, 8, 4, 6))   # (stride, kernel, groups, Cin, Cout, size) as the models use
 
 
-def check_variants(variants: Sequence[str], batch: int = 2, rtol: float = 1e-4
-                   ) -> dict[str, float]:
+def check_variants(variants: Sequence[str], batch: int = 2, rtol: float = 1e-4,
+                   cases: Sequence[tuple[int, ...]] = CHECK_CASES) -> dict[str, float]:
   """Max relative difference of each variant's (dx, dW) to jax.grad of the plain lax conv.
 
   All cases (`CHECK_CASES`: strides 1 and 2, 3x3 and 1x1, groups 1 and 2, odd and even
@@ -181,19 +181,20 @@ def check_variants(variants: Sequence[str], batch: int = 2, rtol: float = 1e-4
   import jax
   import jax.numpy as jnp
   variants = [v for v in variants if v != "zero"]
-  keys = jax.random.split(jax.random.key(0), 2 * len(CHECK_CASES))
+  keys = jax.random.split(jax.random.key(0), 2 * len(cases))
   inputs = [(jax.random.normal(keys[2 * i], (batch, size, size, cin)),
              jax.random.normal(keys[2 * i + 1], (k, k, cin // groups, cout)))
-            for i, (_, k, groups, cin, cout, size) in enumerate(CHECK_CASES)]
+            for i, (_, k, groups, cin, cout, size) in enumerate(cases)]
 
   def grads(inputs):
     out = {}
     for name, fn in [("reference", _lax_conv)] + [(v, conv_fn(v)) for v in variants]:
       out[name] = []
-      for (stride, k, groups, *_), (x, w) in zip(CHECK_CASES, inputs):
+      for (stride, k, groups, *_), (x, w) in zip(cases, inputs):
         pad = ((k // 2, k // 2), (k // 2, k // 2))
-        out[name].append(jax.grad(lambda x, w: jnp.sum(jnp.sin(fn(x, w, stride, pad, groups))),
-                                  (0, 1))(x, w))
+        def loss(x, w, fn=fn, stride=stride, pad=pad, groups=groups):
+          return jnp.sum(jnp.sin(fn(x, w, stride, pad, groups)))
+        out[name].append(jax.grad(loss, (0, 1))(x, w))
     return out
 
   out = jax.jit(grads)(inputs)
@@ -220,12 +221,13 @@ def layer_part(variants: Sequence[str], batch: int, warmup: int, reps: int,
     w = jax.random.normal(keys[1], (3, 3, c, c)) * 0.1
     g = jax.random.normal(keys[2], (batch, size, size, c))
     pad = ((1, 1), (1, 1))
-    fns = {"forward": jax.jit(lambda x, w, g: _lax_conv(x, w, 1, pad, 1)),
-           "dx": jax.jit(lambda x, w, g: jax.vjp(lambda x_: _lax_conv(x_, w, 1, pad, 1), x)[1](g)[0])}
+    fns = {"forward": jax.jit(lambda x, w, g, pad=pad: _lax_conv(x, w, 1, pad, 1)),
+           "dx": jax.jit(lambda x, w, g, pad=pad:
+                         jax.vjp(lambda x_: _lax_conv(x_, w, 1, pad, 1), x)[1](g)[0])}
     for v in variants:
       if v != "zero":
         fns[f"dW {v}"] = jax.jit(functools.partial(
-            lambda x, w, g, v: weight_grad(v, x, g, (3, 3), 1, pad), v=v))
+            lambda x, w, g, v, pad: weight_grad(v, x, g, (3, 3), 1, pad), v=v, pad=pad))
     cases = [(functools.partial(f, x, w, g), jax.block_until_ready) for f in fns.values()]
     timings = common.time_interleaved(cases, warmup, reps)
     for name, t in zip(fns, timings):
@@ -243,6 +245,7 @@ def step_part(variants: Sequence[str], compile_options: Sequence[str], batch: in
               reps: int, with_torch: bool) -> list[dict]:
   """The ResNet-20 CE train step per variant / compile option, and torch eager, interleaved."""
   import jax
+
   from benchmarks import bench_classifier as bc
   from dlsr_jax import parallel
   from dlsr_jax.objectives import cross_entropy

@@ -27,15 +27,35 @@ def test_check_catches_a_wrong_gradient(monkeypatch):
   bench_conv_wgrad.conv_fn.cache_clear()
   try:
     with pytest.raises(AssertionError, match="taps_g"):
-      bench_conv_wgrad.check_variants(["taps_g"])
+      bench_conv_wgrad.check_variants(["taps_g"], cases=bench_conv_wgrad.CHECK_CASES[:1])
   finally:
     bench_conv_wgrad.conv_fn.cache_clear()
 
 
 def test_quick_run(tmp_path):
   assert bench_conv_wgrad.main(["--quick", f"--out_dir={tmp_path}"]) == 0
-  out = json.load(open(os.path.join(tmp_path, "bench_conv_wgrad.json")))
+  with open(os.path.join(tmp_path, "bench_conv_wgrad.json")) as f:
+    out = json.load(f)
   got = {(r["part"], r.get("what") or r.get("variant")) for r in out["results"]}
   assert ("step", "zero") in got and ("step", "torch eager") in got
   assert ("layer", "dW taps_g") in got
   assert all(r["median_ms"] > 0 for r in out["results"])
+
+
+def test_classifier_compiler_options(monkeypatch):
+  import jax
+  import jax.numpy as jnp
+  from jax import lax
+
+  from dlsr_jax import xla_cpu
+  opts = xla_cpu.classifier_compiler_options(jax.devices())
+  assert opts == xla_cpu.CLASSIFIER_CPU_OPTIONS and opts is not xla_cpu.CLASSIFIER_CPU_OPTIONS
+  assert xla_cpu.classifier_compiler_options() == opts    # the default backend is CPU here
+  x = jnp.ones((2, 8, 8, 4))
+  w = jnp.ones((3, 3, 4, 4))
+  conv = jax.jit(lambda x, w: jax.grad(lambda w: jnp.sum(lax.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))))(w),
+      compiler_options=opts)
+  assert float(conv(x, w)[0, 0, 0, 0]) > 0   # XLA accepts the option and computes
+  monkeypatch.setenv(xla_cpu.ENV_VAR, "0")
+  assert xla_cpu.classifier_compiler_options(jax.devices()) is None
