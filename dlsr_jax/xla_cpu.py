@@ -1,14 +1,16 @@
-"""XLA CPU compile options for the jits that run the classifiers (train step, ODIN).
+"""XLA CPU compile options for the classifier train step (`training.loop`'s jit).
 
 jaxlib 0.10's CPU compiler hands convolutions to YNNPACK fusions by default. On the
 CIFAR ResNets that path is slower than XLA's own convolution kernels: compiled with
 `xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE` (only reductions go
 to YNNPACK) the ResNet-20 train step ran 1.13-1.21x faster and the ResNet-18 step about
-2x faster, interleaved in one process on the 2-core benchmark machine
-(`benchmarks/RESULTS.md`, speed_classifiers_wgrad). The option is given per jit
-(`jax.jit(..., compiler_options=...)`), not through XLA_FLAGS, so it touches only the
-classifier jits and nothing else in the process; results change by float32 rounding
-only (the PyTorch parity tests keep their tolerances).
+1.75-2x faster, interleaved in one process on the 2-core benchmark machine
+(`benchmarks/RESULTS.md`, speed_classifiers_wgrad); ODIN (forward and input gradient
+only) showed no gain, so `detectors.odin` keeps XLA's defaults. The option is given per
+jit (`jax.jit(..., compiler_options=...)`), not through XLA_FLAGS, so it touches only
+the classifier train step and nothing else in the process; results change by float32
+rounding only (the resume tests stay bitwise: the same compile before and after a
+restart).
 
 Set DLSR_JAX_XLA_CPU_OPTIONS=0 to compile with XLA's defaults.
 """

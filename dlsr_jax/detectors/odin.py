@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlsr_jax import xla_cpu
 from dlsr_jax.data import batching
 from dlsr_jax.detectors import base
 
@@ -149,11 +148,10 @@ def make(net: Net, temperature: float = 1000.0, eps: float = 0.0014, batch_size:
     raise ValueError(f"odin: input must be 'images' or 'features' (without clip), got "
                      f"{input!r}")
   # The net's functions are bound here; its params stay a traced argument.
-  opts = xla_cpu.classifier_compiler_options()
   if input == "images":
-    kernel = jax.jit(functools.partial(odin_score, net, clip=clip), compiler_options=opts)
+    kernel = jax.jit(functools.partial(odin_score, net, clip=clip))
   else:
-    kernel = jax.jit(functools.partial(odin_features_score, net), compiler_options=opts)
+    kernel = jax.jit(functools.partial(odin_features_score, net))
 
   def fit(arrays: base.SetArrays, key: jax.Array) -> None:
     del arrays, key   # nothing to fit
