@@ -21,8 +21,9 @@ Parts:
          gradient and weight gradient (each variant's checked against `xla`'s);
   step   the ResNet-20 train step that `loop.fit` runs (`loop.jitted_step`), once per
          variant (the ResNets' `conv` swapped for the variant's while it is traced), and
-         PyTorch eager, timed interleaved; `--compile_options` adds the same step compiled
-         with XLA options (e.g. `xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT`).
+         PyTorch eager, timed interleaved, compiled with XLA's defaults; `--compile_options`
+         adds every variant compiled with those XLA options too (e.g. the library's
+         `xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE`).
 
   python -m benchmarks.bench_conv_wgrad                         # ~4 min on 2 idle cores
   python -m benchmarks.bench_conv_wgrad --quick --out_dir=/tmp/q  # CI smoke run, seconds
@@ -243,11 +244,17 @@ def _parse_options(s: str) -> dict[str, str]:
 
 def step_part(variants: Sequence[str], compile_options: Sequence[str], batch: int, warmup: int,
               reps: int, with_torch: bool) -> list[dict]:
-  """The ResNet-20 CE train step per variant / compile option, and torch eager, interleaved."""
+  """The ResNet-20 CE train step per variant x compile option, and torch eager, interleaved.
+
+  Compiled with XLA's defaults plus each of `compile_options` (not with the options the
+  library gives its train step, `dlsr_jax.xla_cpu`: pass those to time them).
+  """
+  from unittest import mock
+
   import jax
 
   from benchmarks import bench_classifier as bc
-  from dlsr_jax import parallel
+  from dlsr_jax import parallel, xla_cpu
   from dlsr_jax.objectives import cross_entropy
   from dlsr_jax.training import loop, optim
   net, model = bc.build_models("cifar_resnet20", "cpu")
@@ -257,8 +264,9 @@ def step_part(variants: Sequence[str], compile_options: Sequence[str], batch: in
   xs = [{"in": {"x": parallel.host_to_global(x, mesh), "y": parallel.host_to_global(y, mesh)}}
         for x, y in batches]
   names, cases = [], []
-  for v, opts in [(v, "") for v in variants] + [("xla", o) for o in compile_options]:
-    with resnet_conv(v):
+  for v, opts in [(v, o) for o in [""] + list(compile_options) for v in variants]:
+    # XLA's default compile plus `opts` (not the library's train-step options, dlsr_jax.xla_cpu)
+    with resnet_conv(v), mock.patch.dict(os.environ, {xla_cpu.ENV_VAR: "0"}):
       obj = cross_entropy.make(net, optim.sgd(optim.SGDConfig(), bc.TOTAL_STEPS))
       init_fn, step_fn = loop.jitted_step(obj.init, obj.step, mesh)
       state = init_fn(init_key)
@@ -298,8 +306,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p.add_argument("--step_variants", default="xla,taps_g,patches_g,flat,zero",
                  help="step part's variants")
   p.add_argument("--compile_options", action="append", default=[],
-                 help="also time the xla step compiled with these XLA options, 'k=v;k2=v2' "
-                      "(repeatable)")
+                 help="also time each step variant compiled with these XLA options, "
+                      "'k=v;k2=v2' (repeatable)")
   p.add_argument("--batch_size", type=int, default=128)
   p.add_argument("--stages", default="32,16,8", help="layer part: spatial sizes of the stages")
   p.add_argument("--warmup", type=int, default=2)
