@@ -15,8 +15,10 @@ from benchmarks import bench_conv_wgrad
 
 
 def test_weight_gradient_variants_equal_jax_grad():
-  worst = bench_conv_wgrad.check_variants(["taps_g", "flat"])
-  assert set(worst) == {"taps_g", "flat"}
+  # flat: the most index arithmetic; taps_g shares its slicing with taps_x and patches_g
+  # (all four are checked by every full run of the script).
+  worst = bench_conv_wgrad.check_variants(["flat", "taps_g"])
+  assert set(worst) == {"flat", "taps_g"}
   assert all(err < 1e-5 for err in worst.values()), worst
 
 
