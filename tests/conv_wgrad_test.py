@@ -59,5 +59,10 @@ def test_classifier_compiler_options(monkeypatch):
       x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))))(w),
       compiler_options=opts)
   assert float(conv(x, w)[0, 0, 0, 0]) > 0   # XLA accepts the option and computes
+  conv_init = lambda key: {"kernel": jax.random.normal(key, (3, 3, 4, 8)), "step": 0}
+  dense_init = lambda key: {"w": jax.random.normal(key, (4, 8))}    # e.g. the LFDN
+  assert xla_cpu.classifier_compiler_options(jax.devices(), conv_init) == opts
+  assert xla_cpu.classifier_compiler_options(jax.devices(), dense_init) is None
   monkeypatch.setenv(xla_cpu.ENV_VAR, "0")
   assert xla_cpu.classifier_compiler_options(jax.devices()) is None
+  assert xla_cpu.classifier_compiler_options(jax.devices(), conv_init) is None

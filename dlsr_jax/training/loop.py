@@ -230,7 +230,7 @@ def _jitted(init: InitFn, step: StepFn, mesh) -> tuple[Callable, Callable]:
   return (jax.jit(init, out_shardings=rep),
           jax.jit(keyed_step, in_shardings=(rep, dat, rep, rep),
                   out_shardings=(rep, rep, rep), donate_argnums=(0,),
-                  compiler_options=xla_cpu.classifier_compiler_options(mesh)))
+                  compiler_options=xla_cpu.classifier_compiler_options(mesh, init)))
 
 
 def jitted_step(init: InitFn, step: StepFn, mesh=None) -> tuple[Callable, Callable]:
