@@ -23,6 +23,7 @@ images/s, and ratio = torch median / JAX median (> 1: dlsr_jax is faster).
   python -m benchmarks.bench_classifier --models=cifar_resnet20 --reps=3 --warmup=1   # smoke
   python -m benchmarks.bench_classifier --device=cuda --reps=50 --warmup=5  # GPU box
   python -m benchmarks.bench_classifier --quick --out_dir=/tmp/bq   # CI smoke test, seconds
+  python -m benchmarks.bench_classifier --models=cifar_resnet20 --xla_defaults_too  # options' gain
 
 Torch runs with as many intra-op threads as there are cores (--threads) and,
 by default, OMP_WAIT_POLICY=PASSIVE: on a CPU shared with other work, spinning
@@ -84,6 +85,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p.add_argument("--jax_precision", default=None,
                  help="also time JAX under jax.default_matmul_precision(this), e.g. bfloat16")
   p.add_argument("--xla_flags", default=None, help="appended to XLA_FLAGS before jax starts")
+  p.add_argument("--xla_defaults_too", action="store_true",
+                 help="also time the train step compiled without the library's XLA CPU "
+                      "options (dlsr_jax.xla_cpu), and ODIN with them: both choices in one "
+                      "interleaved run")
   p.add_argument("--json_out", default=None,
                  help="default: benchmarks/logs/bench_classifier_<device>.json ('' = none); "
                       "with --quick or --out_dir: <out_dir>/bench_classifier.json")
@@ -151,15 +156,29 @@ def image_batches(n: int, batch: int, seed: int) -> list[tuple[np.ndarray, np.nd
 # ------------------------------------------------------------------ train step
 
 
-def jax_train(net, batches, precision: Optional[str] = None) -> Case:
-  """The jitted, donated step `loop.fit` runs (`loop.jitted_step`) of cross-entropy training."""
+def _xla_defaults(on: bool):
+  """While `on`, the library's classifier jits are built without `xla_cpu`'s compile options."""
+  import contextlib
+  from unittest import mock
+
+  from dlsr_jax import xla_cpu
+  return (mock.patch.dict(os.environ, {xla_cpu.ENV_VAR: "0"}) if on
+          else contextlib.nullcontext())
+
+
+def jax_train(net, batches, precision: Optional[str] = None, xla_defaults: bool = False) -> Case:
+  """The jitted, donated step `loop.fit` runs (`loop.jitted_step`) of cross-entropy training.
+
+  `xla_defaults`: built without the library's XLA CPU compile options (`dlsr_jax.xla_cpu`).
+  """
   import jax
   from dlsr_jax import parallel
   from dlsr_jax.objectives import cross_entropy
   from dlsr_jax.training import loop, optim
   obj = cross_entropy.make(net, optim.sgd(optim.SGDConfig(), TOTAL_STEPS))
   mesh = parallel.make_mesh(jax.devices()[:1])
-  init_fn, step_fn = loop.jitted_step(obj.init, obj.step, mesh)   # exactly what `loop.fit` runs
+  with _xla_defaults(xla_defaults):
+    init_fn, step_fn = loop.jitted_step(obj.init, obj.step, mesh)   # what `loop.fit` runs
   init_key, loop_key, bad_step = loop.step_inputs(0, mesh)
   xs = [{"in": {"x": parallel.host_to_global(x, mesh), "y": parallel.host_to_global(y, mesh)}}
         for x, y in batches]
@@ -177,7 +196,8 @@ def jax_train(net, batches, precision: Optional[str] = None) -> Case:
     if int(jax.device_get(box["bad_step"])):
       raise FloatingPointError(f"JAX state not finite at step {int(box['bad_step'])}")
 
-  name = "jit, donated" + (f", precision={precision}" if precision else "")
+  name = ("jit, donated" + (f", precision={precision}" if precision else "")
+          + (", XLA CPU defaults" if xla_defaults else ""))
   return Case("jax", name, run, jax.block_until_ready, check)
 
 
@@ -204,11 +224,17 @@ def torch_train(net, model, batches, device: str, channels_last: bool = False) -
 # ------------------------------------------------------------------ ODIN
 
 
-def jax_odin(net, batches, precision: Optional[str] = None) -> Case:
-  """`odin_score` jitted as `detectors.odin.make` jits it (net bound, params an argument)."""
+def jax_odin(net, batches, precision: Optional[str] = None, xla_options: bool = False) -> Case:
+  """`odin_score` jitted as `detectors.odin.make` jits it (net bound, params an argument).
+
+  `xla_options`: compiled with the options the library gives the train step
+  (`dlsr_jax.xla_cpu`), which `odin.make` does not use (no gain measured for ODIN).
+  """
   import jax
+  from dlsr_jax import xla_cpu
   from dlsr_jax.detectors import odin
-  kernel = jax.jit(functools.partial(odin.odin_score, net, clip=False))
+  opts = xla_cpu.classifier_compiler_options() if xla_options else None
+  kernel = jax.jit(functools.partial(odin.odin_score, net, clip=False), compiler_options=opts)
   params = jax.device_put(net.params)
   xs = [jax.device_put(x) for x, _ in batches]
   box = {"i": 0}
@@ -219,7 +245,8 @@ def jax_odin(net, batches, precision: Optional[str] = None) -> Case:
     box["i"] += 1
     return out
 
-  name = "jit" + (f", precision={precision}" if precision else "")
+  name = ("jit" + (f", precision={precision}" if precision else "")
+          + (", train-step XLA CPU options" if xla_options else ""))
   return Case("jax", name, run, jax.block_until_ready, lambda s: _check_finite("JAX ODIN", s))
 
 
@@ -317,6 +344,8 @@ def main(argv: Sequence[str]) -> int:
       cases = [jax_train(net, b), torch_train(net, model, b, tdev)]
       if args.jax_precision:
         cases.append(jax_train(net, b, args.jax_precision))
+      if args.xla_defaults_too:
+        cases.append(jax_train(net, b, xla_defaults=True))
       if args.torch_channels_last:
         cases.append(torch_train(net, model, b, tdev, channels_last=True))
       rows += measure("train", name, args.batch_size, cases, args.warmup, args.reps)
@@ -326,6 +355,8 @@ def main(argv: Sequence[str]) -> int:
       cases = [jax_odin(net, b), torch_odin(net, model, b, tdev)]
       if args.jax_precision:
         cases.append(jax_odin(net, b, args.jax_precision))
+      if args.xla_defaults_too:
+        cases.append(jax_odin(net, b, xla_options=True))
       if args.torch_channels_last:
         cases.append(torch_odin(net, model, b, tdev, channels_last=True))
       rows += measure("odin", name, args.odin_batch, cases, args.warmup, args.reps)

@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from dlsr_jax import data, multihost, parallel
+from dlsr_jax import data, multihost, parallel, xla_cpu
 from dlsr_jax.training.checkpoint import Checkpointer, all_finite
 from dlsr_jax.training.preemption import Preempted, _PreemptionWatch
 
@@ -229,7 +229,8 @@ def _jitted(init: InitFn, step: StepFn, mesh) -> tuple[Callable, Callable]:
 
   return (jax.jit(init, out_shardings=rep),
           jax.jit(keyed_step, in_shardings=(rep, dat, rep, rep),
-                  out_shardings=(rep, rep, rep), donate_argnums=(0,)))
+                  out_shardings=(rep, rep, rep), donate_argnums=(0,),
+                  compiler_options=xla_cpu.classifier_compiler_options(mesh, init)))
 
 
 def jitted_step(init: InitFn, step: StepFn, mesh=None) -> tuple[Callable, Callable]:

@@ -1,0 +1,71 @@
+"""XLA CPU compile options for the classifier train step (`training.loop`'s jit).
+
+jaxlib 0.10's CPU compiler hands convolutions to YNNPACK fusions by default. On the
+CIFAR ResNets that path is slower than XLA's own convolution kernels: compiled with
+`xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE` (only reductions go
+to YNNPACK) the ResNet-20 train step ran 1.13-1.21x faster and the ResNet-18 step about
+1.75-2x faster, interleaved in one process on the 2-core benchmark machine
+(`benchmarks/RESULTS.md`, speed_classifiers_wgrad); ODIN (forward and input gradient
+only) showed no gain, so `detectors.odin` keeps XLA's defaults. The option is given per
+jit (`jax.jit(..., compiler_options=...)`), not through XLA_FLAGS, so it touches only
+the classifier train step and nothing else in the process; results change by float32
+rounding only (the resume tests stay bitwise: the same compile before and after a
+restart). Only convolutional nets get it: it made the LFDN's (dense) train step 1.27x
+slower, so a state without a 4-D leaf keeps XLA's defaults.
+
+Set DLSR_JAX_XLA_CPU_OPTIONS=0 to compile with XLA's defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+CLASSIFIER_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+ENV_VAR = "DLSR_JAX_XLA_CPU_OPTIONS"
+
+
+def classifier_compiler_options(devices: Any | None = None,
+                                init: Callable[[jax.Array], Any] | None = None
+                                ) -> dict[str, str] | None:
+  """`compiler_options` for a train-step jit that runs on `devices` (default: JAX's backend).
+
+  Args:
+    devices: a device, an iterable of devices or a `jax.sharding.Mesh`; their platform
+      decides. None: `jax.default_backend()`.
+    init: the step's `init(key) -> state`, if known: the options are given only when the
+      state holds a convolution kernel (a 4-D leaf, found by `jax.eval_shape`, no compute).
+      The option slows down dense nets (the LFDN's train step ran 1.27x slower with it).
+
+  Returns:
+    `CLASSIFIER_CPU_OPTIONS` (a copy) on CPU for a convolutional net, None elsewhere, for
+    a state without 4-D leaves, or when the environment variable
+    DLSR_JAX_XLA_CPU_OPTIONS is "0".
+  """
+  if os.environ.get(ENV_VAR, "1").strip() == "0":
+    return None
+  if devices is None:
+    platform = jax.default_backend()
+  else:
+    if isinstance(devices, jax.sharding.Mesh):
+      devices = devices.devices.flat
+    elif isinstance(devices, jax.Device):
+      devices = [devices]
+    platform = next(iter(devices)).platform
+  if platform != "cpu":
+    return None
+  if init is not None and not has_conv_kernels(init):
+    return None
+  return dict(CLASSIFIER_CPU_OPTIONS)
+
+
+def has_conv_kernels(init: Callable[[jax.Array], Any]) -> bool:
+  """Whether `init(key)`'s state has a 4-D leaf (a conv kernel), by abstract evaluation."""
+  try:
+    shapes = jax.eval_shape(init, jax.random.key(0))
+  except Exception:  # noqa: BLE001  # an init this cannot trace: keep XLA's defaults
+    return False
+  return any(getattr(leaf, "ndim", 0) == 4 for leaf in jax.tree.leaves(shapes))
