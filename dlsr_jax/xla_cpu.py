@@ -18,6 +18,7 @@ Set DLSR_JAX_XLA_CPU_OPTIONS=0 to compile with XLA's defaults.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -59,7 +60,27 @@ def classifier_compiler_options(devices: Any | None = None,
     return None
   if init is not None and not has_conv_kernels(init):
     return None
+  if not options_accepted():
+    return None
   return dict(CLASSIFIER_CPU_OPTIONS)
+
+
+@functools.lru_cache(maxsize=None)
+def options_accepted() -> bool:
+  """Whether this jaxlib's CPU compiler knows `CLASSIFIER_CPU_OPTIONS` (the option is
+  experimental: a jaxlib that renamed or dropped it would fail every train-step compile).
+  Probed once per process on a one-element function; if refused, XLA's defaults are used
+  with a warning."""
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=dict(CLASSIFIER_CPU_OPTIONS)).lower(
+        jax.ShapeDtypeStruct((1,), "float32")).compile()
+  except Exception as e:  # noqa: BLE001  # any refusal means: use the defaults
+    import logging  # pylint: disable=g-import-not-at-top
+    logging.getLogger(__name__).warning(
+        "this jaxlib refuses the XLA CPU option %s (%s): the classifier train step is "
+        "compiled with XLA's defaults", CLASSIFIER_CPU_OPTIONS, str(e).splitlines()[0][:200])
+    return False
+  return True
 
 
 def has_conv_kernels(init: Callable[[jax.Array], Any]) -> bool:

@@ -66,3 +66,18 @@ def test_classifier_compiler_options(monkeypatch):
   monkeypatch.setenv(xla_cpu.ENV_VAR, "0")
   assert xla_cpu.classifier_compiler_options(jax.devices()) is None
   assert xla_cpu.classifier_compiler_options(jax.devices(), conv_init) is None
+
+
+def test_a_jaxlib_that_refuses_the_option_falls_back_to_the_defaults(monkeypatch):
+  import jax
+
+  from dlsr_jax import xla_cpu
+  assert xla_cpu.options_accepted()          # this jaxlib knows it
+  monkeypatch.setattr(xla_cpu, "CLASSIFIER_CPU_OPTIONS",
+                      {"xla_cpu_no_such_option_dlsr": "1"})
+  xla_cpu.options_accepted.cache_clear()
+  try:
+    assert not xla_cpu.options_accepted()
+    assert xla_cpu.classifier_compiler_options(jax.devices()) is None
+  finally:
+    xla_cpu.options_accepted.cache_clear()
