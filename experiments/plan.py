@@ -176,40 +176,12 @@ def net_spec(name: str, block: Mapping[str, Any]) -> NetSpec:
   if recipe["objective"] != "cross_entropy" and not recipe["epochs"]:
     raise ValueError(f"c.nets.{name}: objective {recipe['objective']!r} with epochs=0 trains "
                      "nothing; set epochs")
-  _check_recipe(name, recipe)
+  try:
+    classifier.check_numbers(recipe)
+  except ValueError as e:
+    raise ValueError(f"c.nets.{name}.{e}") from None
   return NetSpec(name=name, kind=kind, model=model, weights=weights,
                  init_from=str(block.get("init_from", "") or ""), recipe=recipe)
-
-
-# key of a net block -> (check, what is allowed)
-_RECIPE_CHECKS = {
-    "num_classes": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
-    "epochs": (lambda v: _is_int(v) and v >= 0, "an int >= 0 (0 = no training)"),
-    "batch_size": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
-    "seed": (lambda v: _is_int(v), "an int"),
-    "learning_rate": (lambda v: _is_number(v) and 0 < v < 1e3, "a number in (0, 1000)"),
-    "momentum": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    "weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    "weight_decay_on": (lambda v: v in ("all", "kernels"), "'all' or 'kernels'"),
-    "ema_decay": (lambda v: _is_number(v) and 0 <= v < 1, "in [0, 1)"),
-    "log_every_steps": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
-    "checkpoint_every_steps": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
-}
-
-
-def _is_int(v: Any) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-  return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _check_recipe(name: str, recipe: Mapping[str, Any]) -> None:
-  """The numbers of a net block, each named by its key (`c.nets.<name>.<key>`)."""
-  for key, (ok, allowed) in _RECIPE_CHECKS.items():
-    if key in recipe and not ok(recipe[key]):
-      raise ValueError(f"c.nets.{name}.{key} = {recipe[key]!r}: must be {allowed}")
 
 
 def check_net(name: str, spec: NetSpec, layout: FeatureLayout) -> None:
@@ -393,15 +365,3 @@ def tunable(spec: RowSpec, nets: Mapping[str, NetSpec], layout: FeatureLayout) -
 
 
 TUNED_SUFFIX = "@tuned"
-
-
-def same_source(a: str, b: str) -> bool:
-  """Whether two data sources name the same data: equal strings, or npz / folder paths that
-  resolve to the same file (`./`, `..`, symlinks). Copies are found by their images' digest
-  when the arrays are loaded (`runner`)."""
-  if a == b:
-    return True
-  (sa, _, pa), (sb, _, pb) = a.partition(":"), b.partition(":")
-  if sa != sb or sa not in ("npz", "folder"):
-    return False
-  return os.path.realpath(os.path.expanduser(pa)) == os.path.realpath(os.path.expanduser(pb))

@@ -92,6 +92,41 @@ def net_config(**overrides) -> dict[str, Any]:
   return {**DEFAULTS, **overrides}
 
 
+# key of a recipe -> (check, what is allowed)
+_RECIPE_CHECKS = {
+    "num_classes": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "epochs": (lambda v: _is_int(v) and v >= 0, "an int >= 0 (0 = no training)"),
+    "batch_size": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "seed": (lambda v: _is_int(v), "an int"),
+    "learning_rate": (lambda v: _is_number(v) and 0 < v < 1e3, "a number in (0, 1000)"),
+    "momentum": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "weight_decay_on": (lambda v: v in ("all", "kernels"), "'all' or 'kernels'"),
+    "ema_decay": (lambda v: _is_number(v) and 0 <= v < 1, "in [0, 1)"),
+    "log_every_steps": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "checkpoint_every_steps": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+}
+
+
+def _is_int(v: Any) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_numbers(nc) -> None:
+  """The numbers of recipe `nc`, before any work.
+
+  Raises:
+    ValueError: "<key> = <value>: must be <what is allowed>" for the first bad one.
+  """
+  for key, (ok, allowed) in _RECIPE_CHECKS.items():
+    if key in nc and not ok(nc[key]):
+      raise ValueError(f"{key} = {nc[key]!r}: must be {allowed}")
+
+
 def objective_settings(nc) -> dict[str, Any]:
   """The objective's own settings in block `nc` (the keyword arguments of its `make`)."""
   names = objectives.settings_of(_get(nc, "objective"))
