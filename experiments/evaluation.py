@@ -85,29 +85,13 @@ def tune_row(plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.ArrayStor
       split_arrays(plan, store, row.net, VAL, keys),
       arrays.StoreArrays(store, row.net, OOD_VAL, keys),
       key=jax.random.key(plan.eval_seed), net=net, settings=row.settings)
-  grid = row.grid if row.grid is not None else tune_lib.default_grid(row.type, net)
-  grid_keys = list(grid) if isinstance(grid, Mapping) else list(
-      dict.fromkeys(k for cand in grid for k in cand))
-  settings = tune_lib.plain_settings(best)
   record = {"type": row.type, "net": row.net, "fit_set": row.fit_set,
             "id_val": plan.data.val, "ood_val": plan.data.ood_val,
-            "grid": json_plain(grid), "chosen": {k: settings[k] for k in grid_keys},
-            "settings": settings, "seconds": round(time.time() - t0, 3),
-            "candidates": candidates}
+            **tune_lib.search_record(row.type, row.grid, best, net),
+            "seconds": round(time.time() - t0, 3), "candidates": candidates}
   logging.info("row %s: tuned %s on %s vs %s: %s", row.name, row.type, plan.data.val,
                plan.data.ood_val, record["chosen"])
   return dataclasses.replace(row, settings=best), record
-
-
-def json_plain(value):
-  """A grid as JSON (ConfigDicts and tuples as dicts and lists)."""
-  if hasattr(value, "to_dict"):
-    value = value.to_dict()
-  if isinstance(value, Mapping):
-    return {k: json_plain(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [json_plain(v) for v in value]
-  return value
 
 
 def evaluate_row(c, plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.ArrayStore,

@@ -222,6 +222,20 @@ def has_checkpoints(workdir: str, depth: int = 4) -> bool:
              and os.path.isdir(os.path.join(workdir, n)))
 
 
+def append_run(workdir: str, nets: dict, name: str = "train_runs.json") -> None:
+  """Appends one call's nets (e.g. objective, wall seconds to train or restore) with the time
+  to the list in `<workdir>/<name>` (written whole, then renamed: never half a file)."""
+  path = os.path.join(workdir, name)
+  runs = []
+  if os.path.exists(path):
+    with open(path) as f:
+      runs = json.load(f)
+  runs.append({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "nets": nets})
+  with open(path + ".tmp", "w") as f:
+    json.dump(runs, f, indent=2)
+  os.replace(path + ".tmp", path)
+
+
 def check_record(settings: dict, workdir: str, changeable: Callable[[str], bool],
                  for_eval: bool = False, changeable_hint: str = "") -> list[str]:
   """Raises `WorkdirConfigError` if `settings` differ from the workdir's record in a guarded
