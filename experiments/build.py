@@ -160,7 +160,7 @@ def build(c) -> plan_lib.Plan:
                        data=data_plan(c), seed=int(c.seed), eval_seed=int(c.eval.seed),
                        plots=bool(c.eval.plots),
                        trapezoid_aupr=bool(c.eval.get("trapezoid_aupr", False)),
-                       cache_dir=str(c.cache_dir or ""))
+                       cache_dir=str(c.cache_dir or ""), record=config_record(c))
 
 
 def data_plan(c) -> plan_lib.Data:
@@ -175,12 +175,10 @@ def data_plan(c) -> plan_lib.Data:
               ood_val=str(c.data.get("ood_val", "") or ""))
 
 
-def with_seed(c, seed: int):
-  """A copy of `c` for one of its `seeds`: `seed = seed`, no `seeds` (a seed run's record)."""
-  cs = c.copy_and_resolve_references()
-  with cs.unlocked():
-    cs.seed, cs.seeds = seed, ()
-  return cs
+def seed_record(record: Mapping, seed: Optional[int]) -> dict:
+  """A config record (`config_record`) for one of its `seeds`: `seed = seed`, no `seeds` (a
+  seed run's record); the record itself when `seed` is None."""
+  return dict(record) if seed is None else {**record, "seed": seed, "seeds": []}
 
 
 # ------------------------------------------- the config as library settings --

@@ -94,7 +94,7 @@ def tune_row(plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.ArrayStor
   return dataclasses.replace(row, settings=best), record
 
 
-def evaluate_row(c, plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.ArrayStore,
+def evaluate_row(plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.ArrayStore,
                  workdir: str, seed: Optional[int],
                  notes: Optional[list[str]] = None) -> evaluation_lib.Results:
   """One row through `dlsr_jax.evaluation.evaluate`: fitted on the ID train arrays of its net
@@ -109,7 +109,7 @@ def evaluate_row(c, plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.Ar
     warnings.simplefilter("always")
     if row.tune:
       row, record = tune_row(plan, row, store)
-    with runner.row_detector(c, plan, row, store, workdir, seed, restore_only=True) as det:
+    with runner.row_detector(plan, row, store, workdir, seed, restore_only=True) as det:
       res = evaluation_lib.evaluate(
           {row.name: det}, _fit_arrays(plan, store, row, row.fit_reads),
           {s: arrays.StoreArrays(store, row.net, s, row.reads) for s in set_names},
@@ -129,14 +129,14 @@ def evaluate_row(c, plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.Ar
   return res
 
 
-def _score_all(c, plan: plan_lib.Plan, store, workdir: str, seed: Optional[int],
+def _score_all(plan: plan_lib.Plan, store, workdir: str, seed: Optional[int],
                fixed: dict, notes: Optional[dict] = None) -> evaluation_lib.Results:
   """Results of every row for one seed; rows that train nothing are evaluated once (`fixed`);
   `notes`: {row: its warnings}."""
   for row in plan.rows.values():
     if row.trains or row.name not in fixed:
       row_notes = []
-      fixed[row.name] = evaluate_row(c, plan, row, store, workdir, seed, row_notes)
+      fixed[row.name] = evaluate_row(plan, row, store, workdir, seed, row_notes)
       if notes is not None:
         notes[row.name] = row_notes
   return evaluation_lib.Results.combine([fixed[r] for r in plan.rows])
@@ -195,7 +195,7 @@ def _evaluate(c, plan: plan_lib.Plan, workdir: str, outdir: str, own_outdir: boo
   settings["rows"] = {r.name: f"{r.type} on {r.net}" for r in plan.rows.values()}
   per_seed, fixed, files, moved, notes, search = [], {}, [], None, {}, {}
   for seed in plan.seeds or (None,):
-    res = _score_all(c, plan, store, workdir, seed, fixed, notes)
+    res = _score_all(plan, store, workdir, seed, fixed, notes)
     for meta in res.rows.values():        # tuned rows' searches: search.json, not results
       if SEARCH_KEY in meta:
         search[meta["row"]] = meta.pop(SEARCH_KEY)

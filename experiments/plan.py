@@ -115,6 +115,7 @@ class Plan:
     seed: the LFDN seed of a run without `seeds`; eval_seed: the evaluation key's seed.
     plots, trapezoid_aupr: eval.plots, eval.trapezoid_aupr.
     cache_dir: the config's cache_dir ("" = <workdir>/feature_cache).
+    record: the config as a plain nested dict (what config.json records).
   """
   nets: Mapping[str, NetSpec]
   rows: Mapping[str, RowSpec]
@@ -126,6 +127,7 @@ class Plan:
   plots: bool = True
   trapezoid_aupr: bool = False
   cache_dir: str = ""
+  record: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def plain(value: Any) -> Any:

@@ -27,6 +27,7 @@ from dlsr_jax.training import loop
 from dlsr_jax.training import workdir as workdir_lib
 from experiments import build
 from experiments import plan as plan_lib
+from experiments import workdir as record_lib
 
 
 def check_sources(c, plan: plan_lib.Plan, with_ood: bool = True) -> dict[str, int]:
@@ -211,7 +212,7 @@ def fit_key(plan: plan_lib.Plan, row: str) -> jax.Array:
 
 
 @contextlib.contextmanager
-def row_detector(c, plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.ArrayStore,
+def row_detector(plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.ArrayStore,
                  workdir: str, seed: Optional[int], restore_only: bool = False
                  ) -> Iterator[Detector]:
   """A row's detector with its trained net; a row whose fit trains (DLSR) gets its workdir
@@ -221,8 +222,7 @@ def row_detector(c, plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.Ar
   wd = row_workdir(workdir, row.name, seed) if row.trains else None
   writer = None
   if wd is not None and not restore_only:
-    cs = c if seed is None else build.with_seed(c, seed)
-    build.write_config(cs, wd)
+    record_lib.record_config(build.seed_record(plan.record, seed), wd)
     writer = metrics_writer.create(wd)
   try:
     yield plan_lib.make_detector(row, plan, net=store.nets.get(row.net), workdir=wd,
@@ -234,10 +234,10 @@ def row_detector(c, plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.Ar
       writer.close()
 
 
-def fit_row(c, plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.ArrayStore, workdir: str,
+def fit_row(plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.ArrayStore, workdir: str,
             seed: Optional[int]) -> tuple[Detector, Any]:
   """Makes a row's detector (with its trained net) and fits it on the ID train arrays."""
-  with row_detector(c, plan, row, store, workdir, seed) as det:
+  with row_detector(plan, row, store, workdir, seed) as det:
     state = det.fit(store.get(row.net, "train", row.fit_reads), fit_key(plan, row.name))
   return det, state
 
@@ -258,5 +258,5 @@ def run_train(c, workdir: str, plan: Optional[plan_lib.Plan] = None) -> plan_lib
     if row.trains:
       for seed in plan.seeds or (None,):
         logging.info("row %s: training in %s", row.name, row_workdir(workdir, row.name, seed))
-        fit_row(c, plan, row, store, workdir, seed)
+        fit_row(plan, row, store, workdir, seed)
   return plan
