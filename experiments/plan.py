@@ -203,16 +203,8 @@ def check_net(name: str, spec: NetSpec, layout: FeatureLayout) -> None:
                      f"{type(e).__name__}: {e}") from None
   if not spec.trains:
     return
-  settings = classifier.objective_settings(spec.recipe)
-  if "b" in objectives.settings_of(spec.recipe["objective"]) and settings.get("b") is None:
-    settings["b"] = 0.0   # estimated from the data when training; any value to construct it
   try:
-    from dlsr_jax.training import optim  # pylint: disable=g-import-not-at-top
-    tx = optim.sgd(classifier.sgd_config(spec.recipe), 1)
-    objectives.make(spec.recipe["objective"], net, tx, settings,
-                    augment=bool(spec.recipe["augment"]) and net.resolution is not None,
-                    ema_decay=spec.recipe["ema_decay"] or None, data=None, workdir=None,
-                    seed=spec.recipe["seed"])
+    classifier.check_objective(spec.recipe, net)
   except (ValueError, TypeError) as e:
     raise ValueError(f"c.nets.{name} (objective {spec.recipe['objective']!r}): {e}") from None
 

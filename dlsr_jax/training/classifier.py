@@ -156,6 +156,18 @@ def load_net(nc, num_features: Optional[int] = None) -> Net:
                      seed=_get(nc, "seed"), num_features=num_features, **settings)
 
 
+def check_objective(nc, net: Net) -> None:
+  """Constructs the recipe's optimizer and objective once for `net` (no data, no workdir), so
+  that a bad objective setting fails before any work (ValueError / TypeError)."""
+  settings = objective_settings(nc)
+  if "b" in objectives.settings_of(_get(nc, "objective")) and settings.get("b") is None:
+    settings["b"] = 0.0   # estimated from the data when training; any value to construct it
+  objectives.make(_get(nc, "objective"), net, optim.sgd(sgd_config(nc), 1), settings,
+                  augment=bool(_get(nc, "augment")) and net.resolution is not None,
+                  ema_decay=_get(nc, "ema_decay") or None, data=None, workdir=None,
+                  seed=_get(nc, "seed"))
+
+
 def fit_config(nc) -> loop.FitConfig:
   return loop.FitConfig(batch_size=_get(nc, "batch_size"), num_epochs=_get(nc, "epochs"),
                         seed=_get(nc, "seed"), log_every_steps=_get(nc, "log_every_steps"),
