@@ -13,7 +13,6 @@ file of its set ("files").
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import time
@@ -161,21 +160,10 @@ def run_evaluate(c, workdir: str, outdir: Optional[str] = None) -> dict:
   build.check_config(c, workdir, for_eval=True)            # trained with these settings?
   runner.check_sources(c, plan)                            # every set: a typo fails now
   runner.require_trained(plan, workdir)
-  with _eval_lock(workdir, take=not own_outdir):
+  # a workdir that a training run holds is refused; with an output folder of its own the
+  # evaluation only checks the lock, writing nothing at all into the workdir
+  with workdir_lib.lock(workdir, read_only=own_outdir):
     return _evaluate(c, plan, workdir, outdir, own_outdir)
-
-
-@contextlib.contextmanager
-def _eval_lock(workdir: str, take: bool):
-  """A workdir that a training run holds is refused. Writing its results into the workdir
-  (`take`), the evaluation holds the lock itself; with an output folder of its own it only
-  checks it, so that it writes nothing at all into the workdir."""
-  if take:
-    with workdir_lib.lock(workdir):
-      yield
-  else:
-    workdir_lib.check_unlocked(workdir)
-    yield
 
 
 def _evaluate(c, plan: plan_lib.Plan, workdir: str, outdir: str, own_outdir: bool) -> dict:

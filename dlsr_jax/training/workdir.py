@@ -166,9 +166,13 @@ def release(workdir: str) -> None:
 
 
 @contextlib.contextmanager
-def lock(workdir: str) -> Iterator[None]:
-  """Holds the workdir's lock (process 0 only) for the `with` body."""
-  took = jax.process_index() == 0 and acquire(workdir)
+def lock(workdir: str, read_only: bool = False) -> Iterator[None]:
+  """Holds the workdir's lock (process 0 only) for the `with` body. `read_only` (a reader
+  that writes nothing into the workdir): only checks that no other live process holds it
+  (`check_unlocked`)."""
+  if read_only:
+    check_unlocked(workdir)
+  took = not read_only and jax.process_index() == 0 and acquire(workdir)
   try:
     yield
   finally:
