@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 
 from dlsr_jax import evaluation as evaluation_lib
-from dlsr_jax.evaluation import arrays, outputs, table
+from dlsr_jax.evaluation import arrays, outputs
 from dlsr_jax.evaluation import tune as tune_lib
 from dlsr_jax.training import workdir as workdir_lib
 from experiments import build, runner
@@ -207,10 +207,7 @@ def _evaluate(c, plan: plan_lib.Plan, workdir: str, outdir: str, own_outdir: boo
       results["files"] = written
     per_seed.append(results)
   if plan.seeds:
-    results = dict(per_seed[0])
-    results["seeds"] = list(plan.seeds)
-    results["metrics"], results["metrics_std"] = table.mean_and_std(
-        [r["metrics"] for r in per_seed])
+    results = outputs.over_seeds(per_seed, plan.seeds)
     if jax.process_index() == 0:
       files = outputs.write_results(results, outdir, files)
       logging.info("mean +- std over seeds %s in %s", results["seeds"], outdir)
