@@ -14,10 +14,8 @@ are found by module name; the context arguments a module's `make` takes (`net`, 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib
 import inspect
-import json
 import os
 from typing import Any, Mapping, Optional
 
@@ -247,13 +245,8 @@ def provides(spec: NetSpec) -> tuple[str, ...]:
 def placeholder_net(spec: NetSpec, layout: FeatureLayout) -> Net:
   """The net with its starting weights (or a random init): for checking detector settings
   (loaded once per recipe and width: `build` runs several times before any work)."""
-  return _load_net(json.dumps(plain(spec.recipe), sort_keys=True, default=str),
-                   sum(layout.channels) if spec.kind == "head" else None)
-
-
-@functools.lru_cache(maxsize=16)
-def _load_net(recipe: str, num_features: Optional[int]) -> Net:
-  return classifier.load_net(json.loads(recipe), num_features=num_features)
+  return classifier.cached_net(plain(spec.recipe),
+                               sum(layout.channels) if spec.kind == "head" else None)
 
 
 def make_detector(row: RowSpec, plan: Plan, *, net: Optional[Net] = None,

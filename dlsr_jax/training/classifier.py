@@ -41,6 +41,7 @@ SIGTERM raises `dlsr_jax.training.preemption.Preempted` after a checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import json
 import os
@@ -166,6 +167,17 @@ def check_objective(nc, net: Net) -> None:
                   augment=bool(_get(nc, "augment")) and net.resolution is not None,
                   ema_decay=_get(nc, "ema_decay") or None, data=None, workdir=None,
                   seed=_get(nc, "seed"))
+
+
+def cached_net(nc: Mapping[str, Any], num_features: Optional[int] = None) -> Net:
+  """`load_net` of a plain recipe, loaded once per recipe and width (the last 16): for checks
+  that construct the same starting net many times."""
+  return _cached_net(json.dumps(dict(nc), sort_keys=True, default=str), num_features)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_net(recipe: str, num_features: Optional[int]) -> Net:
+  return load_net(json.loads(recipe), num_features=num_features)
 
 
 def fit_config(nc) -> loop.FitConfig:
