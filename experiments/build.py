@@ -23,6 +23,7 @@ from absl import logging
 
 from dlsr_jax import backbones, data, features, lfdn, multihost, schedule, trainer
 from dlsr_jax import train as train_lib
+from dlsr_jax.data import sources
 from dlsr_jax.detectors.base import FeatureLayout
 from dlsr_jax.evaluation import arrays
 from dlsr_jax.evaluation.arrays import BACKBONE
@@ -31,6 +32,7 @@ from experiments import plan as plan_lib
 from experiments import validate
 from experiments import workdir as workdir_lib
 from experiments.configs import datasets
+
 
 def feature_layout(c) -> FeatureLayout:
   """The levels of the "features" array (`c.layers` of `c.backbone`), by name."""
@@ -112,7 +114,7 @@ def _check_streams_apart(c, specs: Mapping[str, plan_lib.NetSpec]) -> None:
   tests.update({f"data.ood.{k}": str(v) for k, v in ood_sources(c).items()})
   for name, spec in specs.items():
     for stream, (source, _) in classifier.stream_sources(spec.recipe).items():
-      clash = [k for k, v in tests.items() if plan_lib.same_source(v, source)]
+      clash = [k for k, v in tests.items() if sources.same_source(v, source)]
       if clash:
         raise ValueError(f"c.nets.{name}.{stream} = {source!r} is also the test set "
                          f"{clash[0]}: training data must be disjoint from the test sets")
@@ -158,7 +160,7 @@ def build(c) -> plan_lib.Plan:
                        data=data_plan(c), seed=int(c.seed), eval_seed=int(c.eval.seed),
                        plots=bool(c.eval.plots),
                        trapezoid_aupr=bool(c.eval.get("trapezoid_aupr", False)),
-                       cache_dir=str(c.cache_dir or ""))
+                       cache_dir=str(c.cache_dir or ""), record=config_record(c))
 
 
 def data_plan(c) -> plan_lib.Data:
@@ -173,12 +175,10 @@ def data_plan(c) -> plan_lib.Data:
               ood_val=str(c.data.get("ood_val", "") or ""))
 
 
-def with_seed(c, seed: int):
-  """A copy of `c` for one of its `seeds`: `seed = seed`, no `seeds` (a seed run's record)."""
-  cs = c.copy_and_resolve_references()
-  with cs.unlocked():
-    cs.seed, cs.seeds = seed, ()
-  return cs
+def seed_record(record: Mapping, seed: Optional[int]) -> dict:
+  """A config record (`config_record`) for one of its `seeds`: `seed = seed`, no `seeds` (a
+  seed run's record); the record itself when `seed` is None."""
+  return dict(record) if seed is None else {**record, "seed": seed, "seeds": []}
 
 
 # ------------------------------------------- the config as library settings --

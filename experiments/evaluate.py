@@ -15,7 +15,8 @@ one message and exit status 1.
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import launch, run
+from dlsr_jax import cli
+from experiments import run
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
                                           lock_config=True)
@@ -28,7 +29,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   run.setup()
-  with launch.reported_failures(_WORKDIR.value):   # known failures: one message, exit 1
+  with cli.reported_failures(_WORKDIR.value):   # known failures: one message, exit 1
     results = run.evaluate(_CONFIG.value, _WORKDIR.value, _OUTDIR.value)
   from dlsr_jax.evaluation import report
   print(report.summary_table(results))
@@ -38,4 +39,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=launch.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

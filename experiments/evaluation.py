@@ -13,7 +13,6 @@ file of its set ("files").
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import time
@@ -25,7 +24,7 @@ import numpy as np
 from absl import logging
 
 from dlsr_jax import evaluation as evaluation_lib
-from dlsr_jax.evaluation import arrays, outputs, table
+from dlsr_jax.evaluation import arrays, outputs
 from dlsr_jax.evaluation import tune as tune_lib
 from dlsr_jax.training import workdir as workdir_lib
 from experiments import build, runner
@@ -85,32 +84,16 @@ def tune_row(plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.ArrayStor
       split_arrays(plan, store, row.net, VAL, keys),
       arrays.StoreArrays(store, row.net, OOD_VAL, keys),
       key=jax.random.key(plan.eval_seed), net=net, settings=row.settings)
-  grid = row.grid if row.grid is not None else tune_lib.default_grid(row.type, net)
-  grid_keys = list(grid) if isinstance(grid, Mapping) else list(
-      dict.fromkeys(k for cand in grid for k in cand))
-  settings = tune_lib.plain_settings(best)
   record = {"type": row.type, "net": row.net, "fit_set": row.fit_set,
             "id_val": plan.data.val, "ood_val": plan.data.ood_val,
-            "grid": json_plain(grid), "chosen": {k: settings[k] for k in grid_keys},
-            "settings": settings, "seconds": round(time.time() - t0, 3),
-            "candidates": candidates}
+            **tune_lib.search_record(row.type, row.grid, best, net),
+            "seconds": round(time.time() - t0, 3), "candidates": candidates}
   logging.info("row %s: tuned %s on %s vs %s: %s", row.name, row.type, plan.data.val,
                plan.data.ood_val, record["chosen"])
   return dataclasses.replace(row, settings=best), record
 
 
-def json_plain(value):
-  """A grid as JSON (ConfigDicts and tuples as dicts and lists)."""
-  if hasattr(value, "to_dict"):
-    value = value.to_dict()
-  if isinstance(value, Mapping):
-    return {k: json_plain(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [json_plain(v) for v in value]
-  return value
-
-
-def evaluate_row(c, plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.ArrayStore,
+def evaluate_row(plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.ArrayStore,
                  workdir: str, seed: Optional[int],
                  notes: Optional[list[str]] = None) -> evaluation_lib.Results:
   """One row through `dlsr_jax.evaluation.evaluate`: fitted on the ID train arrays of its net
@@ -125,7 +108,7 @@ def evaluate_row(c, plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.Ar
     warnings.simplefilter("always")
     if row.tune:
       row, record = tune_row(plan, row, store)
-    with runner.row_detector(c, plan, row, store, workdir, seed, restore_only=True) as det:
+    with runner.row_detector(plan, row, store, workdir, seed, restore_only=True) as det:
       res = evaluation_lib.evaluate(
           {row.name: det}, _fit_arrays(plan, store, row, row.fit_reads),
           {s: arrays.StoreArrays(store, row.net, s, row.reads) for s in set_names},
@@ -145,14 +128,14 @@ def evaluate_row(c, plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.Ar
   return res
 
 
-def _score_all(c, plan: plan_lib.Plan, store, workdir: str, seed: Optional[int],
+def _score_all(plan: plan_lib.Plan, store, workdir: str, seed: Optional[int],
                fixed: dict, notes: Optional[dict] = None) -> evaluation_lib.Results:
   """Results of every row for one seed; rows that train nothing are evaluated once (`fixed`);
   `notes`: {row: its warnings}."""
   for row in plan.rows.values():
     if row.trains or row.name not in fixed:
       row_notes = []
-      fixed[row.name] = evaluate_row(c, plan, row, store, workdir, seed, row_notes)
+      fixed[row.name] = evaluate_row(plan, row, store, workdir, seed, row_notes)
       if notes is not None:
         notes[row.name] = row_notes
   return evaluation_lib.Results.combine([fixed[r] for r in plan.rows])
@@ -177,21 +160,10 @@ def run_evaluate(c, workdir: str, outdir: Optional[str] = None) -> dict:
   build.check_config(c, workdir, for_eval=True)            # trained with these settings?
   runner.check_sources(c, plan)                            # every set: a typo fails now
   runner.require_trained(plan, workdir)
-  with _eval_lock(workdir, take=not own_outdir):
+  # a workdir that a training run holds is refused; with an output folder of its own the
+  # evaluation only checks the lock, writing nothing at all into the workdir
+  with workdir_lib.lock(workdir, read_only=own_outdir):
     return _evaluate(c, plan, workdir, outdir, own_outdir)
-
-
-@contextlib.contextmanager
-def _eval_lock(workdir: str, take: bool):
-  """A workdir that a training run holds is refused. Writing its results into the workdir
-  (`take`), the evaluation holds the lock itself; with an output folder of its own it only
-  checks it, so that it writes nothing at all into the workdir."""
-  if take:
-    with workdir_lib.lock(workdir):
-      yield
-  else:
-    workdir_lib.check_unlocked(workdir)
-    yield
 
 
 def _evaluate(c, plan: plan_lib.Plan, workdir: str, outdir: str, own_outdir: bool) -> dict:
@@ -211,7 +183,7 @@ def _evaluate(c, plan: plan_lib.Plan, workdir: str, outdir: str, own_outdir: boo
   settings["rows"] = {r.name: f"{r.type} on {r.net}" for r in plan.rows.values()}
   per_seed, fixed, files, moved, notes, search = [], {}, [], None, {}, {}
   for seed in plan.seeds or (None,):
-    res = _score_all(c, plan, store, workdir, seed, fixed, notes)
+    res = _score_all(plan, store, workdir, seed, fixed, notes)
     for meta in res.rows.values():        # tuned rows' searches: search.json, not results
       if SEARCH_KEY in meta:
         search[meta["row"]] = meta.pop(SEARCH_KEY)
@@ -235,10 +207,7 @@ def _evaluate(c, plan: plan_lib.Plan, workdir: str, outdir: str, own_outdir: boo
       results["files"] = written
     per_seed.append(results)
   if plan.seeds:
-    results = dict(per_seed[0])
-    results["seeds"] = list(plan.seeds)
-    results["metrics"], results["metrics_std"] = table.mean_and_std(
-        [r["metrics"] for r in per_seed])
+    results = outputs.over_seeds(per_seed, plan.seeds)
     if jax.process_index() == 0:
       files = outputs.write_results(results, outdir, files)
       logging.info("mean +- std over seeds %s in %s", results["seeds"], outdir)

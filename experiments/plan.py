@@ -14,10 +14,8 @@ are found by module name; the context arguments a module's `make` takes (`net`, 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib
 import inspect
-import json
 import os
 from typing import Any, Mapping, Optional
 
@@ -115,6 +113,7 @@ class Plan:
     seed: the LFDN seed of a run without `seeds`; eval_seed: the evaluation key's seed.
     plots, trapezoid_aupr: eval.plots, eval.trapezoid_aupr.
     cache_dir: the config's cache_dir ("" = <workdir>/feature_cache).
+    record: the config as a plain nested dict (what config.json records).
   """
   nets: Mapping[str, NetSpec]
   rows: Mapping[str, RowSpec]
@@ -126,6 +125,7 @@ class Plan:
   plots: bool = True
   trapezoid_aupr: bool = False
   cache_dir: str = ""
+  record: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def plain(value: Any) -> Any:
@@ -176,40 +176,12 @@ def net_spec(name: str, block: Mapping[str, Any]) -> NetSpec:
   if recipe["objective"] != "cross_entropy" and not recipe["epochs"]:
     raise ValueError(f"c.nets.{name}: objective {recipe['objective']!r} with epochs=0 trains "
                      "nothing; set epochs")
-  _check_recipe(name, recipe)
+  try:
+    classifier.check_numbers(recipe)
+  except ValueError as e:
+    raise ValueError(f"c.nets.{name}.{e}") from None
   return NetSpec(name=name, kind=kind, model=model, weights=weights,
                  init_from=str(block.get("init_from", "") or ""), recipe=recipe)
-
-
-# key of a net block -> (check, what is allowed)
-_RECIPE_CHECKS = {
-    "num_classes": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
-    "epochs": (lambda v: _is_int(v) and v >= 0, "an int >= 0 (0 = no training)"),
-    "batch_size": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
-    "seed": (lambda v: _is_int(v), "an int"),
-    "learning_rate": (lambda v: _is_number(v) and 0 < v < 1e3, "a number in (0, 1000)"),
-    "momentum": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    "weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    "weight_decay_on": (lambda v: v in ("all", "kernels"), "'all' or 'kernels'"),
-    "ema_decay": (lambda v: _is_number(v) and 0 <= v < 1, "in [0, 1)"),
-    "log_every_steps": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
-    "checkpoint_every_steps": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
-}
-
-
-def _is_int(v: Any) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-  return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _check_recipe(name: str, recipe: Mapping[str, Any]) -> None:
-  """The numbers of a net block, each named by its key (`c.nets.<name>.<key>`)."""
-  for key, (ok, allowed) in _RECIPE_CHECKS.items():
-    if key in recipe and not ok(recipe[key]):
-      raise ValueError(f"c.nets.{name}.{key} = {recipe[key]!r}: must be {allowed}")
 
 
 def check_net(name: str, spec: NetSpec, layout: FeatureLayout) -> None:
@@ -229,16 +201,8 @@ def check_net(name: str, spec: NetSpec, layout: FeatureLayout) -> None:
                      f"{type(e).__name__}: {e}") from None
   if not spec.trains:
     return
-  settings = classifier.objective_settings(spec.recipe)
-  if "b" in objectives.settings_of(spec.recipe["objective"]) and settings.get("b") is None:
-    settings["b"] = 0.0   # estimated from the data when training; any value to construct it
   try:
-    from dlsr_jax.training import optim  # pylint: disable=g-import-not-at-top
-    tx = optim.sgd(classifier.sgd_config(spec.recipe), 1)
-    objectives.make(spec.recipe["objective"], net, tx, settings,
-                    augment=bool(spec.recipe["augment"]) and net.resolution is not None,
-                    ema_decay=spec.recipe["ema_decay"] or None, data=None, workdir=None,
-                    seed=spec.recipe["seed"])
+    classifier.check_objective(spec.recipe, net)
   except (ValueError, TypeError) as e:
     raise ValueError(f"c.nets.{name} (objective {spec.recipe['objective']!r}): {e}") from None
 
@@ -281,13 +245,8 @@ def provides(spec: NetSpec) -> tuple[str, ...]:
 def placeholder_net(spec: NetSpec, layout: FeatureLayout) -> Net:
   """The net with its starting weights (or a random init): for checking detector settings
   (loaded once per recipe and width: `build` runs several times before any work)."""
-  return _load_net(json.dumps(plain(spec.recipe), sort_keys=True, default=str),
-                   sum(layout.channels) if spec.kind == "head" else None)
-
-
-@functools.lru_cache(maxsize=16)
-def _load_net(recipe: str, num_features: Optional[int]) -> Net:
-  return classifier.load_net(json.loads(recipe), num_features=num_features)
+  return classifier.cached_net(plain(spec.recipe),
+                               sum(layout.channels) if spec.kind == "head" else None)
 
 
 def make_detector(row: RowSpec, plan: Plan, *, net: Optional[Net] = None,
@@ -393,15 +352,3 @@ def tunable(spec: RowSpec, nets: Mapping[str, NetSpec], layout: FeatureLayout) -
 
 
 TUNED_SUFFIX = "@tuned"
-
-
-def same_source(a: str, b: str) -> bool:
-  """Whether two data sources name the same data: equal strings, or npz / folder paths that
-  resolve to the same file (`./`, `..`, symlinks). Copies are found by their images' digest
-  when the arrays are loaded (`runner`)."""
-  if a == b:
-    return True
-  (sa, _, pa), (sb, _, pb) = a.partition(":"), b.partition(":")
-  if sa != sb or sa not in ("npz", "folder"):
-    return False
-  return os.path.realpath(os.path.expanduser(pa)) == os.path.realpath(os.path.expanduser(pb))

@@ -15,7 +15,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import launch, run
+from dlsr_jax import cli
+from experiments import run
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "experiments/configs/quickstart.py", "Config file (path[:variant]).",
@@ -30,7 +31,7 @@ def main(argv):
   run.setup()
   c, wd = _CONFIG.value, _WORKDIR.value
   t0 = time.time()
-  with launch.reported_failures(wd):   # known failures: one message, exit 1
+  with cli.reported_failures(wd):   # known failures: one message, exit 1
     run.train(c, wd)
     t1 = time.time()
     results = run.evaluate(c, wd)
@@ -45,4 +46,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=launch.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

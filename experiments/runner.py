@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import time
 from typing import Any, Iterator, Mapping, Optional
@@ -25,8 +24,10 @@ from dlsr_jax.evaluation import arrays
 from dlsr_jax.detectors.base import Detector
 from dlsr_jax.training import classifier, metrics_writer
 from dlsr_jax.training import loop
+from dlsr_jax.training import workdir as workdir_lib
 from experiments import build
 from experiments import plan as plan_lib
+from experiments import workdir as record_lib
 
 
 def check_sources(c, plan: plan_lib.Plan, with_ood: bool = True) -> dict[str, int]:
@@ -144,7 +145,7 @@ def prepare_nets(plan: plan_lib.Plan, workdir: str, store: arrays.ArrayStore,
                    "restoring" if restore_only else "training / restoring", wd)
       try:
         net = classifier.train_classifier(net, x, y, spec.recipe, wd,
-                                          streams=_streams(store, name, spec, x, tests),
+                                          streams=_streams(store, name, spec, tests, x),
                                           restore_only=restore_only)
       except loop.Diverged as e:   # the net's own key, not the LFDN's optim.learning_rate
         raise e.with_advice(
@@ -161,15 +162,16 @@ def prepare_nets(plan: plan_lib.Plan, workdir: str, store: arrays.ArrayStore,
   return info
 
 
-def _streams(store: arrays.ArrayStore, name: str, spec: plan_lib.NetSpec, x_in,
-             tests: Mapping[str, tuple[str, str]]) -> dict[str, dict]:
-  """The objective's other streams (e.g. the outlier images), loaded from their sources."""
+def _streams(store: arrays.ArrayStore, name: str, spec: plan_lib.NetSpec,
+             tests: Mapping[str, tuple[str, str]], x_in=None) -> dict[str, dict]:
+  """The objective's other streams (e.g. the outlier images) of net `name`, loaded from their
+  sources; each is checked to hold no test set's images (and the image shape of `x_in`)."""
   out = {}
   for stream, (source, _) in classifier.stream_sources(spec.recipe).items():
     set_name = stream_set(name, stream)
     store.sources[set_name] = source
     images = store.get(arrays.BACKBONE, set_name, ["images"])["images"]
-    if images.shape[1:] != x_in.shape[1:]:
+    if x_in is not None and images.shape[1:] != x_in.shape[1:]:
       raise ValueError(f"c.nets.{name}: {stream} {source!r} has images of shape "
                        f"{images.shape[1:]}, the ID training images {x_in.shape[1:]}")
     _check_not_a_test_set(store, tests, f"c.nets.{name}.{stream}", source, images)
@@ -183,11 +185,7 @@ def check_streams(plan: plan_lib.Plan, store: arrays.ArrayStore,
   a test set's images, before any net trains."""
   for name, spec in plan.nets.items():
     if spec.trains:
-      for stream, (source, _) in classifier.stream_sources(spec.recipe).items():
-        set_name = stream_set(name, stream)
-        store.sources[set_name] = source
-        images = store.get(arrays.BACKBONE, set_name, ["images"])["images"]
-        _check_not_a_test_set(store, tests, f"c.nets.{name}.{stream}", source, images)
+      _streams(store, name, spec, tests)
 
 
 def _check_not_a_test_set(store: arrays.ArrayStore, tests: Mapping[str, tuple[str, str]],
@@ -214,7 +212,7 @@ def fit_key(plan: plan_lib.Plan, row: str) -> jax.Array:
 
 
 @contextlib.contextmanager
-def row_detector(c, plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.ArrayStore,
+def row_detector(plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.ArrayStore,
                  workdir: str, seed: Optional[int], restore_only: bool = False
                  ) -> Iterator[Detector]:
   """A row's detector with its trained net; a row whose fit trains (DLSR) gets its workdir
@@ -224,8 +222,7 @@ def row_detector(c, plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.Ar
   wd = row_workdir(workdir, row.name, seed) if row.trains else None
   writer = None
   if wd is not None and not restore_only:
-    cs = c if seed is None else build.with_seed(c, seed)
-    build.write_config(cs, wd)
+    record_lib.record_config(build.seed_record(plan.record, seed), wd)
     writer = metrics_writer.create(wd)
   try:
     yield plan_lib.make_detector(row, plan, net=store.nets.get(row.net), workdir=wd,
@@ -237,25 +234,12 @@ def row_detector(c, plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.Ar
       writer.close()
 
 
-def fit_row(c, plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.ArrayStore, workdir: str,
+def fit_row(plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.ArrayStore, workdir: str,
             seed: Optional[int]) -> tuple[Detector, Any]:
   """Makes a row's detector (with its trained net) and fits it on the ID train arrays."""
-  with row_detector(c, plan, row, store, workdir, seed) as det:
+  with row_detector(plan, row, store, workdir, seed) as det:
     state = det.fit(store.get(row.net, "train", row.fit_reads), fit_key(plan, row.name))
   return det, state
-
-
-def record_run(workdir: str, info: dict) -> None:
-  """Appends this call's nets (objective, wall seconds to train or restore) to train_runs.json."""
-  path = os.path.join(workdir, "train_runs.json")
-  runs = []
-  if os.path.exists(path):
-    with open(path) as f:
-      runs = json.load(f)
-  runs.append({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "nets": info})
-  with open(path + ".tmp", "w") as f:
-    json.dump(runs, f, indent=2)
-  os.replace(path + ".tmp", path)
 
 
 def run_train(c, workdir: str, plan: Optional[plan_lib.Plan] = None) -> plan_lib.Plan:
@@ -269,10 +253,10 @@ def run_train(c, workdir: str, plan: Optional[plan_lib.Plan] = None) -> plan_lib
   check_streams(plan, store, plan.data.test_sets())
   info = prepare_nets(plan, workdir, store, tests=plan.data.test_sets())
   if info and jax.process_index() == 0:
-    record_run(workdir, info)
+    workdir_lib.append_run(workdir, info)
   for row in plan.rows.values():
     if row.trains:
       for seed in plan.seeds or (None,):
         logging.info("row %s: training in %s", row.name, row_workdir(workdir, row.name, seed))
-        fit_row(c, plan, row, store, workdir, seed)
+        fit_row(plan, row, store, workdir, seed)
   return plan

@@ -9,7 +9,7 @@ with `c.seeds`), on the cached features of the ID training set. The config is ch
 (`experiments/build.py`) before anything runs. Re-running the same command resumes each
 run from its latest checkpoint (finished runs are restored, not retrained).
 On SIGTERM (preemption) training saves a checkpoint at the current step and
-exits with status 143 (`launch.PREEMPTED_EXIT_CODE`) and a message saying so;
+exits with status 143 (`cli.PREEMPTED_EXIT_CODE`) and a message saying so;
 re-running resumes there, exactly.
 
 Multi-host (TPU pods, several GPU nodes, several processes): run the same
@@ -23,7 +23,8 @@ checkpoints are written collectively into the shared --workdir.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import launch, run
+from dlsr_jax import cli
+from experiments import run
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
                                           lock_config=True)
@@ -35,10 +36,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   run.setup()
-  with launch.reported_failures(_WORKDIR.value):   # known failures: one message, exit 1
+  with cli.reported_failures(_WORKDIR.value):   # known failures: one message, exit 1
     run.train(_CONFIG.value, _WORKDIR.value)
   logging.info("done: checkpoints in %s", _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=launch.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

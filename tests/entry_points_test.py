@@ -6,11 +6,12 @@ import sys
 
 import pytest
 
+from dlsr_jax import cli
+from dlsr_jax.training import workdir as workdir_lib
 from dlsr_jax.training.checkpoint import CheckpointError
 from dlsr_jax.training.loop import Diverged
 from dlsr_jax.training.preemption import Preempted
-from dlsr_jax.training import workdir as workdir_lib
-from experiments import build, launch
+from experiments import build
 from experiments.configs import quickstart
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +37,7 @@ def _last_line(proc) -> str:
 ])
 def test_known_failures_exit_1_with_their_message(error, capsys):
   with pytest.raises(SystemExit) as exit_info:
-    with launch.reported_failures("/w"):
+    with cli.reported_failures("/w"):
       raise error
   assert exit_info.value.code == 1
   err = capsys.readouterr().err
@@ -45,17 +46,17 @@ def test_known_failures_exit_1_with_their_message(error, capsys):
 
 def test_preempted_exits_143_naming_ctrl_c_and_other_errors_propagate(capsys):
   with pytest.raises(SystemExit) as exit_info:
-    with launch.reported_failures("/w"):
+    with cli.reported_failures("/w"):
       raise Preempted(7, "Ctrl-C")
-  assert exit_info.value.code == launch.PREEMPTED_EXIT_CODE
+  assert exit_info.value.code == cli.PREEMPTED_EXIT_CODE
   assert "training stopped on Ctrl-C at step 7" in capsys.readouterr().out
   with pytest.raises(SystemExit) as exit_info:
-    with launch.reported_failures("/w"):
+    with cli.reported_failures("/w"):
       raise KeyboardInterrupt("second Ctrl-C: stopped at once, without a checkpoint")
-  assert exit_info.value.code == launch.INTERRUPTED_EXIT_CODE
+  assert exit_info.value.code == cli.INTERRUPTED_EXIT_CODE
   assert "INTERRUPTED (Ctrl-C): second Ctrl-C" in capsys.readouterr().err
   with pytest.raises(RuntimeError, match="a bug"):       # not a known failure: traceback
-    with launch.reported_failures("/w"):
+    with cli.reported_failures("/w"):
       raise RuntimeError("a bug")
 
 

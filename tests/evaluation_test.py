@@ -83,20 +83,21 @@ def test_forward_on_features_and_images():
   np.testing.assert_allclose(out["logits"], np.asarray(head.apply(head.params, z)[0]), rtol=1e-6)
 
 
-def _fake_scores(c, plan, store, workdir, seed, fixed, notes=None):
+def _fake_scores(plan, store, workdir, seed, fixed, notes=None):
   """Synthetic scores of every configured row: k-free rows and, for "dlsr", mse at eval.ks."""
   del store, workdir, fixed, notes
   rng = np.random.default_rng(seed or 0)
-  sets = ["id", *evaluation.ood_sources(c)]
+  sets = ["id", *plan.data.ood]
   draw = lambda: {s: rng.normal(size=6) + (s != "id") for s in sets}
   scores, meta = {}, {}
   for row in plan.rows.values():
-    by_k = ({str(k): draw() for k in c.eval.ks} if row.type == "dlsr" else {"-": draw()})
+    ks = plan.record["eval"]["ks"]
+    by_k = {str(k): draw() for k in ks} if row.type == "dlsr" else {"-": draw()}
     key = "mse" if row.type == "dlsr" else row.name
     scores[key] = by_k
     meta[key] = {"row": row.name, "detector": row.type, "net": row.net, "score": key}
-  return Results("id", tuple(sets[1:]), evaluation.parse_groups(c), scores, meta,
-                 {r: {} for r in plan.rows})
+  groups = {g: list(m) for g, m in plan.data.groups.items()}
+  return Results("id", tuple(sets[1:]), groups, scores, meta, {r: {} for r in plan.rows})
 
 
 def test_a_second_evaluation_moves_the_first_ones_outputs_aside(config, tmp_path, monkeypatch,

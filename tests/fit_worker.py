@@ -9,7 +9,7 @@ Trains the tiny LFDN `MODEL` on the [N, C] `z` of --features with checkpoints in
 step's metrics to WD/metrics.<process index>.jsonl (so a file from another
 process would show that it wrote too) and, with --out, saves the final state
 and the LR reference checkpoint's state (one epoch) as flat npz entries. On preemption it
-exits like `experiments.train` (status `launch.PREEMPTED_EXIT_CODE`).
+exits like `experiments.train` (status `cli.PREEMPTED_EXIT_CODE`).
 --step_delay slows every step (inside the metrics callback) so that a test can
 kill the run mid-training; it does not change what is computed.
 
@@ -185,9 +185,8 @@ def main(argv=None) -> None:
   sys.path.insert(0, ROOT)
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dlsr_jax import multihost, schedule, trainer  # pylint: disable=g-import-not-at-top
+  from dlsr_jax import cli, multihost, schedule, trainer  # pylint: disable=g-import-not-at-top
   from dlsr_jax.training.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
-  from experiments import launch  # pylint: disable=g-import-not-at-top
 
   jax.config.update("jax_threefry_partitionable", True)
   if args.coordinator:
@@ -216,7 +215,7 @@ def main(argv=None) -> None:
     first = ckpt.restore_reference(state, ckpt.reference_steps()[0])
   except trainer.Preempted as e:
     ckpt.close()
-    launch.exit_preempted(e.step, args.workdir, e.reason)
+    cli.exit_preempted(e.step, args.workdir, e.reason)
   ckpt.close()
   if args.out and jax.process_index() == 0:
     np.savez(args.out, **flat(state, "final"), **flat(first, "first"))

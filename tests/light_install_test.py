@@ -16,7 +16,7 @@ import types
 import numpy as np
 import pytest
 
-from dlsr_jax import extras, logs
+from dlsr_jax import cli, extras, logs
 from dlsr_jax.data import sources
 from dlsr_jax.training import metrics_writer
 from experiments import build, launch, validate
@@ -129,7 +129,7 @@ def test_cli_tensorboard_on_without_the_extra_exits_1_naming_it(monkeypatch, cap
   monkeypatch.setattr(launch, "_TENSORBOARD", types.SimpleNamespace(value="on"))
   with pytest.raises(SystemExit) as exit_info:
     launch.check_tensorboard()
-  assert exit_info.value.code == launch.FAILED_EXIT_CODE
+  assert exit_info.value.code == cli.FAILED_EXIT_CODE
   err = capsys.readouterr().err
   assert err.startswith("FAILED (MissingExtra): --tensorboard=on") and \
       "pip install 'dlsr_jax[tensorboard]'" in err

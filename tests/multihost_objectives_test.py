@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fit_worker  # pylint: disable=wrong-import-position
 import objective_worker as worker  # pylint: disable=wrong-import-position
 
-from experiments import launch  # pylint: disable=wrong-import-position
+from dlsr_jax import cli  # pylint: disable=wrong-import-position
 
 OBJECTIVES = ("oe", "umap", "cb", "gan")
 STREAMS = {"oe": ("in", "outliers"), "umap": ("in",), "cb": ("in",), "gan": ("in",)}
@@ -171,7 +171,7 @@ def test_per_host_shards_of_every_stream_are_disjoint_and_complete(run, runs):
 
 
 def test_sigterm_on_one_host_stops_both_at_one_step_and_resume_equals_uninterrupted(runs):
-  assert runs["rcs"] == [launch.PREEMPTED_EXIT_CODE] * 2, [t[-4000:] for t in runs["tails"]]
+  assert runs["rcs"] == [cli.PREEMPTED_EXIT_CODE] * 2, [t[-4000:] for t in runs["tails"]]
   steps = []
   for tail in runs["tails"]:     # every process logs where it stopped
     assert "preempted (SIGTERM): stopped at step " in tail, tail[-4000:]

@@ -23,7 +23,7 @@ from dlsr_jax.training.checkpoint import Checkpointer
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fit_worker  # noqa: E402  pylint: disable=wrong-import-position
 
-from experiments import launch  # noqa: E402  pylint: disable=wrong-import-position
+from dlsr_jax import cli  # noqa: E402  pylint: disable=wrong-import-position
 
 N, BATCH, EPOCHS = 47, 16, 6            # 2 steps per epoch; feature shards of 23 and 24
 TOTAL = EPOCHS * (N // BATCH)
@@ -115,7 +115,7 @@ def test_sigterm_on_one_host_stops_both_at_one_step_then_resume(env, reference):
   procs[1].send_signal(signal.SIGTERM)     # the scheduler preempts host 1 only
   rcs = fit_worker.finish_all(procs, logs, TIMEOUT)
   tails = [fit_worker.log_tail(log) for log in logs]
-  assert rcs == [launch.PREEMPTED_EXIT_CODE] * 2, tails
+  assert rcs == [cli.PREEMPTED_EXIT_CODE] * 2, tails
   step = int(tails[0].split("training stopped on SIGTERM at step ")[1].split(";")[0])
   assert N // BATCH < step < TOTAL
   assert fit_worker.checkpoint_steps(env["root"] / name / "checkpoints") == [N // BATCH, step]

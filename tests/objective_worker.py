@@ -19,7 +19,7 @@ Outputs per run, in DIR/<run>:
                    ([steps of this invocation, local batch]), read back from the very
                    arrays the loop handed to `parallel.host_to_global`.
 On preemption (SIGTERM on any host) the process exits like `experiments.train`
-(status `launch.PREEMPTED_EXIT_CODE`). --step_delay slows each step of the --slow run
+(status `cli.PREEMPTED_EXIT_CODE`). --step_delay slows each step of the --slow run
 (in the metrics callback) so that a test can signal it mid-training.
 
 Importing this module does not start JAX; the tests import `RUNS`, `toy_data` and
@@ -160,9 +160,8 @@ def main(argv=None) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from dlsr_jax import multihost  # pylint: disable=g-import-not-at-top
+  from dlsr_jax import cli, multihost  # pylint: disable=g-import-not-at-top
   from dlsr_jax.training.preemption import Preempted  # pylint: disable=g-import-not-at-top
-  from experiments import launch  # pylint: disable=g-import-not-at-top
   from tests import fit_worker  # pylint: disable=g-import-not-at-top
 
   if args.coordinator:
@@ -180,7 +179,7 @@ def main(argv=None) -> None:
       state, export = train_run(run, workdir, data, rows, step_delay=delay)
     except Preempted as e:
       save_rows(rows_path, rows)
-      launch.exit_preempted(e.step, workdir, e.reason)
+      cli.exit_preempted(e.step, workdir, e.reason)
     save_rows(rows_path, rows)
     if p == 0:
       np.savez(os.path.join(workdir, "state.npz"), **fit_worker.flat(state, "state"),

@@ -2,7 +2,7 @@
 training workdir, a failed first run does not lock its workdir, every setting and data source
 is checked before any work, no silent training on missing / wrong labels or on a test set.
 
-Each case runs through `launch.reported_failures` (what the entry points do), so it checks the
+Each case runs through `cli.reported_failures` (what the entry points do), so it checks the
 exit status and the one-line message. The backbone is a stand-in (its level layout, features
 from a fixed projection of the pixels) so that each case takes seconds.
 """
@@ -18,9 +18,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from dlsr_jax import backbones, features
+from dlsr_jax import backbones, cli, features
 from dlsr_jax.training import workdir as workdir_lib
-from experiments import build, evaluation, launch, run
+from experiments import build, evaluation, run
 from experiments.configs import quickstart
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,9 +107,9 @@ def _fails(capsys, fn, *args, **kwargs) -> str:
   """Runs `fn` as an entry point does; asserts exit status 1; returns its one-line message."""
   capsys.readouterr()
   with pytest.raises(SystemExit) as exit_:
-    with launch.reported_failures("wd"):
+    with cli.reported_failures("wd"):
       fn(*args, **kwargs)
-  assert exit_.value.code == launch.FAILED_EXIT_CODE
+  assert exit_.value.code == cli.FAILED_EXIT_CODE
   err = capsys.readouterr().err.strip()
   assert "Traceback" not in err, err
   err = err.splitlines()[-1]          # after any progress bars
@@ -466,5 +466,5 @@ def test_a_full_disk_inside_another_error_is_one_line(capsys):
   assert err.startswith("FAILED (OSError): [Errno 28] No space left on device") and (
       "/wd/checkpoints/8" in err), err
   with pytest.raises(RuntimeError, match="a bug"):   # anything else keeps its traceback
-    with launch.reported_failures("wd"):
+    with cli.reported_failures("wd"):
       raise RuntimeError("a bug")

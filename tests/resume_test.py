@@ -21,7 +21,7 @@ from dlsr_jax import parallel, trainer
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fit_worker  # noqa: E402  pylint: disable=wrong-import-position
 
-from experiments import launch  # noqa: E402  pylint: disable=wrong-import-position
+from dlsr_jax import cli  # noqa: E402  pylint: disable=wrong-import-position
 
 N, BATCH, EPOCHS = 48, 16, 8            # 3 steps per epoch, 24 steps
 STEPS_PER_EPOCH, TOTAL = N // BATCH, EPOCHS * N // BATCH
@@ -101,7 +101,7 @@ def test_sigterm_saves_exits_with_message_and_rerun_is_exact(env):
   proc.send_signal(signal.SIGTERM)
   rc = fit_worker.finish(proc, log, 60)
   out = fit_worker.log_tail(log)
-  assert rc == launch.PREEMPTED_EXIT_CODE, out
+  assert rc == cli.PREEMPTED_EXIT_CODE, out
   step = int(out.split("training stopped on SIGTERM at step ")[1].split(";")[0])
   assert "Re-run the same command to resume" in out
   assert STEPS_PER_EPOCH < step < TOTAL
@@ -124,7 +124,7 @@ def test_ctrl_c_saves_and_exits_like_sigterm(env):
   proc.send_signal(signal.SIGINT)
   rc = fit_worker.finish(proc, log, 60)
   out = fit_worker.log_tail(log)
-  assert rc == launch.PREEMPTED_EXIT_CODE, out
+  assert rc == cli.PREEMPTED_EXIT_CODE, out
   assert "Ctrl-C received: checkpointing after this step" in out
   step = int(out.split("training stopped on Ctrl-C at step ")[1].split(";")[0])
   assert "KeyboardInterrupt" not in out and "Traceback" not in out
@@ -148,6 +148,6 @@ def test_experiments_train_reports_preemption_and_exits_143(monkeypatch, tmp_pat
       train.main(["train"])
   finally:
     flags.FLAGS.unparse_flags()
-  assert exit_info.value.code == launch.PREEMPTED_EXIT_CODE == 143
+  assert exit_info.value.code == cli.PREEMPTED_EXIT_CODE == 143
   out = capsys.readouterr().out
   assert "PREEMPTED" in out and "step 7" in out and "resume" in out and str(tmp_path) in out

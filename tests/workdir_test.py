@@ -12,6 +12,7 @@ import pytest
 
 from dlsr_jax.training import workdir as workdir_lib
 from experiments import build, run
+from experiments import workdir as record_lib
 from experiments.configs import quickstart
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,10 +128,10 @@ def test_seed_runs_are_guarded_too(tmp_path, monkeypatch):
   c.seeds = (0, 1)
   seen = []
 
-  def fake_fit_row(c, plan, row, store, wd, seed):
+  def fake_fit_row(plan, row, store, wd, seed):
     seen.append((row.name, seed, os.path.exists(os.path.join(wd, ".lock"))))
     rwd = runner.row_workdir(wd, row.name, seed)
-    build.write_config(build.with_seed(c, seed), rwd)   # what fit_row records
+    record_lib.record_config(build.seed_record(plan.record, seed), rwd)   # what fit_row records
 
   monkeypatch.setattr(runner.arrays, "ArrayStore", lambda *a, **k: None)
   monkeypatch.setattr(runner, "prepare_nets", lambda *a, **k: None)

@@ -26,6 +26,7 @@ aspect-changing resize; no crop); images already ``S x S`` are untouched.
 
 from __future__ import annotations
 
+import os
 from typing import Optional, Tuple
 
 import numpy as np
@@ -133,3 +134,15 @@ def load_images(source: str, *, image_size: Optional[int] = None,
                      f"valid schemes: {', '.join(s + ':' for s in SCHEMES)}")
   _check_not_empty(images, source)
   return ImageSet(images=np.ascontiguousarray(images), labels=labels, name=source)
+
+
+def same_source(a: str, b: str) -> bool:
+  """Whether two data sources name the same data: equal strings, or npz / folder paths that
+  resolve to the same file (`./`, `..`, symlinks). (Copies under other names are found by
+  their images' digest when the arrays are loaded: `experiments/runner.py`.)"""
+  if a == b:
+    return True
+  (sa, _, pa), (sb, _, pb) = a.partition(":"), b.partition(":")
+  if sa != sb or sa not in ("npz", "folder"):
+    return False
+  return os.path.realpath(os.path.expanduser(pa)) == os.path.realpath(os.path.expanduser(pb))

@@ -17,7 +17,7 @@ from typing import Mapping, Optional
 
 from absl import logging
 
-from dlsr_jax.evaluation import report
+from dlsr_jax.evaluation import report, table
 
 # Every file an evaluation writes, in its output folder and in each SEED_DIRS folder of it
 # (one per seed). An earlier evaluation's are moved to PREVIOUS_DIR/<timestamp>/ first.
@@ -45,6 +45,17 @@ def write_results(results: dict, outdir: str, files: list[str]) -> list[str]:
   paths = report.write_results(results, outdir)
   logging.info("wrote %s", paths)
   return results["files"]
+
+
+def over_seeds(per_seed: list[dict], seeds) -> dict:
+  """One results dict for several seeds' (`per_seed`, in `seeds` order): the first's, with
+  "seeds" and the mean of the metrics over seeds ("metrics") beside their standard deviation
+  ("metrics_std")."""
+  results = dict(per_seed[0])
+  results["seeds"] = list(seeds)
+  results["metrics"], results["metrics_std"] = table.mean_and_std(
+      [r["metrics"] for r in per_seed])
+  return results
 
 
 def previous_outputs(outdir: str) -> list[str]:

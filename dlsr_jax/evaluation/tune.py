@@ -292,6 +292,30 @@ def plain_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
   return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in settings.items()}
 
 
+def search_record(detector_type: str, settings_grid: Optional[Grid], best: Mapping[str, Any],
+                  net: Any = None) -> dict[str, Any]:
+  """What a tuned row's search record says of `tune`'s choice, JSON-able: "grid" (the grid
+  searched: `settings_grid` or the type's default), "chosen" (the best candidate's values of
+  the grid's keys), "settings" (its complete settings)."""
+  grid = settings_grid if settings_grid is not None else default_grid(detector_type, net)
+  keys = list(grid) if isinstance(grid, Mapping) else list(
+      dict.fromkeys(k for cand in grid for k in cand))
+  settings = plain_settings(best)
+  return {"grid": _json_plain(grid), "chosen": {k: settings[k] for k in keys},
+          "settings": settings}
+
+
+def _json_plain(value):
+  """A grid as JSON (ConfigDicts and tuples as dicts and lists)."""
+  if hasattr(value, "to_dict"):
+    value = value.to_dict()
+  if isinstance(value, Mapping):
+    return {k: _json_plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_plain(v) for v in value]
+  return value
+
+
 def _accepted(detector_type: str, cands: list, fit, id_val, ood_val, key, net) -> list:
   """The candidates the detector accepts (as `tune` skips the refused ones)."""
   try:

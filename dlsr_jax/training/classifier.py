@@ -41,6 +41,7 @@ SIGTERM raises `dlsr_jax.training.preemption.Preempted` after a checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import json
 import os
@@ -92,6 +93,41 @@ def net_config(**overrides) -> dict[str, Any]:
   return {**DEFAULTS, **overrides}
 
 
+# key of a recipe -> (check, what is allowed)
+_RECIPE_CHECKS = {
+    "num_classes": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "epochs": (lambda v: _is_int(v) and v >= 0, "an int >= 0 (0 = no training)"),
+    "batch_size": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "seed": (lambda v: _is_int(v), "an int"),
+    "learning_rate": (lambda v: _is_number(v) and 0 < v < 1e3, "a number in (0, 1000)"),
+    "momentum": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "weight_decay_on": (lambda v: v in ("all", "kernels"), "'all' or 'kernels'"),
+    "ema_decay": (lambda v: _is_number(v) and 0 <= v < 1, "in [0, 1)"),
+    "log_every_steps": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "checkpoint_every_steps": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+}
+
+
+def _is_int(v: Any) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_numbers(nc) -> None:
+  """The numbers of recipe `nc`, before any work.
+
+  Raises:
+    ValueError: "<key> = <value>: must be <what is allowed>" for the first bad one.
+  """
+  for key, (ok, allowed) in _RECIPE_CHECKS.items():
+    if key in nc and not ok(nc[key]):
+      raise ValueError(f"{key} = {nc[key]!r}: must be {allowed}")
+
+
 def objective_settings(nc) -> dict[str, Any]:
   """The objective's own settings in block `nc` (the keyword arguments of its `make`)."""
   names = objectives.settings_of(_get(nc, "objective"))
@@ -119,6 +155,29 @@ def load_net(nc, num_features: Optional[int] = None) -> Net:
   settings = {k: nc[k] for k in MODEL_SETTINGS if k in nc}
   return models.load(_get(nc, "model"), weights, num_classes=_get(nc, "num_classes"),
                      seed=_get(nc, "seed"), num_features=num_features, **settings)
+
+
+def check_objective(nc, net: Net) -> None:
+  """Constructs the recipe's optimizer and objective once for `net` (no data, no workdir), so
+  that a bad objective setting fails before any work (ValueError / TypeError)."""
+  settings = objective_settings(nc)
+  if "b" in objectives.settings_of(_get(nc, "objective")) and settings.get("b") is None:
+    settings["b"] = 0.0   # estimated from the data when training; any value to construct it
+  objectives.make(_get(nc, "objective"), net, optim.sgd(sgd_config(nc), 1), settings,
+                  augment=bool(_get(nc, "augment")) and net.resolution is not None,
+                  ema_decay=_get(nc, "ema_decay") or None, data=None, workdir=None,
+                  seed=_get(nc, "seed"))
+
+
+def cached_net(nc: Mapping[str, Any], num_features: Optional[int] = None) -> Net:
+  """`load_net` of a plain recipe, loaded once per recipe and width (the last 16): for checks
+  that construct the same starting net many times."""
+  return _cached_net(json.dumps(dict(nc), sort_keys=True, default=str), num_features)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_net(recipe: str, num_features: Optional[int]) -> Net:
+  return load_net(json.loads(recipe), num_features=num_features)
 
 
 def fit_config(nc) -> loop.FitConfig:

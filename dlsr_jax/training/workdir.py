@@ -166,9 +166,13 @@ def release(workdir: str) -> None:
 
 
 @contextlib.contextmanager
-def lock(workdir: str) -> Iterator[None]:
-  """Holds the workdir's lock (process 0 only) for the `with` body."""
-  took = jax.process_index() == 0 and acquire(workdir)
+def lock(workdir: str, read_only: bool = False) -> Iterator[None]:
+  """Holds the workdir's lock (process 0 only) for the `with` body. `read_only` (a reader
+  that writes nothing into the workdir): only checks that no other live process holds it
+  (`check_unlocked`)."""
+  if read_only:
+    check_unlocked(workdir)
+  took = not read_only and jax.process_index() == 0 and acquire(workdir)
   try:
     yield
   finally:
@@ -220,6 +224,20 @@ def has_checkpoints(workdir: str, depth: int = 4) -> bool:
   return any(has_checkpoints(os.path.join(workdir, n), depth - 1) for n in os.listdir(workdir)
              if not n.startswith((".", "checkpoints", "feature_cache"))
              and os.path.isdir(os.path.join(workdir, n)))
+
+
+def append_run(workdir: str, nets: dict, name: str = "train_runs.json") -> None:
+  """Appends one call's nets (e.g. objective, wall seconds to train or restore) with the time
+  to the list in `<workdir>/<name>` (written whole, then renamed: never half a file)."""
+  path = os.path.join(workdir, name)
+  runs = []
+  if os.path.exists(path):
+    with open(path) as f:
+      runs = json.load(f)
+  runs.append({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "nets": nets})
+  with open(path + ".tmp", "w") as f:
+    json.dump(runs, f, indent=2)
+  os.replace(path + ".tmp", path)
 
 
 def check_record(settings: dict, workdir: str, changeable: Callable[[str], bool],
