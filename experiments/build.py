@@ -2,10 +2,11 @@
 
 `build(c)` validates before any extraction or training (`c.nets`, `c.detectors`, the rows
 selected by `c.eval.rows`, the validation sets, the training streams against the test sets;
-the checks of each net and row are `experiments.plan`'s) and converts the rest of the config
-into plain values: the data sets (`Data`), the seeds, the evaluation settings. The functions
-at the end turn the config into the library's own settings (feature spec, LFDN configs, the
-backbone, data loading, the array store, the config record).
+the checks of each net are `experiments.plan`'s, of each row `dlsr_jax.evaluation.rows`') and
+converts the rest of the config into plain values: the data sets (`Data`), the seeds, the
+evaluation settings. The functions at the end turn the config into the library's own
+settings (feature spec, LFDN configs, the backbone, data loading, the array store, the
+config record).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dlsr_jax import train as train_lib
 from dlsr_jax.data import sources
 from dlsr_jax.detectors.base import FeatureLayout
 from dlsr_jax.evaluation import arrays
+from dlsr_jax.evaluation import rows as rows_lib
 from dlsr_jax.evaluation.arrays import BACKBONE
 from dlsr_jax.training import classifier
 from experiments import plan as plan_lib
@@ -46,7 +48,7 @@ def feature_layout(c) -> FeatureLayout:
                        channels=tuple(cfg.level_channels[i] for i in layers))
 
 
-def check_validation_sets(c, rows: Mapping[str, plan_lib.RowSpec]) -> None:
+def check_validation_sets(c, rows: Mapping[str, rows_lib.RowSpec]) -> None:
   """data.val / data.ood_val: well formed, never a test set (compared by real path for
   npz / folder sources, so "npz:d/./x.npz" is "npz:d/x.npz"), and set when a row is tuned."""
   val, ood_val = str(c.data.get("val", "") or ""), str(c.data.get("ood_val", "") or "")
@@ -108,7 +110,7 @@ def parse_groups(c) -> dict[str, list[str]]:
   return groups
 
 
-def _check_streams_apart(c, specs: Mapping[str, plan_lib.NetSpec]) -> None:
+def _check_streams_apart(c, specs: Mapping[str, classifier.NetSpec]) -> None:
   """A training stream (e.g. OE's outliers) must not be a test set of the evaluation."""
   tests = {"data.test": str(c.data.test)}
   tests.update({f"data.ood.{k}": str(v) for k, v in ood_sources(c).items()})
@@ -130,7 +132,7 @@ def build(c) -> plan_lib.Plan:
   for n, spec in specs.items():
     plan_lib.check_net(n, spec, layout)
   _check_streams_apart(c, specs)
-  nets = {BACKBONE: plan_lib.NetSpec(BACKBONE, BACKBONE)}
+  nets = {BACKBONE: classifier.NetSpec(BACKBONE, BACKBONE)}
   nets.update({n: specs[n] for n in plan_lib.training_order(specs)})
   rows = plan_lib.plain(c.get("detectors") or {})
   wanted = [r.strip() for r in str(c.eval.get("rows", "") or "").split(",") if r.strip()]
@@ -141,15 +143,16 @@ def build(c) -> plan_lib.Plan:
     raise ValueError("no detector rows configured (c.detectors)")
   selected = []
   for n in wanted or rows:
-    spec = plan_lib.row_spec(n, rows[n], specs, layout)
+    spec = rows_lib.row_spec(n, rows[n], specs, layout, "c.detectors")
     selected.append(spec)
-    if c.eval.get("tune", False) and plan_lib.tunable(spec, nets, layout):
-      selected.append(plan_lib.tuned_spec(spec, nets, layout, None, n + plan_lib.TUNED_SUFFIX))
+    if c.eval.get("tune", False) and rows_lib.tunable(spec, nets, layout):
+      selected.append(rows_lib.tuned_spec(spec, nets, layout, "c.detectors", None,
+                                          n + rows_lib.TUNED_SUFFIX))
   if str(c.data.get("val", "") or ""):
     from dlsr_jax.evaluation import tune as tune_lib  # pylint: disable=g-import-not-at-top
     selected = [dataclasses.replace(r, fit_set="val") if r.type in tune_lib.OPENOOD_VAL_FIT
                 else r for r in selected]
-  plan_lib.check_result_keys(selected)
+  rows_lib.check_result_keys(selected, "c.detectors")
   check_validation_sets(c, {r.name: r for r in selected})
   order = list(nets)
   selected = {r.name: r for r in sorted(selected, key=lambda r: order.index(r.net))}

@@ -25,6 +25,7 @@ from absl import logging
 
 from dlsr_jax import evaluation as evaluation_lib
 from dlsr_jax.evaluation import arrays, outputs
+from dlsr_jax.evaluation import rows as rows_lib
 from dlsr_jax.evaluation import tune as tune_lib
 from dlsr_jax.training import workdir as workdir_lib
 from experiments import build, runner
@@ -65,15 +66,15 @@ def split_arrays(plan: plan_lib.Plan, store: arrays.ArrayStore, net: str, set_na
   return arrays.StoreArrays(store, net, set_name, keys)
 
 
-def _fit_arrays(plan: plan_lib.Plan, store, row: plan_lib.RowSpec,
+def _fit_arrays(plan: plan_lib.Plan, store, row: rows_lib.RowSpec,
                 keys: tuple[str, ...]) -> Mapping:
   if row.trains:   # DLSR's fit is its training (experiments.train): the whole train set
     return arrays.StoreArrays(store, row.net, "train", keys)
   return split_arrays(plan, store, row.net, row.fit_set, keys)
 
 
-def tune_row(plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.ArrayStore
-             ) -> tuple[plan_lib.RowSpec, dict]:
+def tune_row(plan: plan_lib.Plan, row: rows_lib.RowSpec, store: arrays.ArrayStore
+             ) -> tuple[rows_lib.RowSpec, dict]:
   """A tuned row's settings chosen on data.val vs data.ood_val (never a test set; checked by
   `build.check_validation_sets`); returns the row with them and its search record."""
   net = store.nets.get(row.net) if "net" in row.context else None
@@ -93,7 +94,7 @@ def tune_row(plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.ArrayStor
   return dataclasses.replace(row, settings=best), record
 
 
-def evaluate_row(plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.ArrayStore,
+def evaluate_row(plan: plan_lib.Plan, row: rows_lib.RowSpec, store: arrays.ArrayStore,
                  workdir: str, seed: Optional[int],
                  notes: Optional[list[str]] = None) -> evaluation_lib.Results:
   """One row through `dlsr_jax.evaluation.evaluate`: fitted on the ID train arrays of its net

@@ -21,6 +21,7 @@ from absl import logging
 from dlsr_jax import cache as cache_lib
 from dlsr_jax import evaluation
 from dlsr_jax.evaluation import arrays
+from dlsr_jax.evaluation import rows as rows_lib
 from dlsr_jax.detectors.base import Detector
 from dlsr_jax.training import classifier, metrics_writer
 from dlsr_jax.training import loop
@@ -132,7 +133,7 @@ def prepare_nets(plan: plan_lib.Plan, workdir: str, store: arrays.ArrayStore,
     spec = plan.nets[name]
     if spec.kind == arrays.BACKBONE:
       continue
-    net = plan_lib.placeholder_net(spec, plan.layout)
+    net = classifier.placeholder_net(spec, plan.layout)
     if spec.init_from:
       net = dataclasses.replace(net, params=store.nets[spec.init_from].params)
     t0 = time.time()
@@ -162,7 +163,7 @@ def prepare_nets(plan: plan_lib.Plan, workdir: str, store: arrays.ArrayStore,
   return info
 
 
-def _streams(store: arrays.ArrayStore, name: str, spec: plan_lib.NetSpec,
+def _streams(store: arrays.ArrayStore, name: str, spec: classifier.NetSpec,
              tests: Mapping[str, tuple[str, str]], x_in=None) -> dict[str, dict]:
   """The objective's other streams (e.g. the outlier images) of net `name`, loaded from their
   sources; each is checked to hold no test set's images (and the image shape of `x_in`)."""
@@ -212,7 +213,7 @@ def fit_key(plan: plan_lib.Plan, row: str) -> jax.Array:
 
 
 @contextlib.contextmanager
-def row_detector(plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.ArrayStore,
+def row_detector(plan: plan_lib.Plan, row: rows_lib.RowSpec, store: arrays.ArrayStore,
                  workdir: str, seed: Optional[int], restore_only: bool = False
                  ) -> Iterator[Detector]:
   """A row's detector with its trained net; a row whose fit trains (DLSR) gets its workdir
@@ -225,16 +226,16 @@ def row_detector(plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.Array
     record_lib.record_config(build.seed_record(plan.record, seed), wd)
     writer = metrics_writer.create(wd)
   try:
-    yield plan_lib.make_detector(row, plan, net=store.nets.get(row.net), workdir=wd,
-                              seed=plan.seed if seed is None else seed,
-                              write_metrics=writer and writer.write_scalars,
-                              restore_only=restore_only)
+    yield rows_lib.make_detector(row, plan.layout, net=store.nets.get(row.net), workdir=wd,
+                                 seed=plan.seed if seed is None else seed,
+                                 write_metrics=writer and writer.write_scalars,
+                                 restore_only=restore_only)
   finally:
     if writer is not None:
       writer.close()
 
 
-def fit_row(plan: plan_lib.Plan, row: plan_lib.RowSpec, store: arrays.ArrayStore, workdir: str,
+def fit_row(plan: plan_lib.Plan, row: rows_lib.RowSpec, store: arrays.ArrayStore, workdir: str,
             seed: Optional[int]) -> tuple[Detector, Any]:
   """Makes a row's detector (with its trained net) and fits it on the ID train arrays."""
   with row_detector(plan, row, store, workdir, seed) as det:

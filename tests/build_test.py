@@ -7,8 +7,8 @@ import pytest
 
 from dlsr_jax import cache as cache_lib
 from dlsr_jax import features
+from dlsr_jax.training import classifier
 from experiments import build, evaluation
-from experiments import plan as plan_lib
 from experiments.configs import quickstart
 
 
@@ -138,4 +138,4 @@ def test_confidence_row_needs_a_net_trained_with_the_confidence_branch():
   c.nets.head.objective = "confidence_branch"
   plan = build.build(c)
   assert plan.rows["conf"].reads == ("confidence",)
-  assert "confidence" in plan_lib.provides(plan.nets["head"])
+  assert "confidence" in classifier.provides(plan.nets["head"])

@@ -51,6 +51,7 @@ import jax
 import numpy as np
 
 from dlsr_jax import models, parallel
+from dlsr_jax.detectors.base import FeatureLayout
 from dlsr_jax.models.net import Net
 from dlsr_jax.objectives import base as objectives
 from dlsr_jax.training import loop, metrics_writer, optim
@@ -178,6 +179,42 @@ def cached_net(nc: Mapping[str, Any], num_features: Optional[int] = None) -> Net
 @functools.lru_cache(maxsize=16)
 def _cached_net(recipe: str, num_features: Optional[int]) -> Net:
   return load_net(json.loads(recipe), num_features=num_features)
+
+
+# The arrays each kind of net provides per data set.
+PROVIDES = {
+    "backbone": ("features", "images", "labels"),
+    "classifier": ("logits", "pre_logits", "images", "labels"),
+    "head": ("logits", "pre_logits", "features", "images", "labels"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class NetSpec:
+  """One named network of a run: its kind ("backbone", "classifier" or "head"), model, weights
+  file, the net it starts from (`init_from`) and its recipe (init_from = weights)."""
+  name: str
+  kind: str
+  model: str = ""
+  weights: str = ""
+  init_from: str = ""
+  recipe: Optional[Mapping[str, Any]] = None
+
+  @property
+  def trains(self) -> bool:
+    return bool(self.recipe and self.recipe["epochs"])
+
+
+def provides(spec: NetSpec) -> tuple[str, ...]:
+  """The arrays a net provides per data set (its objective may add some)."""
+  extra = objectives.arrays_of(spec.recipe["objective"]) if spec.trains else ()
+  return PROVIDES[spec.kind] + tuple(extra)
+
+
+def placeholder_net(spec: NetSpec, layout: FeatureLayout) -> Net:
+  """The net with its starting weights (or a random init): for checking detector settings
+  (a head's width is that of the `layout` features; loaded once per recipe and width)."""
+  return cached_net(spec.recipe, sum(layout.channels) if spec.kind == "head" else None)
 
 
 def fit_config(nc) -> loop.FitConfig:
