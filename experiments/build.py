@@ -2,11 +2,11 @@
 
 `build(c)` validates before any extraction or training (`c.nets`, `c.detectors`, the rows
 selected by `c.eval.rows`, the validation sets, the training streams against the test sets;
-the checks of each net are `experiments.plan`'s, of each row `dlsr_jax.evaluation.rows`') and
-converts the rest of the config into plain values: the data sets (`Data`), the seeds, the
-evaluation settings. The functions at the end turn the config into the library's own
-settings (feature spec, LFDN configs, the backbone, data loading, the array store, the
-config record).
+the checks of each net are `dlsr_jax.training.classifier`'s, of each row
+`dlsr_jax.evaluation.rows`') and converts the rest of the config into plain values: the data
+sets (`Data`), the seeds, the evaluation settings. The functions at the end turn the config
+into the library's own settings (feature spec, LFDN configs, the backbone, data loading, the
+array store, the config record).
 """
 
 from __future__ import annotations
@@ -128,12 +128,13 @@ def build(c) -> plan_lib.Plan:
   blocks = plan_lib.plain(c.get("nets") or {})
   if BACKBONE in blocks:
     raise ValueError(f"c.nets.{BACKBONE}: the name is reserved for the frozen backbone")
-  specs = {n: plan_lib.net_spec(n, b) for n, b in blocks.items()}
+  specs = {n: classifier.net_spec(n, b, "c.nets", datasets.check_source)
+           for n, b in blocks.items()}
   for n, spec in specs.items():
-    plan_lib.check_net(n, spec, layout)
+    classifier.check_net(n, spec, layout, "c.nets")
   _check_streams_apart(c, specs)
   nets = {BACKBONE: classifier.NetSpec(BACKBONE, BACKBONE)}
-  nets.update({n: specs[n] for n in plan_lib.training_order(specs)})
+  nets.update({n: specs[n] for n in classifier.training_order(specs, "c.nets")})
   rows = plan_lib.plain(c.get("detectors") or {})
   wanted = [r.strip() for r in str(c.eval.get("rows", "") or "").split(",") if r.strip()]
   unknown = [r for r in wanted if r not in rows]

@@ -1,25 +1,19 @@
-"""The plan of a run as frozen dataclasses, and the checks of its nets.
+"""The plan of a run as frozen dataclasses: what the runner and the evaluation read.
 
-`Plan` holds every net (`dlsr_jax.training.classifier.NetSpec`, in training order), every
-selected detector row (`dlsr_jax.evaluation.rows.RowSpec`, checked there), the data sets
-(`Data`) and the run's plain settings: what the runner and the evaluation read. The functions
-here check plain blocks (dicts), never a ConfigDict: `build.build` reads the config and calls
-them. Each net's kind, model, weights file and `init_from` (known, no cycle).
+`Plan` holds every net (`dlsr_jax.training.classifier.NetSpec`, in training order; checked by
+`classifier.net_spec`), every selected detector row (`dlsr_jax.evaluation.rows.RowSpec`;
+checked by `rows.row_spec`), the data sets (`Data`) and the run's plain settings.
+`build.build` reads the config, calls the checks and fills these in.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Mapping
 
-from dlsr_jax import models
 from dlsr_jax.detectors.base import FeatureLayout
 from dlsr_jax.evaluation import rows as rows_lib
 from dlsr_jax.training import classifier
-from experiments.configs import datasets
-
-_NET_KEYS = ("kind", "weights", "init_from")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,90 +87,3 @@ def needed_nets(plan: Plan) -> list[str]:
       need.add(name)
       name = plan.nets[name].init_from
   return [n for n in plan.nets if n in need]
-
-
-def net_spec(name: str, block: Mapping[str, Any]) -> classifier.NetSpec:
-  kind = block.get("kind", "")
-  if kind not in ("classifier", "head"):
-    raise ValueError(f"c.nets.{name}: kind must be 'classifier' or 'head', got {kind!r}")
-  model = block.get("model", "")
-  if model not in models.names():
-    raise ValueError(f"c.nets.{name}: unknown model {model!r}; valid: "
-                     f"{', '.join(models.names())}")
-  recipe = {k: v for k, v in block.items() if k not in _NET_KEYS}
-  weights = str(block.get("weights", "") or "")
-  try:
-    recipe = classifier.net_config(**recipe, init_from=weights)
-  except ValueError as e:
-    raise ValueError(f"c.nets.{name}: {e}") from None
-  if weights and not os.path.isfile(weights):
-    raise FileNotFoundError(f"c.nets.{name}: weights file not found: {weights}")
-  for stream, (source, _) in classifier.stream_sources(recipe).items():
-    try:
-      datasets.check_source(source)
-    except ValueError as e:
-      raise ValueError(f"c.nets.{name}.{stream}: {e}") from None
-    scheme, path = source.split(":", 1)
-    if scheme in ("npz", "folder") and not os.path.exists(path):
-      raise FileNotFoundError(f"c.nets.{name}.{stream}: {path} not found ({source!r})")
-  if recipe["objective"] != "cross_entropy" and not recipe["epochs"]:
-    raise ValueError(f"c.nets.{name}: objective {recipe['objective']!r} with epochs=0 trains "
-                     "nothing; set epochs")
-  try:
-    classifier.check_numbers(recipe)
-  except ValueError as e:
-    raise ValueError(f"c.nets.{name}.{e}") from None
-  return classifier.NetSpec(name=name, kind=kind, model=model, weights=weights,
-                 init_from=str(block.get("init_from", "") or ""), recipe=recipe)
-
-
-def check_net(name: str, spec: classifier.NetSpec, layout: FeatureLayout) -> None:
-  """Loads the net's starting weights and constructs its optimizer and objective, so that a
-  wrong model, weights file or objective setting fails now, naming `c.nets.<name>.<key>`."""
-  heads = [m for m in models.names() if m.endswith("_head")]
-  if (spec.kind == "head") != (spec.model in heads):
-    raise ValueError(f"c.nets.{name}.kind = {spec.kind!r} does not fit model {spec.model!r}: "
-                     f"a head on the backbone features is one of {heads} (kind='head'), an "
-                     "image classifier any other model (kind='classifier')")
-  try:
-    net = classifier.placeholder_net(spec, layout)
-  except (ValueError, TypeError, KeyError, OSError) as e:
-    key = "weights" if spec.weights else "model"
-    raise ValueError(f"c.nets.{name}.{key}: {spec.weights or spec.model!r} cannot be loaded "
-                     f"as a {spec.model} with num_classes={spec.recipe['num_classes']}: "
-                     f"{type(e).__name__}: {e}") from None
-  if not spec.trains:
-    return
-  try:
-    classifier.check_objective(spec.recipe, net)
-  except (ValueError, TypeError) as e:
-    raise ValueError(f"c.nets.{name} (objective {spec.recipe['objective']!r}): {e}") from None
-
-
-def training_order(specs: Mapping[str, classifier.NetSpec]) -> list[str]:
-  order, seen = [], set()
-
-  def visit(name, path):
-    if name in seen:
-      return
-    if name in path:
-      raise ValueError(f"c.nets: init_from cycle {' -> '.join(path + (name,))}")
-    src = specs[name].init_from
-    if src:
-      if src not in specs:
-        raise ValueError(f"c.nets.{name}: init_from {src!r} is not a configured net; "
-                         f"configured nets: {sorted(specs)}")
-      if specs[src].model != specs[name].model:
-        raise ValueError(f"c.nets.{name}: init_from {src!r} is a {specs[src].model}, "
-                         f"not a {specs[name].model}")
-      classes = (specs[src].recipe["num_classes"], specs[name].recipe["num_classes"])
-      if classes[0] != classes[1]:
-        raise ValueError(f"c.nets.{name}.num_classes = {classes[1]}: init_from {src!r} has "
-                         f"num_classes = {classes[0]}")
-      visit(src, path + (name,))
-    seen.add(name)
-    order.append(name)
-
-  for name in specs:
-    visit(name, ())
-  return order

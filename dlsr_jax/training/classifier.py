@@ -45,7 +45,7 @@ import functools
 import inspect
 import json
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import numpy as np
@@ -215,6 +215,103 @@ def placeholder_net(spec: NetSpec, layout: FeatureLayout) -> Net:
   """The net with its starting weights (or a random init): for checking detector settings
   (a head's width is that of the `layout` features; loaded once per recipe and width)."""
   return cached_net(spec.recipe, sum(layout.channels) if spec.kind == "head" else None)
+
+
+NET_KEYS = ("kind", "weights", "init_from")   # the keys of a net block besides its recipe
+
+
+def net_spec(name: str, block: Mapping[str, Any], prefix: str,
+             check_source: Optional[Callable[[str], None]] = None) -> NetSpec:
+  """The checked `NetSpec` of net `name` from its plain block (`kind`, `weights`, `init_from` and
+  its recipe; messages name it `<prefix>.<name>`). `check_source` checks a training stream's
+  data source string statically (ValueError); an npz / folder path must exist."""
+  kind = block.get("kind", "")
+  if kind not in ("classifier", "head"):
+    raise ValueError(f"{prefix}.{name}: kind must be 'classifier' or 'head', got {kind!r}")
+  model = block.get("model", "")
+  if model not in models.names():
+    raise ValueError(f"{prefix}.{name}: unknown model {model!r}; valid: "
+                     f"{', '.join(models.names())}")
+  recipe = {k: v for k, v in block.items() if k not in NET_KEYS}
+  weights = str(block.get("weights", "") or "")
+  try:
+    recipe = net_config(**recipe, init_from=weights)
+  except ValueError as e:
+    raise ValueError(f"{prefix}.{name}: {e}") from None
+  if weights and not os.path.isfile(weights):
+    raise FileNotFoundError(f"{prefix}.{name}: weights file not found: {weights}")
+  for stream, (source, _) in stream_sources(recipe).items():
+    try:
+      if check_source is not None:
+        check_source(source)
+    except ValueError as e:
+      raise ValueError(f"{prefix}.{name}.{stream}: {e}") from None
+    scheme, path = source.split(":", 1)
+    if scheme in ("npz", "folder") and not os.path.exists(path):
+      raise FileNotFoundError(f"{prefix}.{name}.{stream}: {path} not found ({source!r})")
+  if recipe["objective"] != "cross_entropy" and not recipe["epochs"]:
+    raise ValueError(f"{prefix}.{name}: objective {recipe['objective']!r} with epochs=0 trains "
+                     "nothing; set epochs")
+  try:
+    check_numbers(recipe)
+  except ValueError as e:
+    raise ValueError(f"{prefix}.{name}.{e}") from None
+  return NetSpec(name=name, kind=kind, model=model, weights=weights,
+                 init_from=str(block.get("init_from", "") or ""), recipe=recipe)
+
+
+def check_net(name: str, spec: NetSpec, layout: FeatureLayout, prefix: str) -> None:
+  """Loads the net's starting weights and constructs its optimizer and objective, so that a
+  wrong model, weights file or objective setting fails now, naming `<prefix>.<name>.<key>`."""
+  heads = [m for m in models.names() if m.endswith("_head")]
+  if (spec.kind == "head") != (spec.model in heads):
+    raise ValueError(f"{prefix}.{name}.kind = {spec.kind!r} does not fit model {spec.model!r}: "
+                     f"a head on the backbone features is one of {heads} (kind='head'), an "
+                     "image classifier any other model (kind='classifier')")
+  try:
+    net = placeholder_net(spec, layout)
+  except (ValueError, TypeError, KeyError, OSError) as e:
+    key = "weights" if spec.weights else "model"
+    raise ValueError(f"{prefix}.{name}.{key}: {spec.weights or spec.model!r} cannot be loaded "
+                     f"as a {spec.model} with num_classes={spec.recipe['num_classes']}: "
+                     f"{type(e).__name__}: {e}") from None
+  if not spec.trains:
+    return
+  try:
+    check_objective(spec.recipe, net)
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"{prefix}.{name} (objective {spec.recipe['objective']!r}): {e}") from None
+
+
+def training_order(specs: Mapping[str, NetSpec], prefix: str) -> list[str]:
+  """The nets by name, each after the net it starts from (`init_from`: a configured net of
+  the same model and num_classes; no cycle)."""
+  order, seen = [], set()
+
+  def visit(name, path):
+    if name in seen:
+      return
+    if name in path:
+      raise ValueError(f"{prefix}: init_from cycle {' -> '.join(path + (name,))}")
+    src = specs[name].init_from
+    if src:
+      if src not in specs:
+        raise ValueError(f"{prefix}.{name}: init_from {src!r} is not a configured net; "
+                         f"configured nets: {sorted(specs)}")
+      if specs[src].model != specs[name].model:
+        raise ValueError(f"{prefix}.{name}: init_from {src!r} is a {specs[src].model}, "
+                         f"not a {specs[name].model}")
+      classes = (specs[src].recipe["num_classes"], specs[name].recipe["num_classes"])
+      if classes[0] != classes[1]:
+        raise ValueError(f"{prefix}.{name}.num_classes = {classes[1]}: init_from {src!r} has "
+                         f"num_classes = {classes[0]}")
+      visit(src, path + (name,))
+    seen.add(name)
+    order.append(name)
+
+  for name in specs:
+    visit(name, ())
+  return order
 
 
 def fit_config(nc) -> loop.FitConfig:
