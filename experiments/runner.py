@@ -15,16 +15,13 @@ import time
 from typing import Any, Iterator, Mapping, Optional
 
 import jax
-import numpy as np
 from absl import logging
 
-from dlsr_jax import cache as cache_lib
 from dlsr_jax import evaluation
-from dlsr_jax.evaluation import arrays
-from dlsr_jax.evaluation import rows as rows_lib
 from dlsr_jax.detectors.base import Detector
-from dlsr_jax.training import classifier, metrics_writer
-from dlsr_jax.training import loop
+from dlsr_jax.evaluation import arrays, checks
+from dlsr_jax.evaluation import rows as rows_lib
+from dlsr_jax.training import classifier, loop, metrics_writer
 from dlsr_jax.training import workdir as workdir_lib
 from experiments import build
 from experiments import plan as plan_lib
@@ -33,34 +30,17 @@ from experiments import workdir as record_lib
 
 def check_sources(c, plan: plan_lib.Plan, with_ood: bool = True) -> dict[str, int]:
   """Counts the images of every data source (no decoding) and checks the training batch
-  sizes against them, before any record, extraction or training.
-
-  Returns:
-    {set name: number of images}.
-
-  Raises:
-    FileNotFoundError / ValueError: one line naming the config key and its source or file.
-  """
-  counts = {}
-  for name, source in plan.data.sources(with_ood).items():
-    key = plan.data.keys[name]
-    try:
-      counts[name] = build.count_source(c, source)
-    except FileNotFoundError as e:
-      raise FileNotFoundError(f"{key} = {source!r}: {e}") from None
-    except (OSError, ValueError, KeyError, AssertionError) as e:
-      raise ValueError(f"{key} = {source!r} cannot be read: {type(e).__name__}: {e}") from None
-  n = counts["train"]
-  for name in plan_lib.needed_nets(plan) if with_ood else plan.nets:
-    spec = plan.nets[name]
-    if spec.trains and int(spec.recipe["batch_size"]) > n:
-      raise ValueError(f"c.nets.{name}.batch_size = {spec.recipe['batch_size']} is more than "
-                       f"the {n} images of data.train ({plan.data.train}): lower it")
-  for row in plan.rows.values():
-    bs = row.settings.get("batch_size")
-    if row.trains and bs is not None and int(bs) > n:
-      raise ValueError(f"c.detectors.{row.name}.batch_size (train.batch_size) = {bs} is more "
-                       f"than the {n} images of data.train ({plan.data.train}): lower it")
+  sizes against them, before any record, extraction or training (`checks`: messages name
+  the config key). Returns {set name: number of images}."""
+  counts = checks.count_sources(plan.data.sources(with_ood), plan.data.keys,
+                                lambda source: build.count_source(c, source))
+  nets = [n for n in (plan_lib.needed_nets(plan) if with_ood else plan.nets)
+          if plan.nets[n].trains]
+  sizes = {f"c.nets.{n}.batch_size": plan.nets[n].recipe["batch_size"] for n in nets}
+  sizes.update({f"c.detectors.{r.name}.batch_size (train.batch_size)": r.settings["batch_size"]
+                for r in plan.rows.values() if r.trains and r.settings.get("batch_size")
+                is not None})
+  checks.check_batch_sizes(sizes, counts["train"], plan.data.train)
   return counts
 
 
@@ -71,21 +51,11 @@ def check_labels(plan: plan_lib.Plan, store: arrays.ArrayStore,
   nets = [n for n in (plan.nets if names is None else names)
           if plan.nets[n].kind != arrays.BACKBONE and plan.nets[n].trains]
   rows = [r.name for r in plan.rows.values() if "labels" in r.fit_reads]
-  if not nets and not rows:
-    return
-  y = np.asarray(store.get(arrays.BACKBONE, "train", ["labels"])["labels"])
-  users = ", ".join([f"net {n}" for n in nets] + [f"row {r}" for r in rows])
-  if y.size == 0 or np.all(y < 0):
-    raise ValueError(f"data.train has no labels ({plan.data.train}: every label is -1); "
-                     f"{users} train(s) on them: give a labelled training set")
-  if np.any(y < 0):
-    raise ValueError(f"data.train ({plan.data.train}) has {int(np.sum(y < 0))} unlabelled images "
-                     f"(label -1) among {y.size}; {users} train(s) on the labels")
-  for n in nets:
-    k = int(plan.nets[n].recipe["num_classes"])
-    if int(y.max()) >= k:
-      raise ValueError(f"labels of data.train lie in {int(y.min())}..{int(y.max())}; net {n} "
-                       f"has num_classes={k} (c.nets.{n}.num_classes)")
+  if nets or rows:
+    checks.check_labels(store.get(arrays.BACKBONE, "train", ["labels"])["labels"],
+                        plan.data.train, [f"net {n}" for n in nets] + [f"row {r}" for r in rows],
+                        {n: (int(plan.nets[n].recipe["num_classes"]), f"c.nets.{n}.num_classes")
+                         for n in nets})
 
 
 def net_workdir(workdir: str, name: str) -> str:
@@ -175,7 +145,7 @@ def _streams(store: arrays.ArrayStore, name: str, spec: classifier.NetSpec,
     if x_in is not None and images.shape[1:] != x_in.shape[1:]:
       raise ValueError(f"c.nets.{name}: {stream} {source!r} has images of shape "
                        f"{images.shape[1:]}, the ID training images {x_in.shape[1:]}")
-    _check_not_a_test_set(store, tests, f"c.nets.{name}.{stream}", source, images)
+    checks.check_not_a_test_set(store, tests, f"c.nets.{name}.{stream}", source, images)
     out[stream] = {"x": images}
   return out
 
@@ -187,20 +157,6 @@ def check_streams(plan: plan_lib.Plan, store: arrays.ArrayStore,
   for name, spec in plan.nets.items():
     if spec.trains:
       _streams(store, name, spec, tests)
-
-
-def _check_not_a_test_set(store: arrays.ArrayStore, tests: Mapping[str, tuple[str, str]],
-                          key: str, source: str, images: np.ndarray) -> None:
-  """A training stream must not hold the images of a test set (the same file under another
-  name, a symlink or a copy): compares the images' digest with every test set's."""
-  digest = cache_lib.images_digest(np.asarray(images))
-  for name, (test_key, test_source) in tests.items():
-    store.sources.setdefault(name, test_source)
-    other = store.image_set(name).images
-    if other.shape == images.shape and cache_lib.images_digest(np.asarray(other)) == digest:
-      raise ValueError(f"{key} = {source!r} holds the same images as the test set "
-                       f"{test_key} = {test_source!r}: training data must be "
-                       "disjoint from the test sets")
 
 
 def stream_set(net: str, stream: str) -> str:
