@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 import warnings
 from typing import Mapping, Optional
 
 import jax
-import numpy as np
 from absl import logging
 
 from dlsr_jax import evaluation as evaluation_lib
@@ -30,10 +28,9 @@ from dlsr_jax.evaluation import tune as tune_lib
 from dlsr_jax.training import workdir as workdir_lib
 from experiments import build, runner
 from experiments import plan as plan_lib
-from experiments.configs import datasets
 from experiments.build import ood_sources, parse_groups
+from experiments.configs import datasets
 
-VAL, OOD_VAL = "val", "ood_val"   # the store's names of data.val (a source) and data.ood_val
 SEARCH_KEY = "search"   # a tuned row's search record in its metadata, until written
 
 
@@ -41,36 +38,20 @@ def add_validation_sources(plan: plan_lib.Plan, store: arrays.ArrayStore) -> Non
   """Registers data.val (unless a holdout of data.train) and data.ood_val with the store."""
   val, ood_val = plan.data.val, plan.data.ood_val
   if val and datasets.parse_holdout(val) is None:
-    store.sources[VAL] = val
+    store.sources[arrays.VAL] = val
   if ood_val:
-    store.sources[OOD_VAL] = ood_val
+    store.sources[arrays.OOD_VAL] = ood_val
 
 
-def _holdout(plan: plan_lib.Plan, store: arrays.ArrayStore
-             ) -> Optional[tuple[np.ndarray, np.ndarray]]:
+def _holdout(plan: plan_lib.Plan):
+  """n -> (train rows, val rows) of data.train when data.val is a holdout of it, else None."""
   fraction = datasets.parse_holdout(plan.data.val)
-  if fraction is None:
-    return None
-  n = len(store.get(arrays.BACKBONE, "train", ["labels"])["labels"])
-  return datasets.holdout_rows(n, fraction)
+  return None if fraction is None else lambda n: datasets.holdout_rows(n, fraction)
 
 
-def split_arrays(plan: plan_lib.Plan, store: arrays.ArrayStore, net: str, set_name: str,
-                 keys: tuple[str, ...]) -> Mapping:
-  """A net's lazy arrays of "train" (without the holdout rows when data.val is a holdout),
-  "val" (the holdout rows, or data.val's own source) or any other set of the store."""
-  split = _holdout(plan, store) if set_name in ("train", VAL) else None
-  if split is not None:
-    return arrays.SubsetArrays(arrays.StoreArrays(store, net, "train", keys),
-                               split[0 if set_name == "train" else 1])
-  return arrays.StoreArrays(store, net, set_name, keys)
-
-
-def _fit_arrays(plan: plan_lib.Plan, store, row: rows_lib.RowSpec,
-                keys: tuple[str, ...]) -> Mapping:
-  if row.trains:   # DLSR's fit is its training (experiments.train): the whole train set
-    return arrays.StoreArrays(store, row.net, "train", keys)
-  return split_arrays(plan, store, row.net, row.fit_set, keys)
+def _fit_arrays(plan: plan_lib.Plan, store, row: rows_lib.RowSpec) -> Mapping:
+  return arrays.fit_arrays(store, row.net, row.fit_set, row.fit_reads, row.trains,
+                           _holdout(plan))
 
 
 def tune_row(plan: plan_lib.Plan, row: rows_lib.RowSpec, store: arrays.ArrayStore
@@ -79,16 +60,13 @@ def tune_row(plan: plan_lib.Plan, row: rows_lib.RowSpec, store: arrays.ArrayStor
   `build.check_validation_sets`); returns the row with them and its search record."""
   net = store.nets.get(row.net) if "net" in row.context else None
   keys = tuple(dict.fromkeys((*row.reads, *row.fit_reads)))
-  t0 = time.time()
-  best, candidates = tune_lib.tune(
-      row.type, row.grid, _fit_arrays(plan, store, row, row.fit_reads),
-      split_arrays(plan, store, row.net, VAL, keys),
-      arrays.StoreArrays(store, row.net, OOD_VAL, keys),
+  best, search = tune_lib.tune_and_record(
+      row.type, row.grid, _fit_arrays(plan, store, row),
+      arrays.split_arrays(store, row.net, arrays.VAL, keys, _holdout(plan)),
+      arrays.StoreArrays(store, row.net, arrays.OOD_VAL, keys),
       key=jax.random.key(plan.eval_seed), net=net, settings=row.settings)
   record = {"type": row.type, "net": row.net, "fit_set": row.fit_set,
-            "id_val": plan.data.val, "ood_val": plan.data.ood_val,
-            **tune_lib.search_record(row.type, row.grid, best, net),
-            "seconds": round(time.time() - t0, 3), "candidates": candidates}
+            "id_val": plan.data.val, "ood_val": plan.data.ood_val, **search}
   logging.info("row %s: tuned %s on %s vs %s: %s", row.name, row.type, plan.data.val,
                plan.data.ood_val, record["chosen"])
   return dataclasses.replace(row, settings=best), record
@@ -111,7 +89,7 @@ def evaluate_row(plan: plan_lib.Plan, row: rows_lib.RowSpec, store: arrays.Array
       row, record = tune_row(plan, row, store)
     with runner.row_detector(plan, row, store, workdir, seed, restore_only=True) as det:
       res = evaluation_lib.evaluate(
-          {row.name: det}, _fit_arrays(plan, store, row, row.fit_reads),
+          {row.name: det}, _fit_arrays(plan, store, row),
           {s: arrays.StoreArrays(store, row.net, s, row.reads) for s in set_names},
           key=jax.random.key(plan.eval_seed), id_set="id",
           groups={g: list(m) for g, m in plan.data.groups.items()},

@@ -26,3 +26,26 @@ def test_batch_sizes_and_labels():
     checks.check_labels(np.array([0, 2]), "t", ["net a"], {"a": (2, "key.k")})
   with pytest.raises(ValueError, match="1 unlabelled images .* net a, row r train"):
     checks.check_labels(np.array([0, -1]), "t", ["net a", "row r"], {})
+
+
+class _Store:
+  """What split_arrays / fit_arrays read of an ArrayStore: get(net, set, keys)."""
+
+  def get(self, net, set_name, keys):
+    base = {"train": 0, "val": 100, "ood_val": 200}[set_name]
+    return {k: np.arange(base, base + 6) for k in keys}
+
+
+def test_split_and_fit_arrays_without_a_config():
+  from dlsr_jax.evaluation import arrays
+  rows = lambda n: (np.arange(2, n), np.arange(2))                          # noqa: E731
+  train = arrays.split_arrays(_Store(), "net", "train", ["labels"], rows)
+  np.testing.assert_array_equal(train["labels"], [2, 3, 4, 5])
+  val = arrays.split_arrays(_Store(), "net", arrays.VAL, ["labels"], rows)
+  np.testing.assert_array_equal(val["labels"], [0, 1])
+  own = arrays.split_arrays(_Store(), "net", arrays.VAL, ["labels"])        # data.val a source
+  np.testing.assert_array_equal(own["labels"], np.arange(100, 106))
+  whole = arrays.fit_arrays(_Store(), "net", "train", ["labels"], True, rows)  # DLSR: all rows
+  np.testing.assert_array_equal(whole["labels"], np.arange(6))
+  part = arrays.fit_arrays(_Store(), "net", "train", ["labels"], False, rows)
+  np.testing.assert_array_equal(part["labels"], [2, 3, 4, 5])

@@ -27,6 +27,7 @@ from dlsr_jax.models.net import Net
 BACKBONE = "backbone"   # the frozen feature extractor's name among the nets
 # Arrays a net computes (the ones a given net provides: `Net.outputs`).
 NET_ARRAYS = ("logits", "pre_logits", "confidence")
+VAL, OOD_VAL = "val", "ood_val"   # the store's names of data.val (a source) and data.ood_val
 
 
 class ArrayStore:
@@ -197,6 +198,29 @@ class SubsetArrays(Mapping):
 
   def __len__(self) -> int:
     return len(self._arrays)
+
+
+def split_arrays(store: ArrayStore, net: str, set_name: str, keys: Sequence[str],
+                 holdout: Optional[Callable[[int], tuple[np.ndarray, np.ndarray]]] = None
+                 ) -> Mapping:
+  """A net's lazy arrays of a set of the store. `holdout` (when the ID validation set is a
+  holdout of "train"): n -> (train rows, validation rows) of the n rows of "train"; then
+  "train" is without the held-out rows and `VAL` is them."""
+  if holdout is not None and set_name in ("train", VAL):
+    n = len(store.get(BACKBONE, "train", ["labels"])["labels"])
+    return SubsetArrays(StoreArrays(store, net, "train", keys),
+                        holdout(n)[int(set_name == VAL)])
+  return StoreArrays(store, net, set_name, keys)
+
+
+def fit_arrays(store: ArrayStore, net: str, fit_set: str, keys: Sequence[str], trains: bool,
+               holdout: Optional[Callable[[int], tuple[np.ndarray, np.ndarray]]] = None
+               ) -> Mapping:
+  """The arrays a detector row is fitted on: the whole "train" set when its fit trains
+  (DLSR's fit is its training run), else `split_arrays` of its fit set."""
+  if trains:
+    return StoreArrays(store, net, "train", keys)
+  return split_arrays(store, net, fit_set, keys, holdout)
 
 
 def accuracy(store: ArrayStore, net: str, set_name: str = "id") -> Optional[float]:

@@ -36,7 +36,7 @@ from dlsr_jax.evaluation.evaluate import fit_key, set_key
 from dlsr_jax.evaluation import metrics as metrics_lib
 
 __all__ = ["DEFAULT_GRIDS", "ID_VAL", "OOD_VAL", "OPENOOD_VAL_FIT", "candidates", "default_grid", "plain_settings",
-           "score_candidates", "time_grid", "tune"]
+           "score_candidates", "time_grid", "tune", "tune_and_record"]
 
 Grid = Union[Mapping[str, Sequence[Any]], Sequence[Mapping[str, Any]]]
 ID_VAL, OOD_VAL = "id_val", "ood_val"   # the set names the validation sets are keyed with
@@ -303,6 +303,19 @@ def search_record(detector_type: str, settings_grid: Optional[Grid], best: Mappi
   settings = plain_settings(best)
   return {"grid": _json_plain(grid), "chosen": {k: settings[k] for k in keys},
           "settings": settings}
+
+
+def tune_and_record(detector_type: str, settings_grid: Optional[Grid], fit: SetArrays,
+                    id_val: SetArrays, ood_val: SetArrays, *, key: jax.Array, net: Any = None,
+                    settings: Optional[Mapping[str, Any]] = None
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """`tune`, timed: (the best settings, the search's record: `search_record`, "seconds",
+  "candidates")."""
+  t0 = time.time()
+  best, cands = tune(detector_type, settings_grid, fit, id_val, ood_val, key=key, net=net,
+                     settings=settings)
+  return best, {**search_record(detector_type, settings_grid, best, net),
+                "seconds": round(time.time() - t0, 3), "candidates": cands}
 
 
 def _json_plain(value):
