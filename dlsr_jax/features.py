@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from dlsr_jax import cache as cache_lib
+from dlsr_jax import multihost
 from dlsr_jax.backbones.base import Backbone, preprocess_images
 from dlsr_jax.cache import images_digest
 from dlsr_jax.data import batching
@@ -212,3 +215,35 @@ def extract_cached(backbone: Backbone, images: np.ndarray, dataset: str,
     cache.save(key, z_all, bounds)
   z, bounds = select_layers(z_all, backbone, layers)
   return z, bounds, cached
+
+
+def extract_source(backbone: Backbone, source: str, cache: Optional[FeatureCache],
+                   batch_size: int, spec: FeatureSpec, load_images: Callable,
+                   count_images: Callable[[str], int], shard: bool = False
+                   ) -> tuple[np.ndarray, tuple[int, ...], dict]:
+  """(z [N, C], boundaries, timing info) for one data source, through the cache.
+
+  `load_images(source, rows=None)` -> a `data.ImageSet`; `count_images(source)` -> N (no
+  decoding). `shard`: in a multi-process job each process loads, extracts (and caches) only
+  its `multihost.shard_range` of the images; the features are then all-gathered, so every
+  process returns the same full [N, C] array.
+  """
+  t0 = time.time()
+  if shard and jax.process_count() > 1:
+    n = count_images(source)
+    lo, hi = multihost.shard_range(n)
+    images, name = load_images(source, rows=(lo, hi)).images, f"{source}[{lo}:{hi}]"
+  else:
+    images = load_images(source).images
+    n, name = int(images.shape[0]), source
+  t1 = time.time()
+  z, bounds, cached = extract_cached(backbone, images, name, cache, batch_size, spec)
+  if shard and jax.process_count() > 1:
+    z = multihost.allgather_rows(z, n)
+  dt = time.time() - t1
+  info = {"num_images": n, "load_s": round(t1 - t0, 3),
+          "features_s": round(dt, 3), "cached": cached}
+  if not cached:
+    info["features_images_per_s"] = round(images.shape[0] / max(dt, 1e-9), 2)
+  logging.info("features of %s: %s (%s)", source, z.shape, info)
+  return z, bounds, info

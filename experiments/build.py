@@ -14,15 +14,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 from typing import Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
-from dlsr_jax import backbones, data, features, lfdn, multihost, schedule, trainer
+from dlsr_jax import backbones, data, features, lfdn, schedule, trainer
 from dlsr_jax import train as train_lib
 from dlsr_jax.data import sources
 from dlsr_jax.detectors.base import FeatureLayout
@@ -244,32 +242,11 @@ def count_source(c, source: str) -> int:
 
 def source_features(c, backbone, source: str, cache,
                     shard: bool = False) -> tuple[np.ndarray, tuple, dict]:
-  """(z [N, C], boundaries, timing info) for one data source, through the cache.
-
-  `shard`: in a multi-process job each process loads, extracts (and caches)
-  only its `multihost.shard_range` of the images; the features are then
-  all-gathered, so every process returns the same full [N, C] array.
-  """
-  t0 = time.time()
-  if shard and jax.process_count() > 1:
-    n = count_source(c, source)
-    lo, hi = multihost.shard_range(n)
-    images, name = load_source(c, source, rows=(lo, hi)).images, f"{source}[{lo}:{hi}]"
-  else:
-    images = load_source(c, source).images
-    n, name = int(images.shape[0]), source
-  t1 = time.time()
-  z, bounds, cached = features.extract_cached(backbone, images, name, cache,
-                                              c.feature_batch_size, feature_spec(c))
-  if shard and jax.process_count() > 1:
-    z = multihost.allgather_rows(z, n)
-  dt = time.time() - t1
-  info = {"num_images": n, "load_s": round(t1 - t0, 3),
-          "features_s": round(dt, 3), "cached": cached}
-  if not cached:
-    info["features_images_per_s"] = round(images.shape[0] / max(dt, 1e-9), 2)
-  logging.info("features of %s: %s (%s)", source, z.shape, info)
-  return z, bounds, info
+  """(z [N, C], boundaries, timing info) of one data source (`features.extract_source`;
+  `shard`: each process extracts its rows only, then all-gathers)."""
+  return features.extract_source(backbone, source, cache, c.feature_batch_size,
+                                 feature_spec(c), lambda s, rows=None: load_source(c, s, rows),
+                                 lambda s: count_source(c, s), shard)
 
 
 def array_store(c, workdir: str, sources, shard_train: bool = False,
