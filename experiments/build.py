@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlsr_jax import backbones, data, features, lfdn, schedule, trainer
+from dlsr_jax import backbones, data, features, lfdn, schedule, settings_checks, trainer
 from dlsr_jax import train as train_lib
 from dlsr_jax.data import sources
 from dlsr_jax.detectors.base import FeatureLayout
@@ -295,7 +295,7 @@ def validate_config(c) -> plan_lib.Plan:
     plan = build(c)
   except (ValueError, TypeError) as e:
     found.append(f"--config.nets / --config.detectors / --config.eval.rows: {e}")
-  validate.raise_problems(validate.problems(config_record(c), found))
+  settings_checks.raise_problems(validate.problems(config_record(c), found))
   return plan
 
 

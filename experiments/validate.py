@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
 
-from dlsr_jax import backbones, diffusion, extras, schedule, scoring
+from dlsr_jax import backbones, scoring, settings_checks
 
 DTYPES = ("float32", "bfloat16", "float16")
 MIN_RESOLUTION = 32        # every backbone downsamples 32x: smaller inputs lose levels
@@ -62,15 +62,6 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def _get(settings: Mapping, key: str) -> tuple[bool, Any]:
-  node = settings
-  for part in key.split("."):
-    if part not in node:
-      return False, None
-    node = node[part]
-  return True, node
-
-
 def problems(settings: Mapping, plan_problems: Sequence[str] = ()) -> list[str]:
   """Every problem of a config's settings, one line each (empty: fine).
 
@@ -80,7 +71,7 @@ def problems(settings: Mapping, plan_problems: Sequence[str] = ()) -> list[str]:
   """
   out = []
   for key, (ok, allowed) in _CHECKS.items():
-    present, value = _get(settings, key)
+    present, value = settings_checks.get(settings, key)
     if present and not ok(value):
       out.append(f"--config.{key}={value!r}: must be {allowed}")
   backbone = settings["backbone"]
@@ -90,57 +81,12 @@ def problems(settings: Mapping, plan_problems: Sequence[str] = ()) -> list[str]:
   if not 0 < s["beta_start"] < s["beta_end"] < 1:
     out.append(f"--config.schedule.beta_start={s['beta_start']!r}, "
                f"beta_end={s['beta_end']!r}: need 0 < beta_start < beta_end < 1")
-  if _get(settings, "schedule.num_steps")[1] and _int_at_least(2)(s["num_steps"]):
+  if settings_checks.get(settings, "schedule.num_steps")[1] and _int_at_least(2)(s["num_steps"]):
     try:
       scoring.validate_ks(list(e["ks"]), s["num_steps"])
     except ValueError as err:
       out.append(f"--config.eval.ks={tuple(e['ks'])!r}: {err}")
   out += list(plan_problems)
-  out += _library_checks(settings)
-  out += _extras_checks(settings)
+  out += settings_checks.library_problems(settings["eval"], settings["schedule"], "--config.")
+  out += settings_checks.extras_problems(settings, "--config.")
   return out
-
-
-def _strings(node, prefix: str = ""):
-  """(dotted key, value) of every string value in a dict tree."""
-  for key, value in node.items():
-    if hasattr(value, "items"):
-      yield from _strings(value, f"{prefix}{key}.")
-    elif isinstance(value, str):
-      yield f"{prefix}{key}", value
-
-
-def _extras_checks(settings: Mapping) -> list[str]:
-  """`tfds:` sources (any key, e.g. data.train, data.ood.*, a net's outliers) without the
-  `tfds` extra installed: named with the pip command, before any work."""
-  if extras.installed("tfds"):
-    return []
-  return [f"--config.{key}={value!r}: {extras.missing_message('tfds', 'a tfds: source')}"
-          for key, value in _strings(settings) if value.startswith("tfds:")
-          or (key.endswith("extra_ood") and "=tfds:" in value)]
-
-
-def _library_checks(settings: Mapping) -> list[str]:
-  """What the library's own config dataclasses reject (DDIM, schedule)."""
-  out = []
-  e, s = settings["eval"], settings["schedule"]
-  try:
-    diffusion.DDIMConfig(stride=e["stride"], eta=e["eta"], release_compat=e["release_compat"])
-  except (ValueError, TypeError) as err:
-    out.append(f"--config.eval (DDIM): {err}")
-  try:
-    schedule.make_schedule(schedule.ScheduleConfig(kind=s["kind"], num_steps=s["num_steps"],
-                                                   beta_start=s["beta_start"],
-                                                   beta_end=s["beta_end"]))
-  except (ValueError, TypeError) as err:
-    out.append(f"--config.schedule: {err}")
-  return out
-
-
-def raise_problems(found: Sequence[str]) -> None:
-  """Raises one ValueError listing every problem (duplicates once); nothing if none."""
-  found = list(dict.fromkeys(found))
-  if len(found) == 1:
-    raise ValueError(f"invalid config: {found[0]}")
-  if found:
-    raise ValueError("invalid config:\n  " + "\n  ".join(found))

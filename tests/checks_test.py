@@ -49,3 +49,21 @@ def test_split_and_fit_arrays_without_a_config():
   np.testing.assert_array_equal(whole["labels"], np.arange(6))
   part = arrays.fit_arrays(_Store(), "net", "train", ["labels"], False, rows)
   np.testing.assert_array_equal(part["labels"], [2, 3, 4, 5])
+
+
+def test_settings_checks_without_a_config():
+  from dlsr_jax import settings_checks
+  tree = {"eval": {"stride": 0, "eta": 0.0, "release_compat": False},
+          "schedule": {"kind": "linear", "num_steps": 10, "beta_start": 1e-4, "beta_end": 0.02},
+          "data": {"train": "npz:x.npz"}}
+  assert settings_checks.get(tree, "eval.stride") == (True, 0)
+  assert settings_checks.get(tree, "eval.nope") == (False, None)
+  assert list(settings_checks.strings(tree)) == [("schedule.kind", "linear"),
+                                                 ("data.train", "npz:x.npz")]
+  found = settings_checks.library_problems(tree["eval"], tree["schedule"], "--x.")
+  assert len(found) == 1 and found[0].startswith("--x.eval (DDIM): ")
+  with pytest.raises(ValueError, match=r"^invalid config: a$"):
+    settings_checks.raise_problems(["a", "a"])
+  with pytest.raises(ValueError, match=r"^invalid config:\n  a\n  b$"):
+    settings_checks.raise_problems(["a", "b"])
+  settings_checks.raise_problems([])
