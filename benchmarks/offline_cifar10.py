@@ -33,9 +33,8 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from dlsr_jax import backbones, detectors, evaluation, features, scoring
+from dlsr_jax import detectors, evaluation, features, scoring
 from dlsr_jax.detectors import dlsr
-from dlsr_jax.detectors.base import FeatureLayout
 from dlsr_jax.evaluation import metrics, report, table
 from dlsr_jax.training import metrics_writer
 from dlsr_jax.training import workdir as workdir_lib
@@ -130,7 +129,7 @@ def model_variants(c) -> dict:
   the AutoEncoder (no time embedding) and the deepest level only (stride 32)."""
   base = dlsr_settings(c)
   return {"dlsr": base, "ae": {**base, "use_time_embedding": False},
-          "last": {**base, "levels": (feature_layout(c).names[-1],)}}
+          "last": {**base, "levels": (experiments_run.feature_layout(c).names[-1],)}}
 
 
 def dlsr_settings(c) -> dict:
@@ -140,14 +139,6 @@ def dlsr_settings(c) -> dict:
 
 def _plain(value):
   return tuple(value) if isinstance(value, (list, tuple)) else value
-
-
-def feature_layout(c) -> FeatureLayout:
-  """The levels of the features (`c.layers` of `c.backbone`, by name)."""
-  cfg = backbones.config(c.backbone)
-  layers = tuple(c.layers) or cfg.default_layers
-  return FeatureLayout(names=tuple(cfg.level_names[i] for i in layers),
-                       channels=tuple(cfg.level_channels[i] for i in layers))
 
 
 def load_sets(c, data_dir: str, workdir: str, backbone=None, big_ood_limit: int = 0,
@@ -187,7 +178,7 @@ def dlsr_detector(c, settings: dict, seed: int, workdir: str, restore_only: bool
                                      for k, v in settings.items()}}
     workdir_lib.write_record(record, workdir, lambda k: k.split(".")[-1] in _CHANGEABLE,
                              ", ".join(_CHANGEABLE))
-  return dlsr.make(workdir=workdir, layout=feature_layout(c), seed=seed,
+  return dlsr.make(workdir=workdir, layout=experiments_run.feature_layout(c), seed=seed,
                    restore_only=restore_only, write_metrics=writer and writer.write_scalars,
                    **settings)
 
@@ -232,7 +223,7 @@ def score_setting(c, backbone, sets, z_train, workdir: str, variants: dict, seed
   base = evaluation.evaluate(baseline_detectors(c), {"features": z_train}, set_arrays(sets),
                              key=key, groups=groups)
   stages[f"{label}: baselines (fit + score)"] = time.time() - t0
-  settings = _settings(c, backbone)
+  settings = experiments_run.settings_summary(c, backbone)
   per_seed, lr_rows = [], {}
   for seed in seeds:
     parts = []
@@ -286,24 +277,6 @@ def lr_reference_rows(c, settings: dict, seed: int, workdir: str, sets: dict, z_
                   "near": float(np.mean([metrics.auroc(lr["id"], lr[f]) for f in NEAR]))}
       out[int(step)][orient] = row
   return out
-
-
-def _settings(c, backbone) -> dict:
-  """The settings line of the report."""
-  bounds = features.boundaries_for(feature_layout(c).channels)
-  return {
-      "backbone": backbone.name, "weights": backbone.weights_id,
-      "resolution": c.resolution or backbone.resolution, "layers": list(c.layers) or "default",
-      "normalisation": f"{c.normalisation}: mean {[round(m, 4) for m in backbone.mean]}, "
-                       f"std {[round(v, 4) for v in backbone.std]}",
-      "pooling": c.pooling, "feature_dim": int(bounds[-1]), "boundaries": list(bounds),
-      "lfdn": f"W={c.model.width} E={c.model.embed_dim} N={c.model.num_blocks}",
-      "train": f"{c.train.num_epochs} epochs, batch {c.train.batch_size}, "
-               f"lr {c.optim.learning_rate}, wd {c.optim.weight_decay}, ema {c.optim.ema_decay}",
-      "ddim": f"stride {c.eval.stride}, eta {c.eval.eta}, release_compat {c.eval.release_compat}",
-      "num_draws": c.eval.num_draws, "lr_orientation": c.eval.lr_orientation,
-      "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
-  }
 
 
 def run(data_dir: str, workdir: str) -> dict:

@@ -5,8 +5,8 @@ selected by `c.eval.rows`, the validation sets, the training streams against the
 the checks of each net are `dlsr_jax.training.classifier`'s, of each row
 `dlsr_jax.evaluation.rows`') and converts the rest of the config into plain values: the data
 sets (`Data`), the seeds, the evaluation settings. The functions at the end turn the config
-into the library's own settings (feature spec, LFDN configs, the backbone, data loading, the
-array store, the config record).
+into the library's own settings (feature spec, LFDN configs, the run's `plan.Inputs`: data
+loading, the backbone, the feature cache) and the config record.
 """
 
 from __future__ import annotations
@@ -16,15 +16,11 @@ import json
 import os
 from typing import Mapping, Optional
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
-from dlsr_jax import backbones, data, features, lfdn, schedule, settings_checks, trainer
+from dlsr_jax import backbones, features, lfdn, schedule, settings_checks, trainer
 from dlsr_jax import train as train_lib
 from dlsr_jax.data import sources
 from dlsr_jax.detectors.base import FeatureLayout
-from dlsr_jax.evaluation import arrays
+from dlsr_jax.evaluation import inputs as inputs_lib
 from dlsr_jax.evaluation import rows as rows_lib
 from dlsr_jax.evaluation.arrays import BACKBONE
 from dlsr_jax.training import classifier
@@ -108,6 +104,13 @@ def parse_groups(c) -> dict[str, list[str]]:
   return groups
 
 
+def check_evaluation(c) -> None:
+  """What an evaluation needs beyond `build`: at least one OOD set, groups of known sets."""
+  if not ood_sources(c):
+    raise ValueError("no OOD sets configured: set --config.data.extra_ood=NAME=SOURCE")
+  parse_groups(c)
+
+
 def _check_streams_apart(c, specs: Mapping[str, classifier.NetSpec]) -> None:
   """A training stream (e.g. OE's outliers) must not be a test set of the evaluation."""
   tests = {"data.test": str(c.data.test)}
@@ -162,7 +165,7 @@ def build(c) -> plan_lib.Plan:
                        data=data_plan(c), seed=int(c.seed), eval_seed=int(c.eval.seed),
                        plots=bool(c.eval.plots),
                        trapezoid_aupr=bool(c.eval.get("trapezoid_aupr", False)),
-                       cache_dir=str(c.cache_dir or ""), record=config_record(c))
+                       inputs=inputs(c), record=config_record(c), summary=lfdn_summary(c))
 
 
 def data_plan(c) -> plan_lib.Data:
@@ -177,16 +180,9 @@ def data_plan(c) -> plan_lib.Data:
               ood_val=str(c.data.get("ood_val", "") or ""))
 
 
-def seed_record(record: Mapping, seed: Optional[int]) -> dict:
-  """A config record (`config_record`) for one of its `seeds`: `seed = seed`, no `seeds` (a
-  seed run's record); the record itself when `seed` is None."""
-  return dict(record) if seed is None else {**record, "seed": seed, "seeds": []}
-
-
 # ------------------------------------------- the config as library settings --
 def feature_spec(c) -> features.FeatureSpec:
-  return features.FeatureSpec(layers=tuple(c.layers) or None, pooling=c.pooling,
-                              resolution=c.resolution or None)
+  return inputs(c).feature_spec
 
 
 def schedule_config(c) -> schedule.ScheduleConfig:
@@ -219,55 +215,26 @@ def fit_config(c) -> trainer.FitConfig:
                            keep_steps=tuple(int(s) for s in t.keep_steps))
 
 
-def load_backbone(c) -> backbones.Backbone:
-  weights = None if c.weights in ("none", "", None) else c.weights
-  return backbones.load(c.backbone, weights=weights, dtype=jnp.dtype(c.backbone_dtype),
-                        normalisation=c.normalisation)
+def inputs(c) -> inputs_lib.Inputs:
+  """How the run loads images, the backbone and its features (`plan.Inputs`)."""
+  return inputs_lib.Inputs(
+      backbone=c.backbone, weights=None if c.weights in ("none", "", None) else c.weights,
+      backbone_dtype=c.backbone_dtype, normalisation=c.normalisation, layers=tuple(c.layers),
+      pooling=c.pooling, resolution=c.resolution or 0, feature_batch_size=c.feature_batch_size,
+      classifier_batch_size=c.eval.get("classifier_batch_size", 256),
+      image_size=c.data.image_size or 0, tfds_data_dir=c.data.tfds_data_dir or "",
+      limit=c.data.limit or 0, cache_dir=str(c.cache_dir or ""))
 
 
-def cache_dir(c, workdir: str) -> str:
-  return c.cache_dir or os.path.join(workdir, "feature_cache")
-
-
-def load_source(c, source: str, rows: Optional[tuple[int, int]] = None) -> data.ImageSet:
-  return data.load_images(source, image_size=c.data.image_size or None,
-                          tfds_data_dir=c.data.tfds_data_dir or None,
-                          limit=c.data.limit or None, rows=rows)
-
-
-def count_source(c, source: str) -> int:
-  return data.count_images(source, tfds_data_dir=c.data.tfds_data_dir or None,
-                           limit=c.data.limit or None)
-
-
-def source_features(c, backbone, source: str, cache,
-                    shard: bool = False) -> tuple[np.ndarray, tuple, dict]:
-  """(z [N, C], boundaries, timing info) of one data source (`features.extract_source`;
-  `shard`: each process extracts its rows only, then all-gathers)."""
-  return features.extract_source(backbone, source, cache, c.feature_batch_size,
-                                 feature_spec(c), lambda s, rows=None: load_source(c, s, rows),
-                                 lambda s: count_source(c, s), shard)
-
-
-def array_store(c, workdir: str, sources, shard_train: bool = False,
-                write_to: Optional[str] = None) -> arrays.ArrayStore:
-  """The run's `ArrayStore` of `sources`. `write_to`: where new cache entries go (default
-  `cache_dir(c, workdir)`, which is then still read): an evaluation writing to its own
-  --outdir writes nothing into the workdir."""
-  default = cache_dir(c, workdir)
-  write = write_to or default
-  return arrays.ArrayStore(
-      sources, load_images=lambda source, rows=None: load_source(c, source, rows),
-      count_images=lambda source: count_source(c, source),
-      load_backbone=lambda: load_backbone(c), feature_spec=feature_spec(c),
-      feature_batch_size=c.feature_batch_size, cache_dir=write,
-      read_also=() if write == default else (default,),
-      classifier_batch_size=c.eval.get("classifier_batch_size", 256), shard_train=shard_train)
-
-
-def feature_boundaries(c, backbone) -> tuple[int, ...]:
-  layers = features.resolve_layers(backbone, tuple(c.layers) or None)
-  return features.boundaries_for([backbone.level_channels[i] for i in layers])
+def lfdn_summary(c) -> dict:
+  """The LFDN blocks' part of the results' settings line (`plan.settings_summary`)."""
+  return {
+      "lfdn": f"W={c.model.width} E={c.model.embed_dim} N={c.model.num_blocks}",
+      "train": f"{c.train.num_epochs} epochs, batch {c.train.batch_size}, "
+               f"lr {c.optim.learning_rate}, wd {c.optim.weight_decay}, ema {c.optim.ema_decay}",
+      "ddim": f"stride {c.eval.stride}, eta {c.eval.eta}, release_compat {c.eval.release_compat}",
+      "num_draws": c.eval.num_draws, "lr_orientation": c.eval.lr_orientation,
+  }
 
 
 def config_record(c) -> dict:
@@ -307,7 +274,7 @@ def lr_reference_step(c) -> int:
   """
   if c.train.lr_reference_steps:
     return int(c.train.lr_reference_steps)
-  return count_source(c, c.data.train) // c.train.batch_size
+  return inputs_lib.count_source(inputs(c), c.data.train) // c.train.batch_size
 
 
 def restore_ema(c, workdir: str, num_features: int, reference_step: Optional[int] = None):
@@ -327,19 +294,3 @@ def release_config(c, model: lfdn.LFDNConfig, reference_step: Optional[int]):
   if reference_step is not None:
     c.train.lr_reference_steps = reference_step
   return c
-
-
-def settings_summary(c, backbone, bounds) -> dict:
-  return {
-      "backbone": backbone.name, "weights": backbone.weights_id,
-      "resolution": c.resolution or backbone.resolution, "layers": list(c.layers) or "default",
-      "normalisation": f"{c.normalisation}: mean {[round(m, 4) for m in backbone.mean]}, "
-                       f"std {[round(v, 4) for v in backbone.std]}",
-      "pooling": c.pooling, "feature_dim": int(bounds[-1]), "boundaries": list(bounds),
-      "lfdn": f"W={c.model.width} E={c.model.embed_dim} N={c.model.num_blocks}",
-      "train": f"{c.train.num_epochs} epochs, batch {c.train.batch_size}, "
-               f"lr {c.optim.learning_rate}, wd {c.optim.weight_decay}, ema {c.optim.ema_decay}",
-      "ddim": f"stride {c.eval.stride}, eta {c.eval.eta}, release_compat {c.eval.release_compat}",
-      "num_draws": c.eval.num_draws, "lr_orientation": c.eval.lr_orientation,
-      "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
-  }

@@ -1,10 +1,10 @@
-"""Evaluation: every configured detector row fitted once, every set scored, ONE table.
+"""Evaluation of a plan: every detector row fitted once, every set scored, ONE table.
 
-`run_evaluate` builds the plan (`build.build` checks every net and row first), restores the
-trained nets, fits each row once on the ID train arrays of its net, scores the ID test set and
-every OOD set, and writes results.{json,md,csv}, scores.npz and ROC PNGs. Arrays are computed
-once per (net, set) through `dlsr_jax.evaluation.arrays.ArrayStore`. The config is validated
-and checked against the workdir's record (`experiments.workdir`) before any extraction.
+`evaluate_plan` (called by `experiments.run.evaluate`, which checks the config, the
+workdir's record and the data first) restores the trained nets, fits each row once on the ID
+train arrays of its net, scores the ID test set and every OOD set, and writes
+results.{json,md,csv}, scores.npz and ROC PNGs. Arrays are computed once per (net, set)
+through `dlsr_jax.evaluation.arrays.ArrayStore`.
 Outputs never mix runs (`dlsr_jax.evaluation.outputs`): an earlier evaluation's files in the
 output folder (`OUTPUT_FILES`, there and in its seed_*/ folders) are moved to
 `<outdir>/previous/<timestamp>/` before the new ones are written, and results.json lists every
@@ -23,12 +23,11 @@ from absl import logging
 
 from dlsr_jax import evaluation as evaluation_lib
 from dlsr_jax.evaluation import arrays, outputs
+from dlsr_jax.evaluation import inputs as inputs_lib
 from dlsr_jax.evaluation import rows as rows_lib
 from dlsr_jax.evaluation import tune as tune_lib
-from dlsr_jax.training import workdir as workdir_lib
-from experiments import build, runner
 from experiments import plan as plan_lib
-from experiments.build import ood_sources, parse_groups
+from experiments import runner
 from experiments.configs import datasets
 
 SEARCH_KEY = "search"   # a tuned row's search record in its metadata, until written
@@ -78,7 +77,7 @@ def evaluate_row(plan: plan_lib.Plan, row: rows_lib.RowSpec, store: arrays.Array
   """One row through `dlsr_jax.evaluation.evaluate`: fitted on the ID train arrays of its net
   (data.val for the types OpenOOD fits on ID val, when the protocol names one), the ID test
   set and every OOD set scored. A tuned row first chooses its settings (`tune_row`); its
-  search record rides in the row's metadata as "search" until `run_evaluate` takes it out
+  search record rides in the row's metadata as "search" until `evaluate_plan` takes it out
   for search.json. The warnings it raises (e.g. N <= C features, a one-image set) are logged
   and appended to `notes` ("<row>: <message>") for the results."""
   set_names = ["id", *plan.data.ood]
@@ -120,45 +119,28 @@ def _score_all(plan: plan_lib.Plan, store, workdir: str, seed: Optional[int],
   return evaluation_lib.Results.combine([fixed[r] for r in plan.rows])
 
 
-def run_evaluate(c, workdir: str, outdir: Optional[str] = None) -> dict:
-  """Fits every row once, scores the ID test set and every OOD set, writes ONE table.
+def evaluate_plan(plan: plan_lib.Plan, workdir: str, outdir: str, own_outdir: bool) -> dict:
+  """Fits every row once, scores the ID test set and every OOD set, writes ONE table into
+  `outdir`, once `experiments.run.evaluate` has checked everything: restores (never trains).
 
-  With `c.seeds`, each training row (DLSR) has one LFDN per seed (`<workdir>/<row>/seed_<s>/`);
-  each seed's table goes to `<outdir>/seed_<s>/` and the top-level results hold the mean over
-  seeds with the standard deviation beside it (rows that train nothing: std 0).
+  With `plan.seeds`, each training row (DLSR) has one LFDN per seed
+  (`<workdir>/<row>/seed_<s>/`); each seed's table goes to `<outdir>/seed_<s>/` and the
+  top-level results hold the mean over seeds with the standard deviation beside it (rows that
+  train nothing: std 0). With an output folder of its own (`own_outdir`) and no configured
+  cache_dir, new cache entries go to <outdir>/feature_cache (the workdir's cache is still
+  read): nothing is written into the workdir.
   """
-  own_outdir = bool(outdir) and os.path.abspath(outdir) != os.path.abspath(workdir)
-  outdir = outdir or workdir
-  if not ood_sources(c):
-    raise ValueError("no OOD sets configured: set --config.data.extra_ood=NAME=SOURCE")
-  parse_groups(c)
-  plan = build.validate_config(c)                           # before any extraction
-  if jax.process_index() == 0:
-    workdir_lib.check_writable(outdir, "output folder", "" if own_outdir else
-                               ": give --outdir=<a writable folder>")
-  build.check_config(c, workdir, for_eval=True)            # trained with these settings?
-  runner.check_sources(c, plan)                            # every set: a typo fails now
-  runner.require_trained(plan, workdir)
-  # a workdir that a training run holds is refused; with an output folder of its own the
-  # evaluation only checks the lock, writing nothing at all into the workdir
-  with workdir_lib.lock(workdir, read_only=own_outdir):
-    return _evaluate(c, plan, workdir, outdir, own_outdir)
-
-
-def _evaluate(c, plan: plan_lib.Plan, workdir: str, outdir: str, own_outdir: bool) -> dict:
-  """`run_evaluate` once every check passed: restores (never trains) and scores. With an
-  output folder of its own and no `c.cache_dir`, new cache entries go to
-  <outdir>/feature_cache (the workdir's cache is still read): nothing is written into the
-  workdir."""
-  cache = os.path.join(outdir, "feature_cache") if own_outdir and not plan.cache_dir else None
-  store = build.array_store(c, workdir, plan.data.sources(), write_to=cache)
+  own_cache = own_outdir and not plan.inputs.cache_dir
+  store = inputs_lib.array_store(plan.inputs, workdir, plan.data.sources(),
+                               write_to=os.path.join(outdir, "feature_cache") if own_cache
+                               else None)
   add_validation_sources(plan, store)
   runner.check_labels(plan, store, plan_lib.needed_nets(plan))
   nets = runner.prepare_nets(plan, workdir, store, plan_lib.needed_nets(plan), restore_only=True,
                              tests=plan.data.test_sets())
   accuracy = {n: arrays.accuracy(store, n) for n in nets}
-  settings = build.settings_summary(c, store.backbone, build.feature_boundaries(
-      c, store.backbone)) if any(r.net == arrays.BACKBONE for r in plan.rows.values()) else {}
+  settings = inputs_lib.settings_summary(plan.inputs, plan.summary, store.backbone) if any(
+      r.net == arrays.BACKBONE for r in plan.rows.values()) else {}
   settings["rows"] = {r.name: f"{r.type} on {r.net}" for r in plan.rows.values()}
   per_seed, fixed, files, moved, notes, search = [], {}, [], None, {}, {}
   for seed in plan.seeds or (None,):

@@ -2,17 +2,19 @@
 
 `Plan` holds every net (`dlsr_jax.training.classifier.NetSpec`, in training order; checked by
 `classifier.net_spec`), every selected detector row (`dlsr_jax.evaluation.rows.RowSpec`;
-checked by `rows.row_spec`), the data sets (`Data`) and the run's plain settings.
+checked by `rows.row_spec`), the data sets (`Data`), how images, the backbone and the feature
+cache are loaded (`dlsr_jax.evaluation.inputs.Inputs`) and the run's plain settings.
 `build.build` reads the config, calls the checks and fills these in.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from dlsr_jax.detectors.base import FeatureLayout
 from dlsr_jax.evaluation import rows as rows_lib
+from dlsr_jax.evaluation.inputs import Inputs
 from dlsr_jax.training import classifier
 
 
@@ -52,8 +54,9 @@ class Plan:
   Attributes:
     seed: the LFDN seed of a run without `seeds`; eval_seed: the evaluation key's seed.
     plots, trapezoid_aupr: eval.plots, eval.trapezoid_aupr.
-    cache_dir: the config's cache_dir ("" = <workdir>/feature_cache).
+    inputs: how images, the backbone and the feature cache are loaded.
     record: the config as a plain nested dict (what config.json records).
+    summary: the LFDN settings of the results' settings line (`settings_summary`).
   """
   nets: Mapping[str, classifier.NetSpec]
   rows: Mapping[str, rows_lib.RowSpec]
@@ -64,8 +67,9 @@ class Plan:
   eval_seed: int = 0
   plots: bool = True
   trapezoid_aupr: bool = False
-  cache_dir: str = ""
+  inputs: Inputs = Inputs()
   record: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  summary: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def plain(value: Any) -> Any:
@@ -87,3 +91,9 @@ def needed_nets(plan: Plan) -> list[str]:
       need.add(name)
       name = plan.nets[name].init_from
   return [n for n in plan.nets if n in need]
+
+
+def seed_record(record: Mapping, seed: Optional[int]) -> dict:
+  """A config record (`config_record`) for one of its `seeds`: `seed = seed`, no `seeds` (a
+  seed run's record); the record itself when `seed` is None."""
+  return dict(record) if seed is None else {**record, "seed": seed, "seeds": []}

@@ -12,14 +12,19 @@ and Python users.
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import jax
 from absl import logging
 
 from dlsr_jax import features
+from dlsr_jax.detectors.base import FeatureLayout
+from dlsr_jax.evaluation import inputs as inputs_lib
 from dlsr_jax.training import workdir as workdir_lib
 from experiments import build, evaluation, launch, runner
+from experiments import plan as plan_lib
+from experiments import workdir as record_lib
 
 
 def setup(multihost: Optional[bool] = None) -> None:
@@ -27,38 +32,67 @@ def setup(multihost: Optional[bool] = None) -> None:
   launch.setup(multihost)
 
 
-def train(c, workdir: str):
+def train(c, workdir: str) -> plan_lib.Plan:
   """Trains every classifier net and every training detector row of `c` in `workdir`.
 
-  Validates `c` and counts the images of its data sources (checking the batch sizes), then
-  locks `workdir`, checks and records config.json, then trains (`runner.run_train`); each
-  run resumes from its latest checkpoint, a finished one is restored.
+  Builds the plan once (`build.validate_config`: every problem of `c` in one error), counts
+  the images of its data sources (checking the batch sizes), then locks `workdir`, checks and
+  records config.json, then trains (`runner.run_train`); each run resumes from its latest
+  checkpoint, a finished one is restored.
   """
   plan = build.validate_config(c)
   if jax.process_index() == 0:
     workdir_lib.check_writable(workdir, hint=": use another --workdir")
   with workdir_lib.lock(workdir):
-    build.check_config(c, workdir)
-    runner.check_sources(c, plan, with_ood=False)   # under the lock, before the record
-    build.write_config(c, workdir)
-    return runner.run_train(c, workdir, plan)
+    record_lib.check_config(plan.record, workdir)
+    runner.check_sources(plan, with_ood=False)   # under the lock, before the record
+    record_lib.record_config(plan.record, workdir)
+    return runner.run_train(plan, workdir)
 
 
 def evaluate(c, workdir: str, outdir: Optional[str] = None) -> dict:
   """Fits every row once, scores every set and writes one table (into `outdir`, default
-  `workdir`); returns the results dict."""
-  return evaluation.run_evaluate(c, workdir, outdir)
+  `workdir`); returns the results dict.
+
+  Every check comes before any extraction: the config (the plan, built once), the output
+  folder, the workdir's record (trained with these settings?), every data source (a typo
+  fails now) and the checkpoints. A workdir that a training run holds is refused; with an
+  output folder of its own the evaluation only checks the lock, writing nothing at all into
+  the workdir.
+  """
+  own_outdir = bool(outdir) and os.path.abspath(outdir) != os.path.abspath(workdir)
+  outdir = outdir or workdir
+  build.check_evaluation(c)
+  plan = build.validate_config(c)
+  if jax.process_index() == 0:
+    workdir_lib.check_writable(outdir, "output folder", "" if own_outdir else
+                               ": give --outdir=<a writable folder>")
+  record_lib.check_config(plan.record, workdir, for_eval=True)
+  runner.check_sources(plan)
+  runner.require_trained(plan, workdir)
+  with workdir_lib.lock(workdir, read_only=own_outdir):
+    return evaluation.evaluate_plan(plan, workdir, outdir, own_outdir)
 
 
 def extract(c, workdir: str) -> list[tuple[str, dict]]:
   """Extracts (or reads from the cache) the features of every configured data set;
   returns [(source, {"shape", **timing})]."""
-  backbone = build.load_backbone(c)
-  cache = features.FeatureCache(build.cache_dir(c, workdir))
-  data = build.data_plan(c)
+  inputs, data = build.inputs(c), build.data_plan(c)
+  backbone = inputs_lib.load_backbone(inputs)
+  cache = features.FeatureCache(inputs_lib.cache_dir(inputs, workdir))
   out = []
   for src in [data.train, data.test, *[s for _, s in sorted(data.ood.items())]]:
-    z, _, info = build.source_features(c, backbone, src, cache)
+    z, _, info = inputs_lib.source_features(inputs, backbone, src, cache)
     out.append((src, {"shape": tuple(z.shape), **info}))
   logging.info("cache: %s", cache.directory)
   return out
+
+
+def feature_layout(c) -> FeatureLayout:
+  """The levels of config `c`'s "features" array, by name (checked against its backbone)."""
+  return build.feature_layout(c)
+
+
+def settings_summary(c, backbone) -> dict:
+  """The results' settings line of config `c` with `backbone` (what `evaluate` reports)."""
+  return inputs_lib.settings_summary(build.inputs(c), build.lfdn_summary(c), backbone)

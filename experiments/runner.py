@@ -20,20 +20,20 @@ from absl import logging
 from dlsr_jax import evaluation
 from dlsr_jax.detectors.base import Detector
 from dlsr_jax.evaluation import arrays, checks
+from dlsr_jax.evaluation import inputs as inputs_lib
 from dlsr_jax.evaluation import rows as rows_lib
 from dlsr_jax.training import classifier, loop, metrics_writer
 from dlsr_jax.training import workdir as workdir_lib
-from experiments import build
 from experiments import plan as plan_lib
 from experiments import workdir as record_lib
 
 
-def check_sources(c, plan: plan_lib.Plan, with_ood: bool = True) -> dict[str, int]:
+def check_sources(plan: plan_lib.Plan, with_ood: bool = True) -> dict[str, int]:
   """Counts the images of every data source (no decoding) and checks the training batch
   sizes against them, before any record, extraction or training (`checks`: messages name
   the config key). Returns {set name: number of images}."""
   counts = checks.count_sources(plan.data.sources(with_ood), plan.data.keys,
-                                lambda source: build.count_source(c, source))
+                                lambda source: inputs_lib.count_source(plan.inputs, source))
   nets = [n for n in (plan_lib.needed_nets(plan) if with_ood else plan.nets)
           if plan.nets[n].trains]
   sizes = {f"c.nets.{n}.batch_size": plan.nets[n].recipe["batch_size"] for n in nets}
@@ -179,7 +179,7 @@ def row_detector(plan: plan_lib.Plan, row: rows_lib.RowSpec, store: arrays.Array
   wd = row_workdir(workdir, row.name, seed) if row.trains else None
   writer = None
   if wd is not None and not restore_only:
-    record_lib.record_config(build.seed_record(plan.record, seed), wd)
+    record_lib.record_config(plan_lib.seed_record(plan.record, seed), wd)
     writer = metrics_writer.create(wd)
   try:
     yield rows_lib.make_detector(row, plan.layout, net=store.nets.get(row.net), workdir=wd,
@@ -199,13 +199,11 @@ def fit_row(plan: plan_lib.Plan, row: rows_lib.RowSpec, store: arrays.ArrayStore
   return det, state
 
 
-def run_train(c, workdir: str, plan: Optional[plan_lib.Plan] = None) -> plan_lib.Plan:
-  """Trains every classifier net (init_from order) and every training row of `c` (`plan`:
-  `build.build(c)` when the caller has it already)."""
-  plan = plan or build.build(c)
-  check_sources(c, plan, with_ood=False)
-  build.write_config(c, workdir)
-  store = build.array_store(c, workdir, plan.data.sources(with_ood=False), shard_train=True)
+def run_train(plan: plan_lib.Plan, workdir: str) -> plan_lib.Plan:
+  """Trains every classifier net (init_from order) and every training row of `plan`; the
+  caller (`experiments.run.train`) has checked its sources and recorded its config."""
+  store = inputs_lib.array_store(plan.inputs, workdir, plan.data.sources(with_ood=False),
+                               shard_train=True)
   check_labels(plan, store)
   check_streams(plan, store, plan.data.test_sets())
   info = prepare_nets(plan, workdir, store, tests=plan.data.test_sets())

@@ -5,7 +5,7 @@
 key as given on the command line (`--config.eval.batch_size`) and what is allowed, so a typo
 fails in a second instead of after minutes of extraction. `build.validate_config(c)` raises
 them (with what `build.build` finds) as one `ValueError`; `run.train` and
-`evaluation.run_evaluate` call it first.
+`run.evaluate` call it first.
 """
 
 from __future__ import annotations

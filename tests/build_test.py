@@ -8,7 +8,7 @@ import pytest
 from dlsr_jax import cache as cache_lib
 from dlsr_jax import features
 from dlsr_jax.training import classifier
-from experiments import build, evaluation
+from experiments import build, run
 from experiments.configs import quickstart
 
 
@@ -103,9 +103,9 @@ def test_evaluate_validates_before_any_extraction(tmp_path, monkeypatch):
     raise AssertionError("features extracted before the config was checked")
   monkeypatch.setattr(features, "extract", no_work)
   with pytest.raises(ValueError, match="unknown detector type"):
-    evaluation.run_evaluate(_config(bad=dict(type="nope")), str(tmp_path))
+    run.evaluate(_config(bad=dict(type="nope")), str(tmp_path))
   with pytest.raises(FileNotFoundError, match="run experiments.train"):
-    evaluation.run_evaluate(_config(), str(tmp_path))   # nothing trained yet: says so
+    run.evaluate(_config(), str(tmp_path))   # nothing trained yet: says so
 
 
 def test_array_cache_round_trip_and_keys(tmp_path):

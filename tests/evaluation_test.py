@@ -10,7 +10,7 @@ import pytest
 
 from dlsr_jax import features
 from dlsr_jax.evaluation import Results, arrays
-from experiments import evaluation, runner
+from experiments import build, evaluation, run, runner
 from experiments.configs import quickstart
 
 
@@ -28,8 +28,13 @@ def _config():
 
 
 def _count(monkeypatch):
+  """Counts feature extractions, classifier forward passes and plans built (`build.build`)."""
   calls = collections.Counter()
-  extract, forward = features.extract, arrays.forward
+  extract, forward, build_plan = features.extract, arrays.forward, build.build
+
+  def counting_build(c):
+    calls[("build", "plan")] += 1
+    return build_plan(c)
 
   def counting_extract(backbone, images, *args, desc="features", **kwargs):
     calls[("features", desc)] += 1
@@ -41,21 +46,24 @@ def _count(monkeypatch):
 
   monkeypatch.setattr(features, "extract", counting_extract)
   monkeypatch.setattr(arrays, "forward", counting_forward)
+  monkeypatch.setattr(build, "build", counting_build)
   return calls
 
 
 def test_one_table_rows_of_two_nets_each_array_computed_once(config, tmp_path, monkeypatch):
   calls = _count(monkeypatch)
-  runner.run_train(config, str(tmp_path))
+  run.train(config, str(tmp_path))
   assert (tmp_path / "head" / "checkpoints").is_dir()
   assert sum(v for (kind, _), v in calls.items() if kind == "features") == 1   # train only
+  assert calls[("build", "plan")] == 1                  # the config is read once a command
   calls.clear()
-  res = evaluation.run_evaluate(config, str(tmp_path))
+  res = run.evaluate(config, str(tmp_path))
   # Four sets (train, id, digits59, letters, noise): features once each (train: cached by
-  # run_train), the head's forward pass once per set although three head rows read it.
+  # run.train), the head's forward pass once per set although three head rows read it.
   assert sorted(d for (kind, d), v in calls.items() if kind == "features" and v == 1) == [
       "offline:digits04:test", "offline:digits59:test", "offline:letters", "offline:noise"]
   assert sum(v for (kind, _), v in calls.items() if kind == "forward") == 5
+  assert calls[("build", "plan")] == 1
   assert all(v == 1 for v in calls.values())
   assert {m["net"] for m in res["rows"].values()} == {"backbone", "head"}
   assert set(res["metrics"]) == {"knn", "mahalanobis", "head_msp", "head_energy", "head_knn",
@@ -69,8 +77,8 @@ def test_one_table_rows_of_two_nets_each_array_computed_once(config, tmp_path, m
   assert json.loads((tmp_path / "results.json").read_text())["rows"] == res["rows"]
   # A second evaluation reads every array from the caches: nothing is recomputed.
   calls.clear()
-  again = evaluation.run_evaluate(config, str(tmp_path), str(tmp_path / "again"))
-  assert not calls
+  again = run.evaluate(config, str(tmp_path), str(tmp_path / "again"))
+  assert dict(calls) == {("build", "plan"): 1}
   assert again["metrics"] == res["metrics"]
 
 
@@ -107,22 +115,21 @@ def test_a_second_evaluation_moves_the_first_ones_outputs_aside(config, tmp_path
   monkeypatch.setattr(arrays, "ArrayStore", lambda *a, **k: collections.namedtuple(
       "Store", "timing backbone")({}, None))
   monkeypatch.setattr(runner, "prepare_nets", lambda *a, **k: {})
-  monkeypatch.setattr(evaluation.build, "settings_summary", lambda *a: {})
-  monkeypatch.setattr(evaluation.build, "feature_boundaries", lambda *a: ())
+  monkeypatch.setattr(evaluation.inputs_lib, "settings_summary", lambda *a: {})
   monkeypatch.setattr(evaluation, "_score_all", _fake_scores)
   out = tmp_path / "eval"
   (out / "dlsr").mkdir(parents=True)
   (out / "config.json").write_text("{}")          # not an evaluation output: stays
   first = config.copy_and_resolve_references()
   first.eval.rows, first.eval.ks, first.seeds = "dlsr,knn,mahalanobis", (2, 3), (0, 1)
-  res1 = evaluation.run_evaluate(first, str(tmp_path), str(out))
+  res1 = run.evaluate(first, str(tmp_path), str(out))
   files1 = set(res1["files"])
   assert {"results.json", "seed_0/scores.npz", "seed_1/roc_hist_knn.png",
           "seed_0/auroc_vs_k.png"} <= files1
   second = config.copy_and_resolve_references()
   second.eval.rows = "knn"
   caplog.set_level("INFO")
-  res2 = evaluation.run_evaluate(second, str(tmp_path), str(out))
+  res2 = run.evaluate(second, str(tmp_path), str(out))
   files2 = set(res2["files"])
   assert files2 == {"results.json", "results.md", "results.csv", "scores.npz",
                     "roc_hist_knn.png", "results_openood.csv"}   # near / far groups
@@ -137,5 +144,5 @@ def test_a_second_evaluation_moves_the_first_ones_outputs_aside(config, tmp_path
   assert moved == {f"previous/{stamp}/{f}" for f in files1}   # every file kept, not deleted
   assert json.loads((out / "previous" / stamp / "results.json").read_text())["seeds"] == [0, 1]
   assert (out / "dlsr").is_dir() and not (out / "seed_0").exists()
-  evaluation.run_evaluate(second, str(tmp_path), str(out))        # a third: its own folder
+  run.evaluate(second, str(tmp_path), str(out))        # a third: its own folder
   assert len(os.listdir(out / "previous")) == 2

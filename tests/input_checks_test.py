@@ -115,14 +115,15 @@ def test_one_image_sets_warn_that_the_metrics_are_meaningless():
 def test_evaluate_rejects_batch_size_k_and_schedule_before_any_extraction(
     key, value, message, tmp_path, monkeypatch):
   """Issue 10, seen 7: these errors came only after minutes of feature extraction."""
-  from experiments import build, evaluation  # pylint: disable=g-import-not-at-top
+  from dlsr_jax.evaluation import inputs as inputs_lib  # pylint: disable=g-import-not-at-top
+  from experiments import evaluation, run  # pylint: disable=g-import-not-at-top
 
   def no_work(*args, **kwargs):
     raise AssertionError("work started before the config was checked")
 
   monkeypatch.setattr(features, "extract", no_work)
-  monkeypatch.setattr(build, "load_backbone", no_work)
+  monkeypatch.setattr(inputs_lib, "load_backbone", no_work)
   monkeypatch.setattr(evaluation.arrays, "ArrayStore", no_work)
   with pytest.raises(ValueError, match="invalid config:") as err:
-    evaluation.run_evaluate(_config(**{key: value}), str(tmp_path))
+    run.evaluate(_config(**{key: value}), str(tmp_path))
   assert message in str(err.value) and not os.listdir(tmp_path)

@@ -154,6 +154,7 @@ def test_auto_detection_joins_only_known_multi_process_setups(monkeypatch):
 def test_source_features_loads_and_extracts_only_this_process_rows(tmp_path, monkeypatch):
   """Process 1 of 2 reads rows [4, 9) of a 9-image set, extracts them, all-gathers."""
   from dlsr_jax import data, features  # pylint: disable=g-import-not-at-top
+  from dlsr_jax.evaluation import inputs as inputs_lib  # pylint: disable=g-import-not-at-top
   from experiments import build  # pylint: disable=g-import-not-at-top
   from experiments.configs import quickstart  # pylint: disable=g-import-not-at-top
   c = quickstart.get_config("tiny")
@@ -161,7 +162,7 @@ def test_source_features_loads_and_extracts_only_this_process_rows(tmp_path, mon
   images = np.random.default_rng(0).integers(0, 256, (9, 16, 16, 3), dtype=np.uint8)
   np.savez(tmp_path / "s.npz", images=images)
   source = f"npz:{tmp_path / 's.npz'}"
-  backbone = build.load_backbone(c)
+  backbone = inputs_lib.load_backbone(build.inputs(c))
   loads, gathers, load = [], [], data.load_images
   monkeypatch.setattr(data, "load_images",
                       lambda *a, **kw: loads.append(kw.get("rows")) or load(*a, **kw))
@@ -174,10 +175,10 @@ def test_source_features_loads_and_extracts_only_this_process_rows(tmp_path, mon
 
   monkeypatch.setattr(multihost, "allgather_rows", gather)
   cache = features.FeatureCache(str(tmp_path / "cache"))
-  z, bounds, info = build.source_features(c, backbone, source, cache, shard=True)
+  z, bounds, info = inputs_lib.source_features(build.inputs(c), backbone, source, cache, shard=True)
   assert loads == [(4, 9)] and info["num_images"] == 9 and z.shape == (9, bounds[-1])
   (local, n), = gathers
-  full = build.load_source(c, source).images   # the config's resizing applies
+  full = inputs_lib.load_source(build.inputs(c), source).images   # the config's resizing applies
   want, _ = features.extract(backbone, full[4:], 4, build.feature_spec(c), progress=False)
   assert n == 9 and local.shape == (5, bounds[-1])
   np.testing.assert_allclose(local, want, rtol=1e-5, atol=1e-5)

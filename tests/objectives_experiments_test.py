@@ -7,7 +7,7 @@ import os
 import ml_collections
 import pytest
 
-from experiments import evaluation, runner
+from experiments import run
 from experiments.configs import objectives_cifar10, quickstart
 from tests.models_test import FILES, WEIGHTS, shared_file
 
@@ -35,13 +35,13 @@ def _config():
 
 
 def test_objectives_train_resume_and_evaluate_in_one_table(config, tmp_path):
-  runner.run_train(config, str(tmp_path))
+  run.train(config, str(tmp_path))
   runs = json.loads((tmp_path / "train_runs.json").read_text())
   assert runs[-1]["nets"]["oe"]["objective"] == "outlier_exposure"
   assert runs[-1]["nets"]["conf"]["objective"] == "confidence_branch"
   oe_metrics = (tmp_path / "oe" / "metrics.jsonl").read_text().splitlines()
   assert oe_metrics and (tmp_path / "oe" / "checkpoints" / "3").is_dir()   # 24 / 8
-  res = evaluation.run_evaluate(config, str(tmp_path))
+  res = run.evaluate(config, str(tmp_path))
   assert set(res["metrics"]) == {"oe_msp", "conf_msp", "conf_confidence"}
   assert res["rows"]["conf_confidence"] == {"row": "conf_confidence", "detector": "confidence",
                                             "net": "conf", "score": "confidence"}
@@ -49,7 +49,7 @@ def test_objectives_train_resume_and_evaluate_in_one_table(config, tmp_path):
     assert math.isfinite(res["metrics"][key]["-"]["letters"]["auroc"])
   assert set(res["accuracy"]) == {"oe", "conf"}
   # A second train finds both runs finished: restored, not retrained.
-  runner.run_train(config, str(tmp_path))
+  run.train(config, str(tmp_path))
   again = json.loads((tmp_path / "train_runs.json").read_text())
   assert len(again) == 2 and again[-1]["nets"]["oe"]["seconds"] < runs[-1]["nets"]["oe"][
       "seconds"]

@@ -19,15 +19,16 @@ import numpy as np
 import pytest
 
 from dlsr_jax import backbones, cli, features
+from dlsr_jax.evaluation import inputs as inputs_lib
 from dlsr_jax.training import workdir as workdir_lib
-from experiments import build, evaluation, run
+from experiments import build, run
 from experiments.configs import quickstart
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _fake_backbone(c):
-  cfg = backbones.config(c.backbone)
+def _fake_backbone(inputs):
+  cfg = backbones.config(inputs.backbone)
   return types.SimpleNamespace(
       name=cfg.name, weights_id="stand-in", resolution=32, level_names=cfg.level_names,
       level_channels=cfg.level_channels, default_layers=cfg.default_layers, mean=cfg.mean,
@@ -45,7 +46,7 @@ def _fake_extract(backbone, images, batch_size=64, spec=None, progress=True, des
 @contextlib.contextmanager
 def _stand_in_backbone():
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(build, "load_backbone", _fake_backbone)
+    mp.setattr(inputs_lib, "load_backbone", _fake_backbone)
     mp.setattr(features, "extract", _fake_extract)
     yield
 
@@ -131,7 +132,7 @@ def _hold_lock(wd) -> subprocess.Popen:
 def test_evaluate_with_outdir_writes_nothing_into_a_finished_workdir(trained, tmp_path):
   wd = _copy(trained, tmp_path)
   before = _snapshot(wd)
-  res = evaluation.run_evaluate(_cfg(), str(wd), str(tmp_path / "out"))
+  res = run.evaluate(_cfg(), str(wd), str(tmp_path / "out"))
   assert _snapshot(wd) == before
   assert (tmp_path / "out" / "results.json").is_file()
   assert 0 <= res["accuracy"]["head"] <= 1
@@ -141,7 +142,7 @@ def test_evaluate_of_a_short_run_says_train_to_finish_and_trains_nothing(trained
                                                                          capsys):
   wd = _copy(trained, tmp_path)
   before = _snapshot(wd)
-  err = _fails(capsys, evaluation.run_evaluate, _cfg(**{"nets.head.epochs": 4}), str(wd),
+  err = _fails(capsys, run.evaluate, _cfg(**{"nets.head.epochs": 4}), str(wd),
                str(tmp_path / "out"))
   assert "run experiments.train to finish: step 4 of 8" in err, err
   assert _snapshot(wd) == before
@@ -150,7 +151,7 @@ def test_evaluate_of_a_short_run_says_train_to_finish_and_trains_nothing(trained
 def test_evaluate_never_trains_the_lfdn_further(trained, tmp_path, capsys):
   wd = _copy(trained, tmp_path)
   before = _snapshot(wd)
-  err = _fails(capsys, evaluation.run_evaluate,
+  err = _fails(capsys, run.evaluate,
                _cfg(**{"eval.rows": "dlsr", "train.num_epochs": 4}), str(wd), str(tmp_path / "o"))
   assert "run experiments.train to finish: step 2 of 4" in err and str(wd / "dlsr") in err, err
   assert _snapshot(wd) == before
@@ -161,7 +162,7 @@ def test_evaluate_falls_back_from_a_damaged_checkpoint_moving_nothing(trained, t
   wd = _copy(trained, tmp_path)
   os.remove(wd / "head" / "checkpoints" / "4" / "default" / "_METADATA")
   before = _snapshot(wd)
-  err = _fails(capsys, evaluation.run_evaluate, _cfg(), str(wd), str(tmp_path / "out"))
+  err = _fails(capsys, run.evaluate, _cfg(), str(wd), str(tmp_path / "out"))
   assert "run experiments.train to finish: step 2 of 4" in err, err   # step 2: the fallback
   assert _snapshot(wd) == before and not (wd / "head" / "checkpoints_set_aside").exists()
 
@@ -170,7 +171,7 @@ def test_evaluate_refuses_a_workdir_that_a_training_run_holds(trained, tmp_path,
   wd = _copy(trained, tmp_path)
   proc = _hold_lock(wd)
   try:
-    err = _fails(capsys, evaluation.run_evaluate, _cfg(), str(wd), str(tmp_path / "out"))
+    err = _fails(capsys, run.evaluate, _cfg(), str(wd), str(tmp_path / "out"))
   finally:
     proc.kill()
     proc.wait()
@@ -209,7 +210,7 @@ def test_a_record_without_a_checkpoint_accepts_the_corrected_command(tmp_path, m
   wd.mkdir()
   (wd / workdir_lib.CONFIG_NAME).write_text(_cfg(**{"nets.head.hidden": 7}).to_json())
   ran = []
-  monkeypatch.setattr(runner, "run_train", lambda c, w, *a: ran.append(w))
+  monkeypatch.setattr(runner, "run_train", lambda plan, w: ran.append(w))
   run.train(_cfg(), str(wd))          # an older version recorded a failed run
   assert ran == [str(wd)]
   import json  # pylint: disable=g-import-not-at-top
@@ -231,7 +232,7 @@ def test_training_on_unlabelled_data_fails_before_work(tmp_path, capsys):
   c.detectors.maha = ml_collections.ConfigDict(dict(type="mahalanobis", class_conditional=True,
                                                    shrinkage=0.1))
   c.eval.rows = "maha"
-  err = _fails(capsys, evaluation.run_evaluate, c, str(wd), str(tmp_path / "out"))
+  err = _fails(capsys, run.evaluate, c, str(wd), str(tmp_path / "out"))
   assert "data.train has no labels" in err and "row maha" in err, err
 
 
@@ -305,10 +306,10 @@ def test_a_read_only_workdir_is_one_line_and_is_evaluated_with_an_outdir(trained
       not str(p).startswith(str(wd)) or not mode & os.W_OK) and access(p, mode, **kw))
   err = _fails(capsys, run.train, _cfg(), str(wd))
   assert f"workdir {wd} is not writable" in err, err
-  err = _fails(capsys, evaluation.run_evaluate, _cfg(), str(wd))
+  err = _fails(capsys, run.evaluate, _cfg(), str(wd))
   assert f"output folder {wd} is not writable" in err and "--outdir" in err, err
   before = _snapshot(wd)
-  evaluation.run_evaluate(_cfg(), str(wd), str(tmp_path / "out"))
+  run.evaluate(_cfg(), str(wd), str(tmp_path / "out"))
   assert _snapshot(wd) == before and (tmp_path / "out" / "results.md").is_file()
 
 
@@ -323,15 +324,15 @@ def test_outdir_a_file_and_a_typo_in_an_ood_source_fail_before_extraction(traine
   monkeypatch.setattr(features, "extract", no_extraction)
   out = tmp_path / "results.txt"
   out.write_text("not a folder")
-  err = _fails(capsys, evaluation.run_evaluate, _cfg(), str(wd), str(out))
+  err = _fails(capsys, run.evaluate, _cfg(), str(wd), str(out))
   assert f"output folder {out} is a file" in err, err
-  err = _fails(capsys, evaluation.run_evaluate,
+  err = _fails(capsys, run.evaluate,
                _cfg(**{"data.ood.letters": "npz:/no/such/lettrs.npz"}), str(wd),
                str(tmp_path / "out"))
   assert "data.ood.letters = 'npz:/no/such/lettrs.npz'" in err and "not found" in err, err
   c = _cfg(**{"eval.rows": "dlsr,mse"})
   c.detectors.mse = ml_collections.ConfigDict(dict(type="knn", k=3))
-  err = _fails(capsys, evaluation.run_evaluate, c, str(wd), str(tmp_path / "out"))
+  err = _fails(capsys, run.evaluate, c, str(wd), str(tmp_path / "out"))
   assert "c.detectors.mse and c.detectors.dlsr both give the results key 'mse'" in err, err
   assert not (tmp_path / "out").exists()
 
@@ -371,13 +372,13 @@ def _maha_cfg(**settings):
 def test_class_conditional_mahalanobis_with_one_image_per_class_says_why(tmp_path, capsys):
   c = _maha_cfg(class_conditional=True)
   c.data.train = _npz(tmp_path / "five.npz", n=5, labels=np.arange(5))
-  err = _fails(capsys, evaluation.run_evaluate, c, str(tmp_path / "wd"), str(tmp_path / "out"))
+  err = _fails(capsys, run.evaluate, c, str(tmp_path / "wd"), str(tmp_path / "out"))
   assert "pooled within-class covariance is zero" in err and "a single training row" in err, err
   assert "all rows identical" not in err
 
 
 def test_a_gaussian_on_fewer_rows_than_features_warns_in_the_results(tmp_path):
-  res = evaluation.run_evaluate(_maha_cfg(), str(tmp_path / "wd"), str(tmp_path / "out"))
+  res = run.evaluate(_maha_cfg(), str(tmp_path / "wd"), str(tmp_path / "out"))
   assert any("maha: mahalanobis: N = 16 training rows <= C = 512 features" in w
              for w in res["warnings"]), res.get("warnings")
   md = (tmp_path / "out" / "results.md").read_text()

@@ -211,12 +211,12 @@ def test_plan_of_a_tuned_config(tmp_path):
 
 def test_tune_true_writes_search_json_and_the_chosen_values(tmp_path):
   import json  # pylint: disable=g-import-not-at-top
-  from experiments import evaluation  # pylint: disable=g-import-not-at-top
+  from experiments import run  # pylint: disable=g-import-not-at-top
   c, _ = _tiny_config(tmp_path)
   c.eval.tune = True
   c.eval.trapezoid_aupr = True
   out = tmp_path / "out"
-  results = evaluation.run_evaluate(c, str(tmp_path / "wd"), str(out))
+  results = run.evaluate(c, str(tmp_path / "wd"), str(out))
   search = json.loads((out / "search.json").read_text())["rows"]
   assert set(search) == {"react@tuned", "energy_t"}
   react = search["react@tuned"]

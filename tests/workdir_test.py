@@ -7,11 +7,12 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
+from dlsr_jax.evaluation import inputs as inputs_lib
 from dlsr_jax.training import workdir as workdir_lib
 from experiments import build, run
+from experiments import plan as plan_lib
 from experiments import workdir as record_lib
 from experiments.configs import quickstart
 
@@ -24,10 +25,10 @@ class WorkStarted(Exception):
 
 @pytest.fixture
 def no_work(monkeypatch):
-  def load_backbone(c):
+  def load_backbone(inputs):
     raise WorkStarted
 
-  monkeypatch.setattr(build, "load_backbone", load_backbone)
+  monkeypatch.setattr(inputs_lib, "load_backbone", load_backbone)
 
 
 def _cfg(**changes):
@@ -131,7 +132,7 @@ def test_seed_runs_are_guarded_too(tmp_path, monkeypatch):
   def fake_fit_row(plan, row, store, wd, seed):
     seen.append((row.name, seed, os.path.exists(os.path.join(wd, ".lock"))))
     rwd = runner.row_workdir(wd, row.name, seed)
-    record_lib.record_config(build.seed_record(plan.record, seed), rwd)   # what fit_row records
+    record_lib.record_config(plan_lib.seed_record(plan.record, seed), rwd)   # what fit_row records
 
   monkeypatch.setattr(runner.arrays, "ArrayStore", lambda *a, **k: None)
   monkeypatch.setattr(runner, "prepare_nets", lambda *a, **k: None)
@@ -164,11 +165,11 @@ def test_evaluating_with_another_schedule_stops_before_any_extraction(tmp_path, 
   monkeypatch.setattr(evaluation.runner, "require_trained", lambda *a: None)
   out = tmp_path / "eval"
   with pytest.raises(workdir_lib.WorkdirConfigError) as err:
-    evaluation.run_evaluate(_cfg(**{"schedule.kind": "cosine"}), str(tmp_path), str(out))
+    run.evaluate(_cfg(**{"schedule.kind": "cosine"}), str(tmp_path), str(out))
   msg = str(err.value)
   assert "cannot be evaluated" in msg and "schedule.kind: 'scaled_linear' -> 'cosine'" in msg
   assert "new --workdir" in msg and not out.exists()
   with pytest.raises(ValueError, match=r"--config.eval.batch_size=0: must be an int >= 1"):
-    evaluation.run_evaluate(_cfg(**{"eval.batch_size": 0}), str(tmp_path), str(out))
+    run.evaluate(_cfg(**{"eval.batch_size": 0}), str(tmp_path), str(out))
   with pytest.raises(WorkStarted, match="features extracted"):   # the same settings get past
-    evaluation.run_evaluate(_cfg(**{"eval.ks": (2,)}), str(tmp_path), str(out))
+    run.evaluate(_cfg(**{"eval.ks": (2,)}), str(tmp_path), str(out))
