@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import os
 import sys
 import tempfile
@@ -86,9 +85,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                  help="also time JAX under jax.default_matmul_precision(this), e.g. bfloat16")
   p.add_argument("--xla_flags", default=None, help="appended to XLA_FLAGS before jax starts")
   p.add_argument("--xla_defaults_too", action="store_true",
-                 help="also time the train step compiled without the library's XLA CPU "
-                      "options (dlsr_jax.xla_cpu), and ODIN with them: both choices in one "
-                      "interleaved run")
+                 help="also time the train step and ODIN compiled without the library's "
+                      "XLA CPU options (dlsr_jax.xla_cpu): both choices in one interleaved run")
   p.add_argument("--json_out", default=None,
                  help="default: benchmarks/logs/bench_classifier_<device>.json ('' = none); "
                       "with --quick or --out_dir: <out_dir>/bench_classifier.json")
@@ -224,17 +222,16 @@ def torch_train(net, model, batches, device: str, channels_last: bool = False) -
 # ------------------------------------------------------------------ ODIN
 
 
-def jax_odin(net, batches, precision: Optional[str] = None, xla_options: bool = False) -> Case:
-  """`odin_score` jitted as `detectors.odin.make` jits it (net bound, params an argument).
+def jax_odin(net, batches, precision: Optional[str] = None, xla_defaults: bool = False) -> Case:
+  """The kernel `detectors.odin.make` scores with (`odin.odin_kernel`: net bound, params an
+  argument, the library's XLA CPU options for a conv net on CPU).
 
-  `xla_options`: compiled with the options the library gives the train step
-  (`dlsr_jax.xla_cpu`), which `odin.make` does not use (no gain measured for ODIN).
+  `xla_defaults`: compiled without those options (`dlsr_jax.xla_cpu`).
   """
   import jax
-  from dlsr_jax import xla_cpu
   from dlsr_jax.detectors import odin
-  opts = xla_cpu.classifier_compiler_options() if xla_options else None
-  kernel = jax.jit(functools.partial(odin.odin_score, net, clip=False), compiler_options=opts)
+  with _xla_defaults(xla_defaults):
+    kernel = odin.odin_kernel(net, clip=False)
   params = jax.device_put(net.params)
   xs = [jax.device_put(x) for x, _ in batches]
   box = {"i": 0}
@@ -246,7 +243,7 @@ def jax_odin(net, batches, precision: Optional[str] = None, xla_options: bool = 
     return out
 
   name = ("jit" + (f", precision={precision}" if precision else "")
-          + (", train-step XLA CPU options" if xla_options else ""))
+          + (", XLA CPU defaults" if xla_defaults else ""))
   return Case("jax", name, run, jax.block_until_ready, lambda s: _check_finite("JAX ODIN", s))
 
 
@@ -356,7 +353,7 @@ def main(argv: Sequence[str]) -> int:
       if args.jax_precision:
         cases.append(jax_odin(net, b, args.jax_precision))
       if args.xla_defaults_too:
-        cases.append(jax_odin(net, b, xla_options=True))
+        cases.append(jax_odin(net, b, xla_defaults=True))
       if args.torch_channels_last:
         cases.append(torch_odin(net, model, b, tdev, channels_last=True))
       rows += measure("odin", name, args.odin_batch, cases, args.warmup, args.reps)

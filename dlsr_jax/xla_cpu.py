@@ -1,14 +1,15 @@
-"""XLA CPU compile options for the classifier train step (`training.loop`'s jit).
+"""XLA CPU compile options for the classifier train step (`training.loop`'s jit) and ODIN.
 
 jaxlib 0.10's CPU compiler hands convolutions to YNNPACK fusions by default. On the
 CIFAR ResNets that path is slower than XLA's own convolution kernels: compiled with
 `xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE` (only reductions go
 to YNNPACK) the ResNet-20 train step ran 1.13-1.21x faster and the ResNet-18 step about
 1.75-2x faster, interleaved in one process on the 2-core benchmark machine
-(`benchmarks/RESULTS.md`, speed_classifiers_wgrad); ODIN (forward and input gradient
-only) showed no gain, so `detectors.odin` keeps XLA's defaults. The option is given per
-jit (`jax.jit(..., compiler_options=...)`), not through XLA_FLAGS, so it touches only
-the classifier train step and nothing else in the process; results change by float32
+(`benchmarks/RESULTS.md`, speed_classifiers_wgrad); ODIN (forward and input gradient)
+showed no gain under load, but on an idle machine it ran 1.21x (ResNet-20) and 1.65x
+(ResNet-18) faster with it (speed_issue17_idle), so `detectors.odin` uses it too. The
+option is given per jit (`jax.jit(..., compiler_options=...)`), not through XLA_FLAGS, so
+it touches only those two jits and nothing else in the process; results change by float32
 rounding only (the resume tests stay bitwise: the same compile before and after a
 restart). Only convolutional nets get it: it made the LFDN's (dense) train step 1.27x
 slower, so a state without a 4-D leaf keeps XLA's defaults.
@@ -30,8 +31,8 @@ ENV_VAR = "DLSR_JAX_XLA_CPU_OPTIONS"
 
 
 def classifier_compiler_options(devices: Any | None = None,
-                                init: Callable[[jax.Array], Any] | None = None
-                                ) -> dict[str, str] | None:
+                                init: Callable[[jax.Array], Any] | None = None,
+                                params: Any | None = None) -> dict[str, str] | None:
   """`compiler_options` for a train-step jit that runs on `devices` (default: JAX's backend).
 
   Args:
@@ -40,6 +41,7 @@ def classifier_compiler_options(devices: Any | None = None,
     init: the step's `init(key) -> state`, if known: the options are given only when the
       state holds a convolution kernel (a 4-D leaf, found by `jax.eval_shape`, no compute).
       The option slows down dense nets (the LFDN's train step ran 1.27x slower with it).
+    params: the net's parameters, if known (ODIN): the same rule on them, no tracing.
 
   Returns:
     `CLASSIFIER_CPU_OPTIONS` (a copy) on CPU for a convolutional net, None elsewhere, for
@@ -59,6 +61,9 @@ def classifier_compiler_options(devices: Any | None = None,
   if platform != "cpu":
     return None
   if init is not None and not has_conv_kernels(init):
+    return None
+  if params is not None and not any(getattr(leaf, "ndim", 0) == 4
+                                     for leaf in jax.tree.leaves(params)):
     return None
   if not options_accepted():
     return None
