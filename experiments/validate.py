@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
 
-from dlsr_jax import backbones, scoring, settings_checks
+from dlsr_jax import backbones, lfdn, scoring, settings_checks
 
 DTYPES = ("float32", "bfloat16", "float16")
+# the LFDN also takes bf16 dots with float32 accumulation and float32 elsewhere (opt-in)
+MODEL_DTYPES = (*DTYPES, lfdn.BF16_MATMUL)
 MIN_RESOLUTION = 32        # every backbone downsamples 32x: smaller inputs lose levels
 SCHEDULE_KINDS = ("scaled_linear", "linear", "cosine")
 POOLINGS = ("gap", "dlsr")
@@ -27,7 +29,7 @@ def _int_at_least(lo: int) -> Callable[[Any], bool]:
 
 # key -> (predicate, what is allowed)
 _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "model.dtype": (lambda v: v in DTYPES, f"one of {DTYPES}"),
+    "model.dtype": (lambda v: v in MODEL_DTYPES, f"one of {MODEL_DTYPES}"),
     "backbone_dtype": (lambda v: v in DTYPES, f"one of {DTYPES}"),
     "resolution": (lambda v: v == 0 or _int_at_least(MIN_RESOLUTION)(v),
                    f"0 (the backbone's own) or an int >= {MIN_RESOLUTION} (the backbones "

@@ -44,7 +44,8 @@ def _config(**changes):
 
 @pytest.mark.parametrize("key,value,message", [
     ("model.dtype", "float8", "--config.model.dtype='float8': must be one of ('float32', "
-                              "'bfloat16', 'float16')"),
+                              "'bfloat16', 'float16', 'bf16_matmul')"),
+    ("backbone_dtype", "bf16_matmul", "--config.backbone_dtype='bf16_matmul': must be one of"),
     ("backbone_dtype", "float8", "--config.backbone_dtype='float8': must be one of"),
     ("resolution", 8, "--config.resolution=8: must be 0 (the backbone's own) or an int >= 32"),
     ("resolution", -64, "--config.resolution=-64: must be 0"),
@@ -66,6 +67,12 @@ def test_config_errors_name_the_key_and_what_is_allowed(key, value, message):
   with pytest.raises(ValueError, match="invalid config") as err:
     build.validate_config(_config(**{key: value}))
   assert message in str(err.value), str(err.value)
+
+
+def test_the_lfdn_takes_bf16_matmul():
+  """The opt-in bf16-dot LFDN (`lfdn.BF16_MATMUL`) passes the checks and reaches the row."""
+  plan = build.validate_config(_config(**{"model.dtype": "bf16_matmul"}))
+  assert plan.rows["dlsr"].settings["dtype"] == "bf16_matmul"
 
 
 def test_all_problems_in_one_message():
