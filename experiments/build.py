@@ -16,7 +16,7 @@ import json
 import os
 from typing import Mapping, Optional
 
-from dlsr_jax import backbones, features, lfdn, schedule, settings_checks, trainer
+from dlsr_jax import backbones, lfdn, schedule, settings_checks, trainer
 from dlsr_jax import train as train_lib
 from dlsr_jax.data import sources
 from dlsr_jax.detectors.base import FeatureLayout
@@ -181,10 +181,6 @@ def data_plan(c) -> plan_lib.Data:
 
 
 # ------------------------------------------- the config as library settings --
-def feature_spec(c) -> features.FeatureSpec:
-  return inputs(c).feature_spec
-
-
 def schedule_config(c) -> schedule.ScheduleConfig:
   s = c.schedule
   return schedule.ScheduleConfig(kind=s.kind, num_steps=s.num_steps,

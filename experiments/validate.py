@@ -15,8 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 from dlsr_jax import backbones, lfdn, scoring, settings_checks
 
 DTYPES = ("float32", "bfloat16", "float16")
-# the LFDN also takes bf16 dots with float32 accumulation and float32 elsewhere (opt-in)
-MODEL_DTYPES = (*DTYPES, lfdn.BF16_MATMUL)
+MODEL_DTYPES = (*DTYPES, lfdn.BF16_MATMUL)   # + the LFDN's opt-in bf16 dots, f32 sums
 MIN_RESOLUTION = 32        # every backbone downsamples 32x: smaller inputs lose levels
 SCHEDULE_KINDS = ("scaled_linear", "linear", "cosine")
 POOLINGS = ("gap", "dlsr")

@@ -179,7 +179,7 @@ def test_source_features_loads_and_extracts_only_this_process_rows(tmp_path, mon
   assert loads == [(4, 9)] and info["num_images"] == 9 and z.shape == (9, bounds[-1])
   (local, n), = gathers
   full = inputs_lib.load_source(build.inputs(c), source).images   # the config's resizing applies
-  want, _ = features.extract(backbone, full[4:], 4, build.feature_spec(c), progress=False)
+  want, _ = features.extract(backbone, full[4:], 4, build.inputs(c).feature_spec, progress=False)
   assert n == 9 and local.shape == (5, bounds[-1])
   np.testing.assert_allclose(local, want, rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(z[4:], local)
