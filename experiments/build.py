@@ -91,26 +91,6 @@ def ood_sources(c) -> dict[str, str]:
   return sources
 
 
-def parse_groups(c) -> dict[str, list[str]]:
-  """`c.data.groups` ({group: "a,b"}) -> {group: ["a", "b"]}, checked against the OOD sets."""
-  groups = {}
-  for g, members in (c.data.get("groups") or {}).items():
-    names = [m.strip() for m in str(members).split(",") if m.strip()]
-    unknown = [m for m in names if m not in ood_sources(c)]
-    if unknown or not names:
-      raise ValueError(f"data.groups.{g} = {members!r} names unknown OOD sets {unknown}; "
-                       f"configured sets: {sorted(ood_sources(c))}")
-    groups[g] = names
-  return groups
-
-
-def check_evaluation(c) -> None:
-  """What an evaluation needs beyond `build`: at least one OOD set, groups of known sets."""
-  if not ood_sources(c):
-    raise ValueError("no OOD sets configured: set --config.data.extra_ood=NAME=SOURCE")
-  parse_groups(c)
-
-
 def _check_streams_apart(c, specs: Mapping[str, classifier.NetSpec]) -> None:
   """A training stream (e.g. OE's outliers) must not be a test set of the evaluation."""
   tests = {"data.test": str(c.data.test)}

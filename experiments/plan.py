@@ -26,7 +26,7 @@ class Data:
     train, test: the ID training and test sources (data.train, data.test).
     ood: {OOD set: source} (data.ood, then data.extra_ood).
     keys: {set name ("train", "id", OOD set): the config key naming it} (for messages).
-    groups: {group: [OOD set, ...]} as configured (checked by `parse_groups`).
+    groups: {group: (OOD set, ...)} as configured (checked by `check_evaluable`).
     val, ood_val: the validation sources ("" = none; val may be "holdout:F").
   """
   train: str = ""
@@ -80,6 +80,17 @@ def plain(value: Any) -> Any:
   if isinstance(value, (list, tuple)):
     return tuple(plain(v) for v in value)
   return value
+
+
+def check_evaluable(plan: Plan) -> None:
+  """What an evaluation needs beyond `build`'s checks: an OOD set, groups of known sets."""
+  if not plan.data.ood:
+    raise ValueError("no OOD sets configured: set --config.data.extra_ood=NAME=SOURCE")
+  for g, members in plan.data.groups.items():
+    unknown = [m for m in members if m not in plan.data.ood]
+    if unknown or not members:
+      raise ValueError(f"data.groups.{g} = {','.join(members)!r} names unknown OOD sets "
+                       f"{unknown}; configured sets: {sorted(plan.data.ood)}")
 
 
 def needed_nets(plan: Plan) -> list[str]:

@@ -7,7 +7,9 @@ and Python users.
   results = run.evaluate(c, "/tmp/wd")           # one table of every row
   run.extract(c, "/tmp/wd")                      # the feature cache of every data set
 
-`c` is an experiment config (`experiments/configs/*.py`); `build.build` checks it first.
+`c` is an experiment config (`experiments/configs/*.py`), checked and read once by
+`build.validate_config` into a `plan.Plan`; `train` and `evaluate` also take that Plan
+(`plan = build.validate_config(c)`), then nothing reads the config again.
 """
 
 from __future__ import annotations
@@ -32,15 +34,19 @@ def setup(multihost: Optional[bool] = None) -> None:
   launch.setup(multihost)
 
 
+def _plan(c) -> plan_lib.Plan:
+  return c if isinstance(c, plan_lib.Plan) else build.validate_config(c)
+
+
 def train(c, workdir: str) -> plan_lib.Plan:
   """Trains every classifier net and every training detector row of `c` in `workdir`.
 
-  Builds the plan once (`build.validate_config`: every problem of `c` in one error), counts
-  the images of its data sources (checking the batch sizes), then locks `workdir`, checks and
+  `c`: a config, built once into its plan (`build.validate_config`: every problem of `c` in
+  one error), or that plan. Counts the images of its data sources (checking the batch sizes), then locks `workdir`, checks and
   records config.json, then trains (`runner.run_train`); each run resumes from its latest
   checkpoint, a finished one is restored.
   """
-  plan = build.validate_config(c)
+  plan = _plan(c)
   if jax.process_index() == 0:
     workdir_lib.check_writable(workdir, hint=": use another --workdir")
   with workdir_lib.lock(workdir):
@@ -54,7 +60,8 @@ def evaluate(c, workdir: str, outdir: Optional[str] = None) -> dict:
   """Fits every row once, scores every set and writes one table (into `outdir`, default
   `workdir`); returns the results dict.
 
-  Every check comes before any extraction: the config (the plan, built once), the output
+  `c`: a config (built once into its plan) or that plan. Every check comes before any
+  extraction: the config (OOD sets, groups of known sets), the output
   folder, the workdir's record (trained with these settings?), every data source (a typo
   fails now) and the checkpoints. A workdir that a training run holds is refused; with an
   output folder of its own the evaluation only checks the lock, writing nothing at all into
@@ -62,8 +69,8 @@ def evaluate(c, workdir: str, outdir: Optional[str] = None) -> dict:
   """
   own_outdir = bool(outdir) and os.path.abspath(outdir) != os.path.abspath(workdir)
   outdir = outdir or workdir
-  build.check_evaluation(c)
-  plan = build.validate_config(c)
+  plan = _plan(c)
+  plan_lib.check_evaluable(plan)
   if jax.process_index() == 0:
     workdir_lib.check_writable(outdir, "output folder", "" if own_outdir else
                                ": give --outdir=<a writable folder>")

@@ -106,6 +106,16 @@ def test_evaluate_validates_before_any_extraction(tmp_path, monkeypatch):
     run.evaluate(_config(bad=dict(type="nope")), str(tmp_path))
   with pytest.raises(FileNotFoundError, match="run experiments.train"):
     run.evaluate(_config(), str(tmp_path))   # nothing trained yet: says so
+  no_ood = _config()
+  no_ood.data.ood = ml_collections.ConfigDict()
+  with pytest.raises(ValueError, match="no OOD sets configured: set --config.data.extra_ood"):
+    run.evaluate(no_ood, str(tmp_path))
+  bad_group = _config()
+  bad_group.data.groups.far = "letters,nois"
+  with pytest.raises(ValueError, match=r"data.groups.far = 'letters,nois' names unknown OOD "
+                                       r"sets \['nois'\]; configured sets: \["):
+    run.evaluate(bad_group, str(tmp_path))
+  assert not list(tmp_path.iterdir())         # nothing written
 
 
 def test_array_cache_round_trip_and_keys(tmp_path):

@@ -80,6 +80,11 @@ def test_one_table_rows_of_two_nets_each_array_computed_once(config, tmp_path, m
   again = run.evaluate(config, str(tmp_path), str(tmp_path / "again"))
   assert dict(calls) == {("build", "plan"): 1}
   assert again["metrics"] == res["metrics"]
+  # The plan itself goes in as well: nothing builds it again.
+  plan = build.validate_config(config)
+  calls.clear()
+  assert run.evaluate(plan, str(tmp_path), str(tmp_path / "plan"))["metrics"] == res["metrics"]
+  assert not calls
 
 
 def test_forward_on_features_and_images():
