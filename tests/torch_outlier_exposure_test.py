@@ -71,3 +71,12 @@ def test_oe_trainer_rejects_a_negative_weight():
   with pytest.raises(ValueError, match="weight must be >= 0"):
     torch_outlier_exposure.TorchOETrainer(torch_resnet_cifar.CifarResNet(20), (0.5,) * 3,
                                           (0.25,) * 3, total_steps=10, weight=-1.0)
+
+
+def test_bench_times_oe_by_default_and_quick_keeps_it_tiny(capsys):
+  assert bench_classifier.parse_args([]).parts.split(",") == ["train", "odin", "oe"]
+  quick = bench_classifier.parse_args(["--quick", "--out_dir=/nonexistent"])
+  assert (quick.batch_size, quick.oe_outliers) == (8, 8)
+  with pytest.raises(SystemExit):
+    bench_classifier.parse_args(["--parts=train,oee"])
+  assert "unknown parts ['oee']" in capsys.readouterr().err
