@@ -12,18 +12,28 @@ saved and read by `dlsr_jax.models.load`):
   b. ODIN scoring (T=1000, eps=0.0014) at --odin_batch: the jitted
      `detectors.odin.odin_score` (as `odin.make` jits it) vs
      `reference.torch_odin.odin_score` (`tests/torch_odin_test.py` checks they
-     agree).
+     agree);
+  c. Outlier Exposure step (SPEC 4.4's recipe: --batch_size ID images + labels and
+     --oe_outliers outlier images, 128 + 256, lambda 0.5, SGD Nesterov 0.9 + wd 5e-4,
+     lr 0.001 cosine over 10 epochs): `objectives.outlier_exposure`'s step run
+     through the same `loop.jitted_step` as (a) (crop + flip of both batches, ONE
+     train-mode forward pass on their concatenation) vs
+     `reference.torch_outlier_exposure.TorchOETrainer`, eager
+     (`tests/torch_outlier_exposure_test.py` checks the two losses agree). Its
+     "batch" and images/s count ID + outlier images (what goes through the net).
 
 Each case: a first call (compile), warm-up, then timed calls of all cases of one
 model and part interleaved (A B A B ...), so load from other processes hits every
 case alike. Inputs are already on the device. Reported: median ms per call,
 images/s, and ratio = torch median / JAX median (> 1: dlsr_jax is faster).
 
-  python -m benchmarks.bench_classifier                          # CPU, ~10 min on 2 cores
+  python -m benchmarks.bench_classifier                          # CPU, ~20 min on 2 cores
   python -m benchmarks.bench_classifier --models=cifar_resnet20 --reps=3 --warmup=1   # smoke
   python -m benchmarks.bench_classifier --device=cuda --reps=50 --warmup=5  # GPU box
   python -m benchmarks.bench_classifier --quick --out_dir=/tmp/bq   # CI smoke test, seconds
   python -m benchmarks.bench_classifier --models=cifar_resnet20 --xla_defaults_too  # options' gain
+  python -m benchmarks.bench_classifier --models=cifar_resnet20 --parts=oe --torch_channels_last \
+      --xla_defaults_too --json_out=benchmarks/logs/bench_classifier_oe_cpu.json    # OE only
 
 Torch runs with as many intra-op threads as there are cores (--threads) and,
 by default, OMP_WAIT_POLICY=PASSIVE: on a CPU shared with other work, spinning
@@ -35,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 import tempfile
@@ -51,6 +62,9 @@ from benchmarks import common  # noqa: E402
 MODELS = ("cifar_resnet20", "resnet18_32x32")
 ODIN_T, ODIN_EPS = 1000.0, 0.0014
 TOTAL_STEPS = 150 * 390          # the cosine's length (the paper recipe); irrelevant to speed
+PARTS = ("train", "odin", "oe")
+OE_LR, OE_WEIGHT = 1e-3, 0.5     # SPEC 4.4: fine-tune at lr 0.001 cosine, lambda 0.5
+OE_TOTAL_STEPS = 10 * 390        # 10 epochs of 128 ID images (CIFAR-10's 50,000)
 
 
 @dataclasses.dataclass
@@ -67,10 +81,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--models", default=",".join(MODELS), help="comma list of: " + ",".join(MODELS))
-  p.add_argument("--parts", default="train,odin", help="comma list of: train,odin")
+  p.add_argument("--parts", default=",".join(PARTS), help="comma list of: " + ",".join(PARTS))
   p.add_argument("--odin_models", default=None,
                  help="models for the ODIN part (default: --models)")
-  p.add_argument("--batch_size", type=int, default=128, help="train batch")
+  p.add_argument("--batch_size", type=int, default=128, help="train batch (OE: its ID batch)")
+  p.add_argument("--oe_outliers", type=int, default=256, help="OE outlier batch")
   p.add_argument("--odin_batch", type=int, default=256, help="ODIN scoring batch")
   p.add_argument("--warmup", type=int, default=3, help="untimed calls, the compiling one included")
   p.add_argument("--reps", type=int, default=10, help="timed calls per case")
@@ -85,27 +100,32 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                  help="also time JAX under jax.default_matmul_precision(this), e.g. bfloat16")
   p.add_argument("--xla_flags", default=None, help="appended to XLA_FLAGS before jax starts")
   p.add_argument("--xla_defaults_too", action="store_true",
-                 help="also time the train step and ODIN compiled without the library's "
-                      "XLA CPU options (dlsr_jax.xla_cpu): both choices in one interleaved run")
+                 help="also time the train and OE steps and ODIN compiled without the "
+                      "library's XLA CPU options (dlsr_jax.xla_cpu): both choices in one "
+                      "interleaved run")
   p.add_argument("--json_out", default=None,
                  help="default: benchmarks/logs/bench_classifier_<device>.json ('' = none); "
                       "with --quick or --out_dir: <out_dir>/bench_classifier.json")
   p.add_argument("--out_dir", default=None, help="write the JSON here instead of "
                  "benchmarks/logs (never touches the committed logs)")
   p.add_argument("--quick", action="store_true",
-                 help="smoke run in seconds: ResNet-20 only, batch 8, 1 warm-up, 1 rep; needs "
-                      "--out_dir or --json_out (never writes benchmarks/logs)")
+                 help="smoke run in seconds: ResNet-20 only, batch 8 (OE: 8 + 8), 1 warm-up, "
+                      "1 rep; needs --out_dir or --json_out (never writes benchmarks/logs)")
   args = p.parse_args(argv)
   if args.quick:
     if args.json_out is None and args.out_dir is None:
       p.error("--quick needs --out_dir (or --json_out): it never writes benchmarks/logs")
     args.models, args.odin_models = "cifar_resnet20", None
     args.batch_size, args.odin_batch = min(args.batch_size, 8), min(args.odin_batch, 8)
+    args.oe_outliers = min(args.oe_outliers, 8)
     args.warmup, args.reps = 1, 1
   bad = [m for m in args.models.split(",") + (args.odin_models or "").split(",")
          if m and m not in MODELS]
   if bad:
     p.error(f"unknown models {bad}; valid: {', '.join(MODELS)}")
+  bad = [q for q in args.parts.split(",") if q not in PARTS]
+  if bad:
+    p.error(f"unknown parts {bad}; valid: {', '.join(PARTS)}")
   return args
 
 
@@ -217,6 +237,95 @@ def torch_train(net, model, batches, device: str, channels_last: bool = False) -
 
   return Case("torch", "eager" + (", channels_last" if channels_last else ""), run,
               _torch_sync(device), lambda out: _check_finite("torch loss", out[0].item()))
+
+
+# ------------------------------------------------------------------ Outlier Exposure
+
+
+def oe_objective(net, lr: float = OE_LR, total_steps: int = OE_TOTAL_STEPS,
+                 augment: bool = True):
+  """The library's OE objective as the recipe configures it (SGD Nesterov 0.9, wd 5e-4, cosine).
+
+  The same settings as `reference.torch_outlier_exposure.TorchOETrainer`'s defaults, so
+  the benchmark and `tests/torch_outlier_exposure_test.py` build both sides alike.
+  """
+  from dlsr_jax.objectives import outlier_exposure
+  from dlsr_jax.training import optim
+  tx = optim.sgd(optim.SGDConfig(learning_rate=lr), total_steps)
+  return outlier_exposure.make(net, tx, augment=augment, weight=OE_WEIGHT)
+
+
+def oe_batches(n: int, batch: int, outliers: int, seed: int) -> list[dict[str, np.ndarray]]:
+  """`n` host batches {"x", "y", "x_out"}: random uint8 ID images + labels, outlier images."""
+  rng = np.random.default_rng(seed)
+  return [{"x": x, "y": y, "x_out": rng.integers(0, 256, (outliers, 32, 32, 3), dtype=np.uint8)}
+          for x, y in image_batches(n, batch, seed)]
+
+
+def torch_oe_trainer(net, model, lr: float = OE_LR, total_steps: int = OE_TOTAL_STEPS,
+                     augment: bool = True, channels_last: bool = False):
+  """`TorchOETrainer` on (a copy of) `model` with `oe_objective`'s settings."""
+  import copy
+
+  from reference import torch_outlier_exposure
+  return torch_outlier_exposure.TorchOETrainer(
+      copy.deepcopy(model), net.mean, net.std, total_steps, lr=lr, weight=OE_WEIGHT,
+      augment=augment, channels_last=channels_last)
+
+
+def jax_oe(net, batches, xla_defaults: bool = False) -> Case:
+  """The OE step as `loop.fit` runs it: `loop.jitted_step` of the objective, state donated.
+
+  Reads the streams "in" ({"x", "y"}) and "outliers" ({"x"}), as `fit` feeds them.
+  `xla_defaults`: built without the library's XLA CPU compile options (`dlsr_jax.xla_cpu`).
+  """
+  import jax
+  from dlsr_jax import parallel
+  from dlsr_jax.training import loop
+  obj = oe_objective(net)
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  with _xla_defaults(xla_defaults):
+    init_fn, step_fn = loop.jitted_step(obj.init, obj.step, mesh)
+  init_key, loop_key, bad_step = loop.step_inputs(0, mesh)
+  put = functools.partial(parallel.host_to_global, mesh=mesh)
+  xs = [{"in": {"x": put(b["x"]), "y": put(b["y"])}, "outliers": {"x": put(b["x_out"])}}
+        for b in batches]
+  box = {"state": init_fn(init_key), "bad_step": bad_step, "i": 0}
+
+  def run():
+    box["state"], metrics, box["bad_step"] = step_fn(
+        box["state"], xs[box["i"] % len(xs)], loop_key, box["bad_step"])
+    box["i"] += 1
+    return metrics
+
+  def check(metrics):
+    _check_finite("JAX OE loss", metrics["loss"])
+    if int(jax.device_get(box["bad_step"])):
+      raise FloatingPointError(f"JAX OE state not finite at step {int(box['bad_step'])}")
+
+  return Case("jax", "jit, donated" + (", XLA CPU defaults" if xla_defaults else ""), run,
+              jax.block_until_ready, check)
+
+
+def torch_oe(net, model, batches, device: str, channels_last: bool = False) -> Case:
+  """`TorchOETrainer.step`, eager: one forward pass on the ID + outlier batch."""
+  import torch
+  tr = torch_oe_trainer(net, model, channels_last=channels_last)
+
+  def nchw(a):
+    return torch.from_numpy(a).permute(0, 3, 1, 2).contiguous().to(device)
+
+  xs = [(nchw(b["x"]), torch.from_numpy(b["y"]).long().to(device), nchw(b["x_out"]))
+        for b in batches]
+  box = {"i": 0}
+
+  def run():
+    out = tr.step(*xs[box["i"] % len(xs)])
+    box["i"] += 1
+    return out
+
+  return Case("torch", "eager" + (", channels_last" if channels_last else ""), run,
+              _torch_sync(device), lambda out: _check_finite("torch OE loss", out[0].item()))
 
 
 # ------------------------------------------------------------------ ODIN
@@ -333,8 +442,9 @@ def main(argv: Sequence[str]) -> int:
   parts = args.parts.split(",")
   train_models = args.models.split(",") if "train" in parts else []
   odin_models = (args.odin_models or args.models).split(",") if "odin" in parts else []
+  oe_models = args.models.split(",") if "oe" in parts else []
   rows: list[dict[str, Any]] = []
-  for name in dict.fromkeys(train_models + odin_models):
+  for name in dict.fromkeys(train_models + odin_models + oe_models):
     net, model = build_models(name, tdev)
     if name in train_models:
       b = image_batches(2, args.batch_size, seed=1)
@@ -357,6 +467,16 @@ def main(argv: Sequence[str]) -> int:
       if args.torch_channels_last:
         cases.append(torch_odin(net, model, b, tdev, channels_last=True))
       rows += measure("odin", name, args.odin_batch, cases, args.warmup, args.reps)
+      del cases
+    if name in oe_models:
+      b = oe_batches(2, args.batch_size, args.oe_outliers, seed=3)
+      cases = [jax_oe(net, b), torch_oe(net, model, b, tdev)]
+      if args.xla_defaults_too:
+        cases.append(jax_oe(net, b, xla_defaults=True))
+      if args.torch_channels_last:
+        cases.append(torch_oe(net, model, b, tdev, channels_last=True))
+      rows += measure("oe", name, args.batch_size + args.oe_outliers, cases, args.warmup,
+                      args.reps)
       del cases
   summ = summary(rows)
   info = {"machine": machine, "versions": versions, "args": vars(args),

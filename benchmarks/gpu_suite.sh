@@ -7,7 +7,8 @@
 # Runs, each in its own process with its own time limit (a failure or a timeout is recorded
 # and the suite goes on):
 #   bench_lfdn        LFDN train step and scoring, dlsr_jax vs PyTorch (paper and cpu sizes);
-#   bench_classifier  ResNet-20 / ResNet-18 train step (what loop.fit runs) and ODIN scoring;
+#   bench_classifier  ResNet-20 / ResNet-18 train step (what loop.fit runs), ODIN scoring and
+#                     the Outlier Exposure step (128 ID + 256 outlier images);
 #   bench_backbone    backbone features (Lite0, B4) vs the PyTorch packages, the LFDN step, and
 #                     end-to-end B4 DLSR scoring (backbone + LFDN, k = 3): goal 10,000 img/s.
 # Each writes DIR/<name>.json and DIR/<name>.log; `benchmarks/suite_merge.py` merges them
@@ -65,7 +66,7 @@ else
   run bench_lfdn 110 --device=auto --sizes=paper,cpu --score_batch=4096 --reps=20 \
     --paper_reps=20 --warmup=3 --paper_warmup=3 --torch_compile=none --time_budget_s=80 \
     --json_out="$OUT_DIR/bench_lfdn.json"
-  run bench_classifier 80 --device=auto --reps=30 --warmup=5 --torch_channels_last \
+  run bench_classifier 110 --device=auto --reps=30 --warmup=5 --torch_channels_last \
     --json_out="$OUT_DIR/bench_classifier.json"
   run bench_backbone 100 --models=efficientnet_lite0,efficientnet_b4 --batch_sizes=64,256 \
     --torch_device=cuda --e2e_batch=1024 --repeats=10 --json_out="$OUT_DIR/bench_backbone.json"
