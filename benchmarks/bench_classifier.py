@@ -9,8 +9,8 @@ saved and read by `dlsr_jax.models.load`):
      SGD Nesterov 0.9 + weight decay 5e-4 + cosine LR, state donated) vs
      `reference.torch_classifier.TorchClassifierTrainer` (the same recipe, crop
      and flip done in torch on the batch tensor), eager;
-  b. ODIN scoring (T=1000, eps=0.0014) at --odin_batch: the jitted
-     `detectors.odin.odin_score` (as `odin.make` jits it) vs
+  b. ODIN scoring (T=1000, eps=0.0014) at --odin_batch: `detectors.odin.odin_kernel`
+     (what `odin.make` scores with) vs
      `reference.torch_odin.odin_score` (`tests/torch_odin_test.py` checks they
      agree);
   c. Outlier Exposure step (SPEC 4.4's recipe: --batch_size ID images + labels and
@@ -21,6 +21,10 @@ saved and read by `dlsr_jax.models.load`):
      `reference.torch_outlier_exposure.TorchOETrainer`, eager
      (`tests/torch_outlier_exposure_test.py` checks the two losses agree). Its
      "batch" and images/s count ID + outlier images (what goes through the net).
+  d. forward pass (inference) at --odin_batch: `evaluation.forward`'s compiled batch
+     function (`evaluation.evaluate.forward_kernel`: logits and pre_logits) vs the torch
+     model in eval mode under no_grad: what every post-hoc detector on a classifier
+     reads, and the floor under ODIN (two forward passes and one input gradient).
 
 Each case: a first call (compile), warm-up, then timed calls of all cases of one
 model and part interleaved (A B A B ...), so load from other processes hits every
@@ -62,7 +66,7 @@ from benchmarks import common  # noqa: E402
 MODELS = ("cifar_resnet20", "resnet18_32x32")
 ODIN_T, ODIN_EPS = 1000.0, 0.0014
 TOTAL_STEPS = 150 * 390          # the cosine's length (the paper recipe); irrelevant to speed
-PARTS = ("train", "odin", "oe")
+PARTS = ("train", "odin", "oe", "forward")
 OE_LR, OE_WEIGHT = 1e-3, 0.5     # SPEC 4.4: fine-tune at lr 0.001 cosine, lambda 0.5
 OE_TOTAL_STEPS = 10 * 390        # 10 epochs of 128 ID images (CIFAR-10's 50,000)
 
@@ -101,8 +105,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p.add_argument("--xla_flags", default=None, help="appended to XLA_FLAGS before jax starts")
   p.add_argument("--xla_defaults_too", action="store_true",
                  help="also time the train and OE steps and ODIN compiled without the "
-                      "library's XLA CPU options (dlsr_jax.xla_cpu): both choices in one "
-                      "interleaved run")
+                      "library's XLA CPU options (dlsr_jax.xla_cpu), forward with them: both "
+                      "choices in one interleaved run")
   p.add_argument("--json_out", default=None,
                  help="default: benchmarks/logs/bench_classifier_<device>.json ('' = none); "
                       "with --quick or --out_dir: <out_dir>/bench_classifier.json")
@@ -356,6 +360,57 @@ def jax_odin(net, batches, precision: Optional[str] = None, xla_defaults: bool =
   return Case("jax", name, run, jax.block_until_ready, lambda s: _check_finite("JAX ODIN", s))
 
 
+# ------------------------------------------------------------------ forward (inference)
+
+
+def jax_forward(net, batches, xla_options: bool = False) -> Case:
+  """`evaluation.forward`'s compiled batch function (`evaluation.evaluate.forward_kernel`,
+  XLA's defaults): logits and pre_logits of a uint8 batch. `xla_options`: the same function
+  compiled with the train step's XLA CPU options (`dlsr_jax.xla_cpu`), which `forward` does
+  not take (3 % slower on ResNet-20, 15 % faster on ResNet-18, RESULTS.md)."""
+  import jax
+
+  from dlsr_jax import xla_cpu
+  from dlsr_jax.evaluation.evaluate import forward_kernel
+  kernel = forward_kernel(net)
+  if xla_options:
+    kernel = jax.jit(kernel.__wrapped__,
+                     compiler_options=xla_cpu.classifier_compiler_options(params=net.params))
+  params = jax.device_put(net.params)
+  xs = [jax.device_put(x) for x, _ in batches]
+  box = {"i": 0}
+
+  def run():
+    out = kernel(params, xs[box["i"] % len(xs)])
+    box["i"] += 1
+    return out
+
+  return Case("jax", "jit" + (", train-step XLA CPU options" if xla_options else ""), run,
+              jax.block_until_ready, lambda o: _check_finite("JAX logits", o["logits"]))
+
+
+def torch_forward(net, model, batches, device: str, channels_last: bool = False) -> Case:
+  import copy
+
+  import torch
+  fmt = torch.channels_last if channels_last else torch.contiguous_format
+  model = copy.deepcopy(model).eval().to(memory_format=fmt)
+  m = torch.tensor(net.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+  s = torch.tensor(net.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+  xs = [torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=fmt).to(device)
+        for x, _ in batches]
+  box = {"i": 0}
+
+  def run():
+    with torch.no_grad():
+      out = model((xs[box["i"] % len(xs)].float() / 255.0 - m) / s)
+    box["i"] += 1
+    return out
+
+  return Case("torch", "eager" + (", channels_last" if channels_last else ""), run,
+              _torch_sync(device), lambda o: _check_finite("torch logits", o[0].cpu().numpy()))
+
+
 def torch_odin(net, model, batches, device: str, channels_last: bool = False) -> Case:
   import copy
 
@@ -443,8 +498,9 @@ def main(argv: Sequence[str]) -> int:
   train_models = args.models.split(",") if "train" in parts else []
   odin_models = (args.odin_models or args.models).split(",") if "odin" in parts else []
   oe_models = args.models.split(",") if "oe" in parts else []
+  forward_models = args.models.split(",") if "forward" in parts else []
   rows: list[dict[str, Any]] = []
-  for name in dict.fromkeys(train_models + odin_models + oe_models):
+  for name in dict.fromkeys(train_models + odin_models + oe_models + forward_models):
     net, model = build_models(name, tdev)
     if name in train_models:
       b = image_batches(2, args.batch_size, seed=1)
@@ -477,6 +533,15 @@ def main(argv: Sequence[str]) -> int:
         cases.append(torch_oe(net, model, b, tdev, channels_last=True))
       rows += measure("oe", name, args.batch_size + args.oe_outliers, cases, args.warmup,
                       args.reps)
+      del cases
+    if name in forward_models:
+      b = image_batches(2, args.odin_batch, seed=4)
+      cases = [jax_forward(net, b), torch_forward(net, model, b, tdev)]
+      if args.xla_defaults_too:
+        cases.append(jax_forward(net, b, xla_options=True))
+      if args.torch_channels_last:
+        cases.append(torch_forward(net, model, b, tdev, channels_last=True))
+      rows += measure("forward", name, args.odin_batch, cases, args.warmup, args.reps)
       del cases
   summ = summary(rows)
   info = {"machine": machine, "versions": versions, "args": vars(args),

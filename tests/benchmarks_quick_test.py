@@ -76,13 +76,13 @@ def test_gpu_suite_quick_runs_every_speed_benchmark(out_dir):
   assert {(s["part"], s["compare"]) for s in lf["summary"]} >= {
       ("train", "head-to-head fp32"), ("score", "head-to-head fp32")}
   cl = suite["results"]["bench_classifier"]
-  assert sorted(s["part"] for s in cl["summary"]) == ["odin", "oe", "train"]
+  assert sorted(s["part"] for s in cl["summary"]) == ["forward", "odin", "oe", "train"]
   assert all(s["jax_ms"] > 0 and s["torch_ms"] > 0 for s in cl["summary"])
   bb = suite["results"]["bench_backbone"]
   assert bb["rows"][0]["ours_fp32"] > 0 and bb["rows"][0]["torch_fp32"] > 0
   assert bb["extra"]["efficientnet_lite0"]["end_to_end_images_per_s"] > 0
   # Every figure made it into the headline; a smoke run claims no goal.
-  assert len(suite["headline"]) == 2 + 3 + 1
+  assert len(suite["headline"]) == 2 + 4 + 1
   assert all(h["met"] is None and h["value"] > 0 for h in suite["headline"])
 
 

@@ -74,7 +74,7 @@ def test_oe_trainer_rejects_a_negative_weight():
 
 
 def test_bench_times_oe_by_default_and_quick_keeps_it_tiny(capsys):
-  assert bench_classifier.parse_args([]).parts.split(",") == ["train", "odin", "oe"]
+  assert bench_classifier.parse_args([]).parts.split(",") == ["train", "odin", "oe", "forward"]
   quick = bench_classifier.parse_args(["--quick", "--out_dir=/nonexistent"])
   assert (quick.batch_size, quick.oe_outliers) == (8, 8)
   with pytest.raises(SystemExit):
