@@ -82,17 +82,16 @@ def evaluate(c, workdir: str, outdir: Optional[str] = None) -> dict:
 
 
 def extract(c, workdir: str) -> list[tuple[str, dict]]:
-  """Extracts (or reads from the cache) the features of every configured data set;
-  returns [(source, {"shape", **timing})]."""
-  inputs, data = build.inputs(c), build.data_plan(c)
+  """Extracts (or reads from the cache) the features of every configured data set (`c`: a
+  config or its Plan); returns [(source, {"shape", **timing})]."""
+  plan = c if isinstance(c, plan_lib.Plan) else None
+  inputs, data = (plan.inputs, plan.data) if plan else (build.inputs(c), build.data_plan(c))
   backbone = inputs_lib.load_backbone(inputs)
   cache = features.FeatureCache(inputs_lib.cache_dir(inputs, workdir))
-  out = []
-  for src in [data.train, data.test, *[s for _, s in sorted(data.ood.items())]]:
-    z, _, info = inputs_lib.source_features(inputs, backbone, src, cache)
-    out.append((src, {"shape": tuple(z.shape), **info}))
+  out = [(src, inputs_lib.source_features(inputs, backbone, src, cache))
+         for src in [data.train, data.test, *[s for _, s in sorted(data.ood.items())]]]
   logging.info("cache: %s", cache.directory)
-  return out
+  return [(src, {"shape": tuple(z.shape), **info}) for src, (z, _, info) in out]
 
 
 def feature_layout(c) -> FeatureLayout:

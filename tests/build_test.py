@@ -1,5 +1,7 @@
 """experiments.build: every net and detector row is checked before any work; cache keys."""
 
+import os
+
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -149,3 +151,21 @@ def test_confidence_row_needs_a_net_trained_with_the_confidence_branch():
   plan = build.build(c)
   assert plan.rows["conf"].reads == ("confidence",)
   assert "confidence" in classifier.provides(plan.nets["head"])
+
+
+def test_extract_caches_every_set_from_a_config_or_its_plan(tmp_path):
+  """`run.extract` (experiments.extract_features): the features of data.train, data.test and
+  every OOD set, into <workdir>/feature_cache; given the Plan, it reads them back."""
+  c = _config()
+  c.resolution, c.data.limit = 32, 12
+  first = run.extract(c, str(tmp_path))
+  assert [s for s, _ in first] == [c.data.train, c.data.test,
+                                   *[s for _, s in sorted(c.data.ood.items())]]
+  dims = {info["shape"][1] for _, info in first}
+  assert len(dims) == 1 and all(0 < info["shape"][0] == info["num_images"] <= 12
+                                for _, info in first)
+  assert not any(info["cached"] for _, info in first)
+  assert os.listdir(tmp_path / "feature_cache")
+  again = run.extract(build.validate_config(c), str(tmp_path))
+  assert [(s, i["shape"]) for s, i in again] == [(s, i["shape"]) for s, i in first]
+  assert all(info["cached"] for _, info in again)

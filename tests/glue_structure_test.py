@@ -24,7 +24,7 @@ GLUE = os.path.join(ROOT, "experiments")
 CONFIG_NAMES = ("c", "cs", "cc", "config")
 
 READERS = ("build",)   # the only modules that read ConfigDict fields
-MAX_LINES = 1440       # the size reached (issue 15 asks for 1,500): lower it, never raise it
+MAX_LINES = 1439       # the size reached (issue 15 asks for 1,500): lower it, never raise it
 
 
 def _modules() -> dict[str, str]:
