@@ -118,6 +118,19 @@ def test_a_step_verdict_replaces_the_state_check_and_is_not_logged(tmp_path):
   assert len(logged) == 2 and all(loop.STATE_FINITE not in m and "loss" in m for m in logged)
 
 
+def test_all_finite_flags_every_nan_and_inf_and_nothing_else():
+  check = jax.jit(checkpoint.all_finite)
+  finite = {"w": jnp.asarray([[1.0, -3e38], [0.0, 2.0]]), "h": jnp.ones(3, jnp.bfloat16),
+            "c": jnp.asarray([3e38 + 3e38j], jnp.complex64), "n": jnp.arange(4),
+            "e": jnp.zeros((0, 2)), "none": None}
+  assert bool(check(finite)) and bool(checkpoint.all_finite(finite))
+  assert bool(check({})) and bool(check({"n": jnp.arange(3)}))
+  for leaf, where in (("w", (0, 0)), ("w", (1, 1)), ("h", (2,)), ("c", (0,))):
+    for bad in (jnp.nan, jnp.inf, -jnp.inf):
+      tree = {**finite, leaf: finite[leaf].at[where].set(bad)}
+      assert not bool(check(tree)) and not bool(checkpoint.all_finite(tree)), (leaf, bad)
+
+
 @pytest.mark.parametrize("case", ["finite", "inf_grad", "nan_grad", "params_overflow"])
 def test_update_is_finite_agrees_with_reading_the_whole_new_state(case):
   """The LFDN's verdict (grad norm + params) equals `all_finite` of the new state."""
