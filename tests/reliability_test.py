@@ -8,9 +8,11 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from dlsr_jax import lfdn, parallel, schedule, train, trainer
+from dlsr_jax.objectives import base
 from dlsr_jax.training import checkpoint, loop, optim
 from dlsr_jax.training.checkpoint import SET_ASIDE_DIR, Checkpointer, CheckpointError
 from dlsr_jax.training.state import TrainState
@@ -134,8 +136,6 @@ def test_all_finite_flags_every_nan_and_inf_and_nothing_else():
 @pytest.mark.parametrize("case", ["finite", "inf_grad", "nan_grad", "params_overflow"])
 def test_update_is_finite_agrees_with_reading_the_whole_new_state(case):
   """The LFDN's verdict (grad norm + params) equals `all_finite` of the new state."""
-  from dlsr_jax.objectives import base
-  import optax
   params = {"w": jnp.asarray([0.5, -1.0, 2.0]), "b": jnp.asarray([0.1, 0.0])}
   grads = {"w": jnp.asarray([0.3, -0.2, 1e-3]), "b": jnp.asarray([-0.5, 0.25])}
   lr = 1e-2

@@ -3,7 +3,7 @@ checked on a finite tree, an inf, a NaN and 3e38 everywhere. Run from the repo r
 python benchmarks/logs/lfdn_all_finite_alone.py (speed_lfdn_train_update in RESULTS.md)."""
 import os, sys, time, statistics
 sys.path.insert(0, os.getcwd()); sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import jax, jax.numpy as jnp, numpy as np, optax
+import jax, jax.numpy as jnp, optax
 import lfdn_update_ab as ab
 from dlsr_jax.training import state as state_lib
 from dlsr_jax.training.checkpoint import all_finite

@@ -27,7 +27,6 @@ sys.path.insert(0, os.getcwd())
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from benchmarks import bench_lfdn as bl

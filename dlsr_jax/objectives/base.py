@@ -199,7 +199,7 @@ def update_is_finite(new: TrainState, grad_norm: jax.Array) -> jax.Array:
   optimizer of `training.optim` (AdamW or SGD, clipped or not) may return this as the loop's
   `training.loop.STATE_FINITE` metric instead of letting the guard read every leaf of the
   new state (at the LFDN's paper size the optimizer state and EMA are 3 x 347 MB: reading
-  them took 15 % of the step's time on a CPU, `benchmarks/RESULTS.md`,
+  them took 11-15 % of the step's time on a CPU, `benchmarks/RESULTS.md`,
   speed_lfdn_train_update).
 
   Why it is the same verdict, given the state before the update was finite (the guard flags

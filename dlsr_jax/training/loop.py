@@ -34,7 +34,7 @@ By default the guard reads every leaf of the new state; a step that can tell
 more cheaply whether its new state is finite returns that scalar bool as the
 metric `STATE_FINITE` (taken out of the metrics, never logged), e.g. the LFDN's
 `objectives.base.update_is_finite` (the gradients' norm and the new params stand
-for the optimizer state and EMA: 15 % of the paper-size step's time on a CPU).
+for the optimizer state and EMA: 11-15 % of the paper-size step's time on a CPU).
 
 Benchmarks and tools that time or drive the step get exactly what `fit` runs
 from `jitted_step(init, step, mesh)` and `step_inputs(seed, mesh)`.
