@@ -20,6 +20,7 @@ import optax
 from dlsr_jax import lfdn
 from dlsr_jax.objectives import base as objectives_base
 from dlsr_jax.schedule import q_sample
+from dlsr_jax.training import loop
 from dlsr_jax.training import state as state_lib
 
 ApplyFn = Callable[..., jax.Array]
@@ -88,14 +89,16 @@ def make_x0_objective(model_cfg: lfdn.LFDNConfig, tx: optax.GradientTransformati
 
   Args:
     model_cfg: the LFDN.
-    tx: its optimizer (`training.optim.adamw`).
+    tx: its optimizer (`training.optim.adamw`; the step's divergence verdict,
+      `objectives.base.update_is_finite`, relies on it).
     alphas_cumprod: [T] of the noise schedule.
     ema_decay: the EMA decay (with the warm-up of `objectives.base.ema_decay_at`).
 
   Returns:
     The `Objective` ("dlsr", no streams besides "in"): `init(key)` draws fresh LFDN
     params from `key` into a common `TrainState` with EMA params (no BatchNorm, empty
-    `extra`); `step(state, batch, step_key) -> (state, {"loss", "grad_norm"})` reads
+    `extra`); `step(state, batch, step_key) -> (state, {"loss", "grad_norm",
+    loop.STATE_FINITE})` (the last: the loop's divergence guard's verdict) reads
     `batch["in"]["z"]` [B, C] clean features, and `step_key` (the loop's
     `fold_in(loop_key, state.step)`) draws the timesteps, noise and dropout; the update is
     `objectives.base.apply_gradients`, the one every objective uses.
@@ -112,7 +115,9 @@ def make_x0_objective(model_cfg: lfdn.LFDNConfig, tx: optax.GradientTransformati
         lambda p: x0_loss(apply, p, z0, step_key, abar))(state.params)
     new = objectives_base.apply_gradients(state, grads, tx, ema_decay=ema_decay,
                                           batch_stats=None)
-    return new, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    grad_norm = optax.tree.norm(grads)
+    return new, {"loss": loss, "grad_norm": grad_norm,
+                 loop.STATE_FINITE: objectives_base.update_is_finite(new, grad_norm)}
 
   return objectives_base.Objective(name="dlsr", streams=(), init=init, step=step)
 

@@ -28,6 +28,7 @@ import optax
 
 from dlsr_jax import diffusion, lfdn
 from dlsr_jax.objectives.base import ema_decay_at
+from dlsr_jax.training import loop
 from dlsr_jax.training.optim import AdamWConfig as OptimConfig
 from dlsr_jax.training.optim import adamw as make_optimizer
 from dlsr_jax.training.state import TrainState
@@ -65,6 +66,7 @@ def make_train_step(model_cfg: lfdn.LFDNConfig, tx: optax.GradientTransformation
   x0_step = make_x0_step(model_cfg, tx, alphas_cumprod, ema_decay)
 
   def step(state: TrainState, z0: jax.Array, key: jax.Array):
-    return x0_step(state, {"in": {"z": z0}}, jax.random.fold_in(key, state.step))
+    new, metrics = x0_step(state, {"in": {"z": z0}}, jax.random.fold_in(key, state.step))
+    return new, {k: v for k, v in metrics.items() if k != loop.STATE_FINITE}
 
   return step

@@ -29,7 +29,7 @@ import optax
 import pytest
 
 from dlsr_jax import diffusion, lfdn, schedule
-from dlsr_jax.training import optim
+from dlsr_jax.training import loop, optim
 from dlsr_jax.training.checkpoint import Checkpointer
 from dlsr_jax.training.state import TrainState
 
@@ -137,6 +137,7 @@ def test_x0_objective_is_the_legacy_step():
     key = jax.random.fold_in(jax.random.key(3), i)
     new, m_new = new_step(new, {"in": {"z": z}}, key)
     old, m_old = old_step(old, {"in": {"z": z}}, key)
+    assert bool(m_new.pop(loop.STATE_FINITE))   # the guard's verdict, for the loop
     jax.tree.map(np.testing.assert_array_equal, m_new, m_old)
   jax.tree.map(np.testing.assert_array_equal, _fields(new), _fields(old))
   assert int(new.step) == 4

@@ -8,10 +8,12 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from dlsr_jax import lfdn, parallel, schedule, train, trainer
-from dlsr_jax.training import checkpoint, loop
+from dlsr_jax.objectives import base
+from dlsr_jax.training import checkpoint, loop, optim
 from dlsr_jax.training.checkpoint import SET_ASIDE_DIR, Checkpointer, CheckpointError
 from dlsr_jax.training.state import TrainState
 
@@ -38,9 +40,9 @@ def _toy(nan_at: int = 0):
 
 
 def _cfg(epochs=5, **kw):
-  return loop.FitConfig(batch_size=4, num_epochs=epochs, checkpoint_every_steps=2,
-                        checkpoint_every_epochs=100, log_every_steps=100,
-                        lr_reference_steps=None, **kw)
+  return loop.FitConfig(**{"batch_size": 4, "num_epochs": epochs, "checkpoint_every_steps": 2,
+                           "checkpoint_every_epochs": 100, "log_every_steps": 100,
+                           "lr_reference_steps": None, **kw})
 
 
 def _steps(path):
@@ -99,6 +101,58 @@ def test_a_non_finite_checkpoint_is_never_resumed_from(tmp_path):
   assert int(final.step) == 8 and float(final.params["w"][0]) == 8.0
   assert _steps(tmp_path / SET_ASIDE_DIR) == [6]       # moved aside, not deleted
   assert _steps(tmp_path / "checkpoints") == [6, 8]
+
+
+def test_a_step_verdict_replaces_the_state_check_and_is_not_logged(tmp_path):
+  init, toy = _toy()
+
+  def step(state, batch, key):   # a finite state, declared non-finite at step 3
+    new, metrics = toy(state, batch, key)
+    return new, {**metrics, loop.STATE_FINITE: new.step != 3}
+
+  logged = []
+  ck = Checkpointer(str(tmp_path))
+  with pytest.raises(loop.Diverged, match=r"NaN/inf at step 3 \(seen at step 3\)"):
+    loop.fit(init, step, X, _cfg(log_every_steps=1), ck, mesh=MESH, progress=False,
+             write_metrics=lambda s, m: logged.append(m))
+  ck.close()
+  assert _steps(tmp_path / "checkpoints") == [2]
+  assert len(logged) == 2 and all(loop.STATE_FINITE not in m and "loss" in m for m in logged)
+
+
+def test_all_finite_flags_every_nan_and_inf_and_nothing_else():
+  check = jax.jit(checkpoint.all_finite)
+  finite = {"w": jnp.asarray([[1.0, -3e38], [0.0, 2.0]]), "h": jnp.ones(3, jnp.bfloat16),
+            "c": jnp.asarray([3e38 + 3e38j], jnp.complex64), "n": jnp.arange(4),
+            "e": jnp.zeros((0, 2)), "none": None}
+  assert bool(check(finite)) and bool(checkpoint.all_finite(finite))
+  assert bool(check({})) and bool(check({"n": jnp.arange(3)}))
+  for leaf, where in (("w", (0, 0)), ("w", (1, 1)), ("h", (2,)), ("c", (0,))):
+    for bad in (jnp.nan, jnp.inf, -jnp.inf):
+      tree = {**finite, leaf: finite[leaf].at[where].set(bad)}
+      assert not bool(check(tree)) and not bool(checkpoint.all_finite(tree)), (leaf, bad)
+
+
+@pytest.mark.parametrize("case", ["finite", "inf_grad", "nan_grad", "params_overflow"])
+def test_update_is_finite_agrees_with_reading_the_whole_new_state(case):
+  """The LFDN's verdict (grad norm + params) equals `all_finite` of the new state."""
+  params = {"w": jnp.asarray([0.5, -1.0, 2.0]), "b": jnp.asarray([0.1, 0.0])}
+  grads = {"w": jnp.asarray([0.3, -0.2, 1e-3]), "b": jnp.asarray([-0.5, 0.25])}
+  lr = 1e-2
+  if case == "inf_grad":
+    grads["w"] = grads["w"].at[1].set(jnp.inf)
+  elif case == "nan_grad":
+    grads["b"] = grads["b"].at[0].set(jnp.nan)
+  elif case == "params_overflow":        # finite gradients, an update past float32's range
+    params["w"] = params["w"].at[0].set(3.3e38)
+    grads["w"] = grads["w"].at[0].set(-1.0)
+    lr = 5e37                             # 3.3e38 + 5e37 > 3.4e38
+  tx = optim.adamw(optim.AdamWConfig(learning_rate=lr, weight_decay=0.0))
+  state = TrainState(step=jnp.int32(5), params=params, opt_state=tx.init(params),
+                     ema_params=params)
+  new = base.apply_gradients(state, grads, tx, ema_decay=0.99, batch_stats=None)
+  verdict = bool(base.update_is_finite(new, optax.tree.norm(grads)))
+  assert verdict == bool(checkpoint.all_finite(new)) == (case == "finite")
 
 
 def _damage(step_dir, how: str) -> None:

@@ -45,6 +45,7 @@ import optax
 
 from dlsr_jax.models.net import Net
 from dlsr_jax.training import state as state_lib
+from dlsr_jax.training.checkpoint import all_finite
 from dlsr_jax.training.state import TrainState
 
 PyTree = Any
@@ -189,6 +190,43 @@ def apply_gradients(state: TrainState, grads: PyTree, tx: optax.GradientTransfor
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                        ema_params=ema,
                        batch_stats=state.batch_stats if batch_stats is None else batch_stats)
+
+
+def update_is_finite(new: TrainState, grad_norm: jax.Array) -> jax.Array:
+  """Whether `apply_gradients`'s new state is finite, read from the gradients and params alone.
+
+  A step whose state changes only through `apply_gradients` (its `extra` untouched) with an
+  optimizer of `training.optim` (AdamW or SGD, clipped or not) may return this as the loop's
+  `training.loop.STATE_FINITE` metric instead of letting the guard read every leaf of the
+  new state (at the LFDN's paper size the optimizer state and EMA are 3 x 347 MB: reading
+  them took 11-15 % of the step's time on a CPU, `benchmarks/RESULTS.md`,
+  speed_lfdn_train_update).
+
+  Why it is the same verdict, given the state before the update was finite (the guard flags
+  the first non-finite step and the loop stops there; a fresh or restored state is finite):
+
+  - gradients: `grad_norm` (sqrt of the sum of every squared gradient) is finite exactly when
+    every gradient is, and then every square g^2 is finite too (each is at most the sum);
+  - AdamW's moments: mu' = b1 mu + (1 - b1) g and nu' = b2 nu + (1 - b2) g^2 are convex
+    combinations of finite numbers, finite (SGD's momentum: m buf + g (+ wd p), finite for
+    finite g, p); the step count is an integer;
+  - the params are read directly (a single tree; the update's step can still overflow, e.g.
+    with a learning rate of 1e30);
+  - the EMA: d ema + (1 - d) params', a convex combination of finite numbers;
+  - BatchNorm statistics (small) are read directly.
+
+  The one case it flags and a full read would not: finite gradients whose squares sum past
+  float32's range (|g| around 1e15 and more over 87 M params), which is divergence by any
+  measure.
+
+  Args:
+    new: the state `apply_gradients` returned.
+    grad_norm: the global norm of the gradients it was given (`optax.tree.norm`).
+
+  Returns:
+    A scalar bool.
+  """
+  return jnp.isfinite(grad_norm) & all_finite((new.params, new.batch_stats))
 
 
 def available() -> list[str]:

@@ -30,6 +30,11 @@ syncs with the host. The loop reads it at every log and checkpoint boundary:
 a non-finite state is never saved, and `fit` raises `Diverged` naming that step
 and the last good checkpoint (the checkpointer keeps the last two, plus the
 reference steps). A resume restores the newest finite, readable checkpoint.
+By default the guard reads every leaf of the new state; a step that can tell
+more cheaply whether its new state is finite returns that scalar bool as the
+metric `STATE_FINITE` (taken out of the metrics, never logged), e.g. the LFDN's
+`objectives.base.update_is_finite` (the gradients' norm and the new params stand
+for the optimizer state and EMA: 11-15 % of the paper-size step's time on a CPU).
 
 Benchmarks and tools that time or drive the step get exactly what `fit` runs
 from `jitted_step(init, step, mesh)` and `step_inputs(seed, mesh)`.
@@ -57,6 +62,10 @@ Streams = Mapping[str, Mapping[str, np.ndarray]]
 InitFn = Callable[[jax.Array], PyTree]
 StepFn = Callable[[PyTree, dict, jax.Array], tuple[PyTree, dict]]
 IN = "in"
+# A step's own verdict on its new state (a scalar bool in its metrics, e.g.
+# `objectives.base.update_is_finite`): used by the divergence guard instead of
+# reading every leaf of the state, and removed from the metrics.
+STATE_FINITE = "state_finite"
 _MAX_STEPS_IN_FLIGHT = 32   # dispatched steps before the loop waits for one
 
 
@@ -223,7 +232,10 @@ def _jitted(init: InitFn, step: StepFn, mesh) -> tuple[Callable, Callable]:
 
   def keyed_step(state, batch, loop_key, bad_step):
     new, metrics = step(state, batch, jax.random.fold_in(loop_key, state.step))
-    finite = all_finite((new, metrics.get("loss", 0.0)))
+    metrics = dict(metrics)
+    verdict = metrics.pop(STATE_FINITE, None)
+    state_finite = all_finite(new) if verdict is None else verdict
+    finite = state_finite & all_finite(metrics.get("loss", 0.0))
     bad_step = jnp.where((bad_step == 0) & ~finite, state.step + 1, bad_step)
     return new, metrics, bad_step
 
@@ -368,7 +380,8 @@ def fit(init: InitFn, step: StepFn, streams: Streams, cfg: FitConfig,
     init: `init(key) -> state`, a pytree with an int32 `step` field; jitted.
     step: pure `step(state, batch, key) -> (state, metrics)`; `batch[stream][name]`
       is a global [B_stream, ...] array, `key` the step key; metrics are scalars
-      (a "loss" is checked for finiteness when logged). Jitted, state donated.
+      (a "loss" is checked for finiteness when logged; `STATE_FINITE`, if given,
+      replaces the guard's check of the new state). Jitted, state donated.
     streams: {stream: {name: host array [N_stream, ...]}}; "in" is required.
     cfg: loop settings.
     checkpointer: where to resume from and save to; None = no checkpoints.
