@@ -105,7 +105,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p.add_argument("--xla_flags", default=None, help="appended to XLA_FLAGS before jax starts")
   p.add_argument("--xla_defaults_too", action="store_true",
                  help="also time the train and OE steps and ODIN compiled without the "
-                      "library's XLA CPU options (dlsr_jax.xla_cpu), forward with them: both "
+                      "library's XLA CPU options (dlsr_jax.xla_cpu), forward too: both "
                       "choices in one interleaved run")
   p.add_argument("--json_out", default=None,
                  help="default: benchmarks/logs/bench_classifier_<device>.json ('' = none); "
@@ -363,19 +363,15 @@ def jax_odin(net, batches, precision: Optional[str] = None, xla_defaults: bool =
 # ------------------------------------------------------------------ forward (inference)
 
 
-def jax_forward(net, batches, xla_options: bool = False) -> Case:
+def jax_forward(net, batches, xla_defaults: bool = False) -> Case:
   """`evaluation.forward`'s compiled batch function (`evaluation.evaluate.forward_kernel`,
-  XLA's defaults): logits and pre_logits of a uint8 batch. `xla_options`: the same function
-  compiled with the train step's XLA CPU options (`dlsr_jax.xla_cpu`), which `forward` does
-  not take (3 % slower on ResNet-20, 15 % faster on ResNet-18, RESULTS.md)."""
+  with the library's XLA CPU options for a conv net): logits and pre_logits of a uint8
+  batch. `xla_defaults`: built without those options (`dlsr_jax.xla_cpu`)."""
   import jax
 
-  from dlsr_jax import xla_cpu
   from dlsr_jax.evaluation.evaluate import forward_kernel
-  kernel = forward_kernel(net)
-  if xla_options:
-    kernel = jax.jit(kernel.__wrapped__,
-                     compiler_options=xla_cpu.classifier_compiler_options(params=net.params))
+  with _xla_defaults(xla_defaults):
+    kernel = forward_kernel(net)
   params = jax.device_put(net.params)
   xs = [jax.device_put(x) for x, _ in batches]
   box = {"i": 0}
@@ -385,7 +381,7 @@ def jax_forward(net, batches, xla_options: bool = False) -> Case:
     box["i"] += 1
     return out
 
-  return Case("jax", "jit" + (", train-step XLA CPU options" if xla_options else ""), run,
+  return Case("jax", "jit" + (", XLA CPU defaults" if xla_defaults else ""), run,
               jax.block_until_ready, lambda o: _check_finite("JAX logits", o["logits"]))
 
 
@@ -538,7 +534,7 @@ def main(argv: Sequence[str]) -> int:
       b = image_batches(2, args.odin_batch, seed=4)
       cases = [jax_forward(net, b), torch_forward(net, model, b, tdev)]
       if args.xla_defaults_too:
-        cases.append(jax_forward(net, b, xla_options=True))
+        cases.append(jax_forward(net, b, xla_defaults=True))
       if args.torch_channels_last:
         cases.append(torch_forward(net, model, b, tdev, channels_last=True))
       rows += measure("forward", name, args.odin_batch, cases, args.warmup, args.reps)

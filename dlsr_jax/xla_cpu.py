@@ -1,4 +1,5 @@
-"""XLA CPU compile options for the classifier train step (`training.loop`'s jit) and ODIN.
+"""XLA CPU compile options for the classifier train step (`training.loop`'s jit), ODIN and
+the classifier forward pass (`evaluation.forward`).
 
 jaxlib 0.10's CPU compiler hands convolutions to YNNPACK fusions by default. On the
 CIFAR ResNets that path is slower than XLA's own convolution kernels: compiled with
@@ -7,9 +8,10 @@ to YNNPACK) the ResNet-20 train step ran 1.13-1.21x faster and the ResNet-18 ste
 1.75-2x faster, interleaved in one process on the 2-core benchmark machine
 (`benchmarks/RESULTS.md`, speed_classifiers_wgrad); ODIN (forward and input gradient)
 showed no gain under load, but on an idle machine it ran 1.21x (ResNet-20) and 1.65x
-(ResNet-18) faster with it (speed_issue17_idle), so `detectors.odin` uses it too. The
-option is given per jit (`jax.jit(..., compiler_options=...)`), not through XLA_FLAGS, so
-it touches only those two jits and nothing else in the process; results change by float32
+(ResNet-18) faster with it (speed_issue17_idle), so `detectors.odin` uses it too, and so
+does `evaluation.forward` (idle: 1.15x / 1.49x faster). The option is given per jit
+(`jax.jit(..., compiler_options=...)`), not through XLA_FLAGS, so it touches only those
+jits and nothing else in the process; results change by float32
 rounding only (the resume tests stay bitwise: the same compile before and after a
 restart). Only convolutional nets get it: it made the LFDN's (dense) train step 1.27x
 slower, so a state without a 4-D leaf keeps XLA's defaults.
