@@ -188,22 +188,23 @@ def _xla_defaults(on: bool):
           else contextlib.nullcontext())
 
 
-def jax_train(net, batches, precision: Optional[str] = None, xla_defaults: bool = False) -> Case:
-  """The jitted, donated step `loop.fit` runs (`loop.jitted_step`) of cross-entropy training.
+def _loop_step_case(obj, streams, what: str, precision: Optional[str] = None,
+                    xla_defaults: bool = False) -> Case:
+  """A Case running objective `obj`'s step as `loop.fit` runs it (`loop.jitted_step`, state
+  donated, the divergence guard's `bad_step` threaded), cycling over `streams` (host batches
+  `{stream: {name: array}}`, put on a one-device mesh). `what` names it in errors.
 
   `xla_defaults`: built without the library's XLA CPU compile options (`dlsr_jax.xla_cpu`).
   """
   import jax
+
   from dlsr_jax import parallel
-  from dlsr_jax.objectives import cross_entropy
-  from dlsr_jax.training import loop, optim
-  obj = cross_entropy.make(net, optim.sgd(optim.SGDConfig(), TOTAL_STEPS))
+  from dlsr_jax.training import loop
   mesh = parallel.make_mesh(jax.devices()[:1])
   with _xla_defaults(xla_defaults):
     init_fn, step_fn = loop.jitted_step(obj.init, obj.step, mesh)   # what `loop.fit` runs
   init_key, loop_key, bad_step = loop.step_inputs(0, mesh)
-  xs = [{"in": {"x": parallel.host_to_global(x, mesh), "y": parallel.host_to_global(y, mesh)}}
-        for x, y in batches]
+  xs = [jax.tree.map(functools.partial(parallel.host_to_global, mesh=mesh), b) for b in streams]
   box = {"state": init_fn(init_key), "bad_step": bad_step, "i": 0}
 
   def run():
@@ -214,13 +215,22 @@ def jax_train(net, batches, precision: Optional[str] = None, xla_defaults: bool 
     return metrics
 
   def check(metrics):
-    _check_finite("JAX loss", metrics["loss"])
+    _check_finite(f"JAX {what} loss", metrics["loss"])
     if int(jax.device_get(box["bad_step"])):
-      raise FloatingPointError(f"JAX state not finite at step {int(box['bad_step'])}")
+      raise FloatingPointError(f"JAX {what} state not finite at step {int(box['bad_step'])}")
 
   name = ("jit, donated" + (f", precision={precision}" if precision else "")
           + (", XLA CPU defaults" if xla_defaults else ""))
   return Case("jax", name, run, jax.block_until_ready, check)
+
+
+def jax_train(net, batches, precision: Optional[str] = None, xla_defaults: bool = False) -> Case:
+  """The jitted, donated step `loop.fit` runs of cross-entropy training (`_loop_step_case`)."""
+  from dlsr_jax.objectives import cross_entropy
+  from dlsr_jax.training import optim
+  obj = cross_entropy.make(net, optim.sgd(optim.SGDConfig(), TOTAL_STEPS))
+  return _loop_step_case(obj, [{"in": {"x": x, "y": y}} for x, y in batches], "train",
+                         precision, xla_defaults)
 
 
 def torch_train(net, model, batches, device: str, channels_last: bool = False) -> Case:
@@ -278,37 +288,11 @@ def torch_oe_trainer(net, model, lr: float = OE_LR, total_steps: int = OE_TOTAL_
 
 
 def jax_oe(net, batches, xla_defaults: bool = False) -> Case:
-  """The OE step as `loop.fit` runs it: `loop.jitted_step` of the objective, state donated.
-
-  Reads the streams "in" ({"x", "y"}) and "outliers" ({"x"}), as `fit` feeds them.
-  `xla_defaults`: built without the library's XLA CPU compile options (`dlsr_jax.xla_cpu`).
-  """
-  import jax
-  from dlsr_jax import parallel
-  from dlsr_jax.training import loop
-  obj = oe_objective(net)
-  mesh = parallel.make_mesh(jax.devices()[:1])
-  with _xla_defaults(xla_defaults):
-    init_fn, step_fn = loop.jitted_step(obj.init, obj.step, mesh)
-  init_key, loop_key, bad_step = loop.step_inputs(0, mesh)
-  put = functools.partial(parallel.host_to_global, mesh=mesh)
-  xs = [{"in": {"x": put(b["x"]), "y": put(b["y"])}, "outliers": {"x": put(b["x_out"])}}
-        for b in batches]
-  box = {"state": init_fn(init_key), "bad_step": bad_step, "i": 0}
-
-  def run():
-    box["state"], metrics, box["bad_step"] = step_fn(
-        box["state"], xs[box["i"] % len(xs)], loop_key, box["bad_step"])
-    box["i"] += 1
-    return metrics
-
-  def check(metrics):
-    _check_finite("JAX OE loss", metrics["loss"])
-    if int(jax.device_get(box["bad_step"])):
-      raise FloatingPointError(f"JAX OE state not finite at step {int(box['bad_step'])}")
-
-  return Case("jax", "jit, donated" + (", XLA CPU defaults" if xla_defaults else ""), run,
-              jax.block_until_ready, check)
+  """The OE step as `loop.fit` runs it (`_loop_step_case`): the streams "in" ({"x", "y"})
+  and "outliers" ({"x"}), as `fit` feeds them."""
+  return _loop_step_case(oe_objective(net), [
+      {"in": {"x": b["x"], "y": b["y"]}, "outliers": {"x": b["x_out"]}} for b in batches],
+      "OE", xla_defaults=xla_defaults)
 
 
 def torch_oe(net, model, batches, device: str, channels_last: bool = False) -> Case:
