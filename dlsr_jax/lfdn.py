@@ -13,6 +13,7 @@ features: C = 720, W = 1440, E = 720, N = 16 (about 86.7 M parameters).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Optional
 
@@ -43,17 +44,57 @@ class LFDNConfig:
 
 # dtype "bf16_matmul": every Dense multiplies bfloat16 copies of its input and kernel and accumulates
 # and returns float32; norms, activations, the residual stream and the DDIM arithmetic stay
-# float32. On CPUs with AMX (and on GPUs/TPUs) a bf16 x bf16 -> f32 matmul is several times
-# faster than fp32; a bf16 -> bf16 matmul ("bfloat16" compute) is not faster on XLA CPU.
+# float32. Training differentiates each Dense into two more bf16 x bf16 -> f32 GEMMs (the
+# cotangent rounded to bf16). On CPUs with AMX (and on GPUs/TPUs) a bf16 x bf16 -> f32 matmul
+# is several times faster than fp32; a bf16 -> bf16 matmul ("bfloat16" compute) is not faster
+# on XLA CPU.
 BF16_MATMUL = "bf16_matmul"
 
 
-def bf16_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-  """`lax.dot_general` of bfloat16 copies of both operands, accumulated in float32."""
-  del preferred_element_type
+def _bf16_dot(lhs, rhs, dimension_numbers, precision):
   return jax.lax.dot_general(lhs.astype(jnp.bfloat16), rhs.astype(jnp.bfloat16),
                              dimension_numbers, precision=precision,
                              preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _bf16_dense_dot(lhs, rhs, dimension_numbers, precision):
+  return _bf16_dot(lhs, rhs, dimension_numbers, precision)
+
+
+def _bf16_dense_dot_fwd(lhs, rhs, dimension_numbers, precision):
+  return (_bf16_dot(lhs, rhs, dimension_numbers, precision),
+          (lhs.astype(jnp.bfloat16), rhs.astype(jnp.bfloat16)))
+
+
+def _bf16_dense_dot_bwd(dimension_numbers, precision, res, g):
+  # JAX's own transpose of a bf16 x bf16 -> f32 dot multiplies the f32 cotangent by an
+  # upcast operand: two fp32 GEMMs. Here both gradient GEMMs are bf16 x bf16 -> f32 too (the
+  # cotangent rounded to bf16, as in mixed-precision training).
+  lhs, rhs = res
+  gb = g.astype(jnp.bfloat16)
+  lead = tuple(range(lhs.ndim - 1))
+  d_lhs = jax.lax.dot_general(gb, rhs, (((g.ndim - 1,), (1,)), ((), ())), precision=precision,
+                              preferred_element_type=jnp.float32)
+  d_rhs = jax.lax.dot_general(lhs, gb, ((lead, lead), ((), ())), precision=precision,
+                              preferred_element_type=jnp.float32)
+  return d_lhs, d_rhs
+
+
+_bf16_dense_dot.defvjp(_bf16_dense_dot_fwd, _bf16_dense_dot_bwd)
+
+
+def bf16_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+  """`lax.dot_general` of bfloat16 copies of both operands, accumulated in float32.
+
+  A float32 Dense contraction (`x[..., K] @ W[K, N]`) also differentiates into bf16 x bf16 ->
+  f32 GEMMs (the cotangent rounded to bf16); any other is left to JAX's autodiff."""
+  del preferred_element_type
+  (lc, rc), (lb, rb) = dimension_numbers
+  if (tuple(lc), tuple(rc), tuple(lb), tuple(rb)) == ((lhs.ndim - 1,), (0,), (), ()) \
+      and rhs.ndim == 2 and lhs.dtype == rhs.dtype == jnp.float32:
+    return _bf16_dense_dot(lhs, rhs, ((tuple(lc), tuple(rc)), ((), ())), precision)
+  return _bf16_dot(lhs, rhs, dimension_numbers, precision)
 
 
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:

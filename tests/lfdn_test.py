@@ -112,3 +112,38 @@ def test_bf16_matmul_multiplies_in_bf16_and_stays_close_to_fp32():
   assert len(dots) == 2 + 1 + 3 * 2 + 1   # time MLP, in_proj, 3 per block, out_proj
   for ln in dots:
     assert re.search(r"\(tensor<[0-9x]*bf16>, tensor<[0-9x]*bf16>\) -> tensor<[0-9x]*f32>", ln), ln
+
+
+_BF16_DOT = r"\(tensor<[0-9x]*bf16>, tensor<[0-9x]*bf16>\) -> tensor<[0-9x]*f32>"
+
+
+def test_bf16_matmul_gradients_are_bf16_dots_close_to_fp32():
+  """Training with "bf16_matmul": the backward's two GEMMs per Dense also take bf16 operands
+  (the cotangent rounded to bf16) and accumulate in f32, not JAX's default transpose (an f32
+  cotangent times an upcast operand: fp32 GEMMs); the gradients stay near fp32's."""
+  kw = {"features": 6, "width": 8, "embed_dim": 4, "num_blocks": 2}
+  cfg, mixed = lfdn.LFDNConfig(**kw), lfdn.LFDNConfig(**kw, dtype=lfdn.BF16_MATMUL)
+  p = lfdn.init_params(cfg, jax.random.key(0))
+  leaves, tree = jax.tree.flatten(p)
+  keys = jax.random.split(jax.random.key(5), len(leaves))
+  p = jax.tree.unflatten(tree, [a + 0.3 * jax.random.normal(k, a.shape)
+                                for a, k in zip(leaves, keys)])
+  x, t = jax.random.normal(jax.random.key(6), (3, 6)), jnp.array([1, 40, 900])
+
+  def grad_fn(c):
+    return jax.jit(jax.grad(lambda p, x: jnp.sum(lfdn.LFDN(c).apply({"params": p}, x, t) ** 2),
+                            argnums=(0, 1)))
+
+  g32, g16 = grad_fn(cfg)(p, x), grad_fn(mixed)(p, x)
+  for a, b in zip(jax.tree.leaves(g32), jax.tree.leaves(g16)):
+    assert b.dtype == jnp.float32
+    scale = float(jnp.max(jnp.abs(a)))
+    np.testing.assert_allclose(b, a, atol=5e-2 * scale)
+    assert not np.array_equal(a, b)
+  dots = [ln for ln in grad_fn(mixed).lower(p, x).as_text().splitlines()
+          if "dot_general" in ln]
+  # 10 Dense layers: forward + 2 gradient GEMMs each, less the input's gradient of the first
+  # time layer (its input is the sinusoidal embedding of t, not differentiated)
+  assert len(dots) == 3 * 10 - 1, len(dots)
+  for ln in dots:
+    assert re.search(_BF16_DOT, ln), ln
