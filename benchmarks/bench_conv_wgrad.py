@@ -19,6 +19,9 @@ forward and input gradient and another weight gradient:
 Parts:
   layer  one 3x3 stride-1 conv at the three ResNet-20 stage shapes: forward, input
          gradient and weight gradient (each variant's checked against `xla`'s);
+  convs  XLA CPU's own forward, input-gradient and weight-gradient convolutions against
+         PyTorch's (oneDNN, NCHW and channels_last) at each stage shape: the floor under the
+         forward pass, ODIN and the train step (outputs checked equal first);
   step   the ResNet-20 train step that `loop.fit` runs (`loop.jitted_step`), once per
          variant (the ResNets' `conv` swapped for the variant's while it is traced), and
          PyTorch eager, timed interleaved, compiled with XLA's defaults; `--compile_options`
@@ -26,6 +29,7 @@ Parts:
          `xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE`).
 
   python -m benchmarks.bench_conv_wgrad                         # ~4 min on 2 idle cores
+  python -m benchmarks.bench_conv_wgrad --parts=convs --batch_size=256   # ~30 s
   python -m benchmarks.bench_conv_wgrad --quick --out_dir=/tmp/q  # CI smoke run, seconds
 """
 
@@ -238,6 +242,72 @@ def layer_part(variants: Sequence[str], batch: int, warmup: int, reps: int,
   return rows
 
 
+def convs_part(batch: int, warmup: int, reps: int, sizes: Sequence[int] = (32, 16, 8),
+               channels_last: bool = True) -> list[dict]:
+  """XLA CPU's convolutions against PyTorch's (oneDNN), one ResNet-20 stage conv at a time.
+
+  Forward, input gradient and weight gradient of a 3x3 stride-1 conv at each stage's shape,
+  JAX compiled with the library's XLA CPU options (`dlsr_jax.xla_cpu`, what the classifier
+  jits use) and with XLA's defaults, PyTorch eager (NCHW, and channels_last), timed
+  interleaved; ratio = PyTorch NCHW / row. The floor under the ResNet-20 forward pass, ODIN
+  and the train step: what XLA CPU's own kernels cost at these shapes.
+  """
+  import jax
+  import numpy as np
+  import torch
+
+  from dlsr_jax import xla_cpu
+  rows = []
+  for size, c in [sc for sc in STAGES if sc[0] in sizes]:
+    rng = np.random.default_rng(size)
+    x = rng.standard_normal((batch, size, size, c), np.float32)
+    w = (0.1 * rng.standard_normal((3, 3, c, c))).astype(np.float32)
+    g = rng.standard_normal((batch, size, size, c), np.float32)
+    pad = ((1, 1), (1, 1))
+    jx, jw, jg = (jax.device_put(a) for a in (x, w, g))
+    ops = {"forward": lambda x, w, g: _lax_conv(x, w, 1, pad, 1),
+           "dx": lambda x, w, g: jax.vjp(lambda x_: _lax_conv(x_, w, 1, pad, 1), x)[1](g)[0],
+           "dW": lambda x, w, g: jax.vjp(lambda w_: _lax_conv(x, w_, 1, pad, 1), w)[1](g)[0]}
+    names, cases = [], []
+    for label, opts in [("jax, library options", dict(xla_cpu.CLASSIFIER_CPU_OPTIONS)),
+                        ("jax, XLA defaults", {})]:
+      for op, fn in ops.items():
+        compiled = jax.jit(fn).lower(jx, jw, jg).compile(opts)
+        names.append((op, label))
+        cases.append((functools.partial(compiled, jx, jw, jg), jax.block_until_ready))
+    fmts = [("torch eager", torch.contiguous_format)]
+    if channels_last:
+      fmts.append(("torch channels_last", torch.channels_last))
+    for label, fmt in fmts:
+      tx = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=fmt)
+      tw = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous(memory_format=fmt)
+      tg = torch.from_numpy(g).permute(0, 3, 1, 2).contiguous(memory_format=fmt)
+      tops = {"forward": lambda tx=tx, tw=tw: torch.nn.functional.conv2d(tx, tw, padding=1),
+              "dx": lambda tx=tx, tw=tw, tg=tg: torch.nn.grad.conv2d_input(
+                  tx.shape, tw, tg, padding=1),
+              "dW": lambda tx=tx, tw=tw, tg=tg: torch.nn.grad.conv2d_weight(
+                  tx, tw.shape, tg, padding=1)}
+      for op, fn in tops.items():
+        names.append((op, label))
+        cases.append((torch.no_grad()(fn), lambda out: None))
+      for op, fn in tops.items():   # the same numbers as JAX's, whatever the layout
+        ref = np.asarray(jax.jit(ops[op])(jx, jw, jg))
+        got = fn().numpy()
+        got = got.transpose(2, 3, 1, 0) if op == "dW" else got.transpose(0, 2, 3, 1)
+        err = float(np.max(np.abs(got - ref)) / (np.max(np.abs(ref)) + 1e-12))
+        if err > 1e-4:
+          raise AssertionError(f"{label} {op} at {x.shape} differs from JAX's: {err:.2e}")
+    timings = common.time_interleaved(cases, warmup, reps)
+    base = {op: t.median_ms for (op, label), t in zip(names, timings) if label == "torch eager"}
+    for (op, label), t in zip(names, timings):
+      rows.append({"part": "convs", "shape": f"{batch}x{size}x{size}x{c}", "op": op,
+                   "impl": label, "median_ms": t.median_ms, "min_ms": t.min_ms,
+                   "ratio_torch_over_this": base[op] / t.median_ms, "times_ms": t.times_ms})
+  print(common.format_table(rows, ["shape", "op", "impl", "median_ms", "min_ms",
+                                   "ratio_torch_over_this"]), flush=True)
+  return rows
+
+
 def _parse_options(s: str) -> dict[str, str]:
   return dict(kv.split("=", 1) for kv in s.split(";") if kv)
 
@@ -301,7 +371,7 @@ def step_part(variants: Sequence[str], compile_options: Sequence[str], batch: in
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--parts", default="layer,step", help="comma list of: layer,step")
+  p.add_argument("--parts", default="layer,step", help="comma list of: layer,step,convs")
   p.add_argument("--variants", default=",".join(VARIANTS), help="layer part's variants")
   p.add_argument("--step_variants", default="xla,taps_g,patches_g,flat,zero",
                  help="step part's variants")
@@ -315,14 +385,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p.add_argument("--no_torch", action="store_true", help="step part without PyTorch")
   p.add_argument("--out_dir", default=None, help="JSON here instead of benchmarks/logs")
   p.add_argument("--quick", action="store_true",
-                 help="smoke run in seconds: no gradient check, batch 2, 1 rep, the layer part "
-                      "at 8x8 for xla and taps_g, the step part for zero only; needs --out_dir")
+                 help="smoke run in seconds: no gradient check, batch 2, 1 rep, the layer and "
+                      "convs parts at 8x8 (layer: xla and taps_g), the step part for zero "
+                      "only; needs --out_dir")
   args = p.parse_args(argv)
   if args.quick:
     if args.out_dir is None:
       p.error("--quick needs --out_dir: it never writes benchmarks/logs")
     args.batch_size, args.warmup, args.reps, args.stages = 2, 1, 1, "8"
     args.variants, args.step_variants, args.compile_options = "xla,taps_g", "zero", []
+    args.parts = "layer,step,convs"
   bad = [v for v in (args.variants + "," + args.step_variants).split(",")
          if v and v not in VARIANTS]
   if bad:
@@ -346,6 +418,9 @@ def main(argv: Sequence[str]) -> int:
   parts = args.parts.split(",")
   if "layer" in parts:
     rows += layer_part(variants, args.batch_size, args.warmup, args.reps,
+                       [int(s) for s in args.stages.split(",")])
+  if "convs" in parts:
+    rows += convs_part(args.batch_size, args.warmup, args.reps,
                        [int(s) for s in args.stages.split(",")])
   if "step" in parts:
     rows += step_part([v for v in args.step_variants.split(",") if v], args.compile_options,

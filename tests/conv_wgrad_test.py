@@ -41,6 +41,10 @@ def test_quick_run(tmp_path):
   got = {(r["part"], r.get("what") or r.get("variant")) for r in out["results"]}
   assert ("step", "zero") in got and ("step", "torch eager") in got
   assert ("layer", "dW taps_g") in got
+  convs = {(r["op"], r["impl"]) for r in out["results"] if r["part"] == "convs"}
+  assert convs == {(op, impl) for op in ("forward", "dx", "dW")
+                   for impl in ("jax, library options", "jax, XLA defaults", "torch eager",
+                                "torch channels_last")}
   assert all(r["median_ms"] > 0 for r in out["results"])
 
 
