@@ -51,6 +51,7 @@ from benchmarks import common
 
 VARIANTS = ("xla", "taps_x", "taps_g", "patches_g", "flat", "zero")
 STAGES = ((32, 16), (16, 32), (8, 64))          # ResNet-20: (spatial, channels) per stage
+STAGES_RESNET18 = ((32, 64), (16, 128), (8, 256), (4, 512))   # ResNet-18 at 32x32
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
@@ -243,10 +244,11 @@ def layer_part(variants: Sequence[str], batch: int, warmup: int, reps: int,
 
 
 def convs_part(batch: int, warmup: int, reps: int, sizes: Sequence[int] = (32, 16, 8),
-               channels_last: bool = True) -> list[dict]:
-  """XLA CPU's convolutions against PyTorch's (oneDNN), one ResNet-20 stage conv at a time.
+               channels_last: bool = True, stages=STAGES) -> list[dict]:
+  """XLA CPU's convolutions against PyTorch's (oneDNN), one stage conv at a time.
 
-  Forward, input gradient and weight gradient of a 3x3 stride-1 conv at each stage's shape,
+  Forward, input gradient and weight gradient of a 3x3 stride-1 conv at each stage's shape
+  (`stages`: (spatial, channels) pairs, ResNet-20's or `STAGES_RESNET18`),
   JAX compiled with the library's XLA CPU options (`dlsr_jax.xla_cpu`, what the classifier
   jits use) and with XLA's defaults, PyTorch eager (NCHW, and channels_last), timed
   interleaved; ratio = PyTorch NCHW / row. The floor under the ResNet-20 forward pass, ODIN
@@ -258,7 +260,7 @@ def convs_part(batch: int, warmup: int, reps: int, sizes: Sequence[int] = (32, 1
 
   from dlsr_jax import xla_cpu
   rows = []
-  for size, c in [sc for sc in STAGES if sc[0] in sizes]:
+  for size, c in [sc for sc in stages if sc[0] in sizes]:
     rng = np.random.default_rng(size)
     x = rng.standard_normal((batch, size, size, c), np.float32)
     w = (0.1 * rng.standard_normal((3, 3, c, c))).astype(np.float32)
@@ -379,7 +381,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                  help="also time each step variant compiled with these XLA options, "
                       "'k=v;k2=v2' (repeatable)")
   p.add_argument("--batch_size", type=int, default=128)
-  p.add_argument("--stages", default="32,16,8", help="layer part: spatial sizes of the stages")
+  p.add_argument("--stages", default="32,16,8",
+                 help="layer and convs parts: spatial sizes of the stages")
+  p.add_argument("--convs_net", default="resnet20", choices=("resnet20", "resnet18"),
+                 help="convs part: whose stage shapes (ResNet-18: 32,16,8,4 x 64..512 ch)")
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--reps", type=int, default=7)
   p.add_argument("--no_torch", action="store_true", help="step part without PyTorch")
@@ -421,7 +426,8 @@ def main(argv: Sequence[str]) -> int:
                        [int(s) for s in args.stages.split(",")])
   if "convs" in parts:
     rows += convs_part(args.batch_size, args.warmup, args.reps,
-                       [int(s) for s in args.stages.split(",")])
+                       [int(s) for s in args.stages.split(",")],
+                       stages=STAGES_RESNET18 if args.convs_net == "resnet18" else STAGES)
   if "step" in parts:
     rows += step_part([v for v in args.step_variants.split(",") if v], args.compile_options,
                       args.batch_size, args.warmup, args.reps, not args.no_torch)
