@@ -71,13 +71,19 @@ def _bf16_dense_dot_bwd(dimension_numbers, precision, res, g):
   # JAX's own transpose of a bf16 x bf16 -> f32 dot multiplies the f32 cotangent by an
   # upcast operand: two fp32 GEMMs. Here both gradient GEMMs are bf16 x bf16 -> f32 too (the
   # cotangent rounded to bf16, as in mixed-precision training).
+  del dimension_numbers
   lhs, rhs = res
+  k, n = rhs.shape
   gb = g.astype(jnp.bfloat16)
-  lead = tuple(range(lhs.ndim - 1))
   d_lhs = jax.lax.dot_general(gb, rhs, (((g.ndim - 1,), (1,)), ((), ())), precision=precision,
                               preferred_element_type=jnp.float32)
-  d_rhs = jax.lax.dot_general(lhs, gb, ((lead, lead), ((), ())), precision=precision,
-                              preferred_element_type=jnp.float32)
+  # The weight gradient contracts the batch, the major dimension of both operands. XLA CPU
+  # runs such a bf16 dot (or one whose operand is a transpose, which it lays out column-major)
+  # as an fp32 GEMM on upcast copies: 3-5x slower than bf16. A row-major copy of lhs^T, pinned
+  # by a barrier on its flat view (a 1-D array has one layout), keeps the GEMM in bf16.
+  lhs_t = jax.lax.optimization_barrier(lhs.reshape(-1, k).T.reshape(-1)).reshape(k, -1)
+  d_rhs = jax.lax.dot_general(lhs_t, gb.reshape(-1, n), (((1,), (0,)), ((), ())),
+                              precision=precision, preferred_element_type=jnp.float32)
   return d_lhs, d_rhs
 
 
