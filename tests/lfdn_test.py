@@ -162,9 +162,41 @@ def test_bf16_dense_gradient_stays_bf16_when_compiled():
   y = x @ w
   np.testing.assert_allclose(dx, 2 * y @ w.T, rtol=0.05, atol=0.05 * float(jnp.max(jnp.abs(dx))))
   np.testing.assert_allclose(dw, 2 * x.T @ y, rtol=0.05, atol=0.05 * float(jnp.max(jnp.abs(dw))))
-  compiled = []
-  for body in re.findall(r"\{\n(.*?)\n\}", f.lower(x, w).compile().as_text(), re.S):
-    types = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", body))   # one computation at a time
-    compiled += [[types[o.strip().lstrip("%")] for o in operands.split(",")]
-                 for operands in re.findall(r"\bdot\(([^)]*)\)", body)]
+  compiled = _compiled_dots(f.lower(x, w).compile().as_text())
   assert compiled == [["bf16", "bf16"]] * 3, compiled
+
+
+def _compiled_dots(hlo):
+  """Operand dtypes of every dot in compiled HLO text, one computation at a time."""
+  out = []
+  for body in re.findall(r"\{\n(.*?)\n\}", hlo, re.S):
+    types = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", body))
+    out += [[types[o.strip().lstrip("%")] for o in operands.split(",")]
+            for operands in re.findall(r"\bdot\(([^)]*)\)", body)]
+  return out
+
+
+def test_bf16_matmul_data_parallel_step_gathers_nothing():
+  """The loop's train step over 4 devices (batch sharded): the bf16 weight gradient keeps
+  each device's rows (the only collective is the gradients' all-reduce, as in fp32) and its
+  GEMMs stay bf16."""
+  from dlsr_jax import parallel, schedule, trainer
+  from dlsr_jax.training import loop, optim
+  assert jax.device_count() == 4, "conftest sets 4 fake CPU devices"
+  mesh = parallel.make_mesh(jax.devices())
+  abar = np.asarray(schedule.make_schedule().alphas_cumprod, np.float32).tobytes()
+  collectives = {}
+  for dtype in ("float32", lfdn.BF16_MATMUL):
+    cfg = lfdn.LFDNConfig(features=16, width=32, embed_dim=16, num_blocks=1, dtype=dtype)
+    init_fn, step_fn = loop.jitted_step(*trainer.lfdn_init_and_step(cfg, optim.AdamWConfig(),
+                                                                    abar), mesh)
+    init_key, loop_key, bad = loop.step_inputs(0, mesh)
+    batch = {"in": {"z": parallel.host_to_global(np.ones((32, 16), np.float32), mesh)}}
+    hlo = step_fn.lower(init_fn(init_key), batch, loop_key, bad).compile().as_text()
+    collectives[dtype] = sorted(re.findall(
+        r" (all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)(?:-start)?\(",
+        hlo))
+    if dtype == lfdn.BF16_MATMUL:
+      dots = _compiled_dots(hlo)
+      assert dots and all(d == ["bf16", "bf16"] for d in dots), dots
+  assert collectives[lfdn.BF16_MATMUL] == collectives["float32"] == ["all-reduce"], collectives
