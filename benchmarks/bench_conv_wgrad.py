@@ -260,16 +260,16 @@ def convs_part(batch: int, warmup: int, reps: int, sizes: Sequence[int] = (32, 1
 
   from dlsr_jax import xla_cpu
   rows = []
+  pad = ((1, 1), (1, 1))
+  ops = {"forward": lambda x, w, g: _lax_conv(x, w, 1, pad, 1),
+         "dx": lambda x, w, g: jax.vjp(lambda x_: _lax_conv(x_, w, 1, pad, 1), x)[1](g)[0],
+         "dW": lambda x, w, g: jax.vjp(lambda w_: _lax_conv(x, w_, 1, pad, 1), w)[1](g)[0]}
   for size, c in [sc for sc in stages if sc[0] in sizes]:
     rng = np.random.default_rng(size)
     x = rng.standard_normal((batch, size, size, c), np.float32)
     w = (0.1 * rng.standard_normal((3, 3, c, c))).astype(np.float32)
     g = rng.standard_normal((batch, size, size, c), np.float32)
-    pad = ((1, 1), (1, 1))
     jx, jw, jg = (jax.device_put(a) for a in (x, w, g))
-    ops = {"forward": lambda x, w, g: _lax_conv(x, w, 1, pad, 1),
-           "dx": lambda x, w, g: jax.vjp(lambda x_: _lax_conv(x_, w, 1, pad, 1), x)[1](g)[0],
-           "dW": lambda x, w, g: jax.vjp(lambda w_: _lax_conv(x, w_, 1, pad, 1), w)[1](g)[0]}
     names, cases = [], []
     for label, opts in [("jax, library options", dict(xla_cpu.CLASSIFIER_CPU_OPTIONS)),
                         ("jax, XLA defaults", {})]:

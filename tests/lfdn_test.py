@@ -169,7 +169,7 @@ def test_bf16_dense_gradient_stays_bf16_when_compiled():
 def _compiled_dots(hlo):
   """Operand dtypes of every dot in compiled HLO text, one computation at a time."""
   out = []
-  for body in re.findall(r"\{\n(.*?)\n\}", hlo, re.S):
+  for body in re.findall(r"\{\n(.*?)\n\}", hlo, re.DOTALL):
     types = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", body))
     out += [[types[o.strip().lstrip("%")] for o in operands.split(",")]
             for operands in re.findall(r"\bdot\(([^)]*)\)", body)]
